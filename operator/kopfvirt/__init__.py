@@ -1,0 +1,6 @@
+"""Kopfvirt: virtual machines on Kubernetes, through libvirt and QEMU, on kopf."""
+
+__version__ = "0.1.0"
+
+GROUP = "kopfvirt.io"
+VERSION = "v1alpha1"

@@ -1,0 +1,97 @@
+"""Where the lab keeps things: what is per checkout, machine-wide, or a shared cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from pathlib import Path
+
+K8S_VERSION = "v1.36.3"
+
+# Machine-wide names: a lab left by another checkout must be found and cleared.
+RUN_DIR = Path("/run/kopfvirt-lab")          # owner marker and mount-namespace files
+NETNS_PREFIX = "kvlab-"                       # ip netns names: kvlab-node-1, ...
+BRIDGE = "kvlab0"
+SHARED_STORAGE = Path("/var/lib/kopfvirt/storage")   # same path on every node
+
+NETWORK = ipaddress.ip_network("198.18.0.0/24")
+HOST_IP = "198.18.0.1"                       # the control plane, seen from the nodes
+SERVICE_CIDR = "198.19.0.0/16"
+APISERVER_PORT = 6443
+ETCD_CLIENT_PORT = 23790
+ETCD_PEER_PORT = 23800
+
+LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
+                "/var/log/libvirt", "/var/cache/libvirt")
+
+
+def node_ip(index: int) -> str:
+    """node-1 is 198.18.0.11, node-2 .12, ..."""
+    return str(NETWORK.network_address + 10 + index)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KOPFVIRT_CACHE", Path.home() / ".cache" / "kopfvirt"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Lab:
+    """The paths of one checkout's lab."""
+
+    repo: Path
+
+    @property
+    def root(self) -> Path:
+        return self.repo / ".lab"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    def node_dir(self, node: str) -> Path:
+        return self.root / "nodes" / node
+
+    @property
+    def k8s_bin(self) -> Path:
+        return cache_dir() / "k8s" / K8S_VERSION / "bin"
+
+    @property
+    def guest_cache(self) -> Path:
+        return cache_dir() / "guest"
+
+    @property
+    def venv_bin(self) -> Path:
+        return self.repo / ".venv" / "bin"
+
+
+def netns(node: str) -> str:
+    return NETNS_PREFIX + node
+
+
+def netns_path(node: str) -> Path:
+    return Path("/run/netns") / netns(node)
+
+
+def mntns_path(node: str) -> Path:
+    return RUN_DIR / "ns" / node
+
+
+def node_names(count: int) -> list[str]:
+    return [f"node-{i}" for i in range(1, count + 1)]

@@ -1,0 +1,230 @@
+"""Lab nodes: a network namespace, a mount namespace and a libvirtd each.
+
+Every node sees the host's filesystem except libvirt's own directories, which are
+bind-mounted from .lab/nodes/<node>/ so each libvirtd has its own config, state and
+sockets. SHARED_STORAGE is the host's, hence the same path on every node: the shared
+storage that live migration needs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from . import procs
+from .errors import LabError
+from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LIBVIRT_DIRS, NETNS_PREFIX, NETWORK, RUN_DIR, SHARED_STORAGE,
+                     Lab, mntns_path, netns, netns_path, node_ip)
+
+PREFIXLEN = NETWORK.prefixlen
+
+
+def enter(node: str) -> list[str]:
+    """The argv prefix that runs a command inside a node's namespaces."""
+    return ["nsenter", f"--net={netns_path(node)}", f"--mount={mntns_path(node)}", "--"]
+
+
+def _ip(*args: str, check: bool = True):
+    return procs.run(["ip", *args], check=check)
+
+
+def ensure_bridge() -> None:
+    if _ip("link", "show", BRIDGE, check=False).returncode != 0:
+        _ip("link", "add", BRIDGE, "type", "bridge")
+    _ip("addr", "replace", f"{HOST_IP}/{PREFIXLEN}", "dev", BRIDGE)
+    _ip("link", "set", BRIDGE, "up")
+
+
+def _ensure_ns_dir() -> None:
+    """Mount-namespace files must live on a private mount, or the bind that keeps them fails."""
+    ns_dir = RUN_DIR / "ns"
+    ns_dir.mkdir(parents=True, exist_ok=True)
+    if procs.run(["findmnt", "-n", str(ns_dir)], check=False).returncode != 0:
+        procs.run(["mount", "--bind", str(ns_dir), str(ns_dir)])
+        procs.run(["mount", "--make-private", str(ns_dir)])
+
+
+def _ensure_netns(node: str, index: int) -> None:
+    name = netns(node)
+    if netns_path(node).exists():
+        return
+    host_end, node_end = f"kv{index}h", f"kv{index}n"
+    _ip("link", "del", host_end, check=False)
+    _ip("netns", "add", name)
+    _ip("link", "add", host_end, "type", "veth", "peer", "name", node_end)
+    _ip("link", "set", host_end, "master", BRIDGE, "up")
+    _ip("link", "set", node_end, "netns", name)
+    _ip("-n", name, "link", "set", node_end, "name", "eth0")
+    _ip("-n", name, "addr", "add", f"{node_ip(index)}/{PREFIXLEN}", "dev", "eth0")
+    _ip("-n", name, "link", "set", "eth0", "up")
+    _ip("-n", name, "link", "set", "lo", "up")
+    _ip("-n", name, "route", "add", "default", "via", HOST_IP)
+
+
+def _libvirt_config(node_root: Path, node: str, index: int) -> None:
+    etc = node_root / "etc/libvirt"
+    if (etc / "libvirtd.conf").exists():
+        return
+    shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)
+    # No default NAT network (it would want dnsmasq and a private range).
+    shutil.rmtree(etc / "qemu/networks", ignore_errors=True)
+    (etc / "qemu/networks/autostart").mkdir(parents=True)
+    ip = node_ip(index)
+    (etc / "libvirtd.conf").write_text(f"""\
+# kopfvirt lab node {node}: plain TCP for migration exists only inside the lab.
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "{ip}"
+auth_tcp = "none"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+host_uuid = "{host_uuid(node)}"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+""")
+    (etc / "qemu.conf").write_text(f"""\
+# kopfvirt lab node {node}: several libvirtds share one machine and one storage path.
+cgroup_controllers = [ ]
+stdio_handler = "file"
+security_driver = "none"
+dynamic_ownership = 0
+remember_owner = 0
+user = "root"
+group = "root"
+migration_host = "{ip}"
+migration_address = "{ip}"
+""")
+
+
+def _smbios_stand_in(node_root: Path, node: str, index: int) -> None:
+    """libvirtd runs /usr/sbin/dmidecode for `virsh sysinfo`; in the node's mount namespace
+    that path is this script: the real dmidecode where the host exposes SMBIOS, else a
+    per-node System Information, so sysinfo answers and says which node it is."""
+    bin_dir = node_root / "var/lib/libvirt/lab-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "dmidecode"
+    script.write_text(f"""#!/bin/sh
+/var/lib/libvirt/lab-bin/dmidecode.real "$@" 2>/dev/null && exit 0
+cat <<SMBIOS
+# dmidecode stand-in of kopfvirt lab {node}
+Handle 0x0000, DMI type 0, 24 bytes
+BIOS Information
+\tVendor: kopfvirt lab
+\tVersion: {K8S_VERSION}
+\tRelease Date: 01/01/2026
+
+Handle 0x0100, DMI type 1, 27 bytes
+System Information
+\tManufacturer: kopfvirt lab
+\tProduct Name: lab node
+\tVersion: {index}
+\tSerial Number: {node}
+\tUUID: {host_uuid(node)}
+\tSKU Number: {node}
+\tFamily: kopfvirt
+
+SMBIOS
+""")
+    script.chmod(0o755)
+
+
+def host_uuid(node: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.kopfvirt.lab"))
+
+
+def _ensure_mntns(lab: Lab, node: str) -> None:
+    ns = mntns_path(node)
+    node_root = lab.node_dir(node)
+    for d in LIBVIRT_DIRS:
+        (node_root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    if ns.exists() and procs.run(["findmnt", "-n", str(ns)], check=False).returncode == 0:
+        return
+    for d in LIBVIRT_DIRS:
+        Path(d).mkdir(parents=True, exist_ok=True)
+    ns.touch()
+    binds = [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in LIBVIRT_DIRS]
+    lab_bin = node_root / "var/lib/libvirt/lab-bin"
+    if Path("/usr/sbin/dmidecode").exists():
+        (lab_bin / "dmidecode.real").touch()
+        binds += [f"mount --bind /usr/sbin/dmidecode {lab_bin}/dmidecode.real",
+                  f"mount --bind {lab_bin}/dmidecode /usr/sbin/dmidecode"]
+    binds = " && ".join(binds)
+    result = procs.run(["unshare", f"--mount={ns}", "--propagation", "private", "sh", "-c", binds],
+                       check=False)
+    if result.returncode != 0:
+        procs.run(["umount", "-l", str(ns)], check=False)
+        raise LabError(f"could not make the mount namespace of {node}: {result.stderr.strip()}")
+
+
+def libvirtd_pid(lab: Lab, node: str) -> int | None:
+    return procs.read_pid(lab.node_dir(node) / "run/libvirt/libvirtd.pid")
+
+
+def _start_libvirtd(lab: Lab, node: str) -> None:
+    if libvirtd_pid(lab, node):
+        return
+    log = lab.logs / f"libvirtd-{node}.log"
+    lab.logs.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        result = procs.run([*enter(node), "libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd.pid"],
+                           check=False)
+        out.write((result.stdout + result.stderr).encode())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if libvirtd_pid(lab, node) and Path(lab.node_dir(node) / "run/libvirt/libvirt-sock").exists():
+            return
+        time.sleep(0.2)
+    raise LabError(f"libvirtd on {node} did not start: {result.stderr.strip()} "
+                   f"(see {lab.node_dir(node) / 'var/log/libvirt/libvirtd.log'})")
+
+
+def up(lab: Lab, names: list[str]) -> None:
+    SHARED_STORAGE.mkdir(parents=True, exist_ok=True)
+    ensure_bridge()
+    _ensure_ns_dir()
+    for index, node in enumerate(names, start=1):
+        _ensure_netns(node, index)
+        _libvirt_config(lab.node_dir(node), node, index)
+        _smbios_stand_in(lab.node_dir(node), node, index)
+        _ensure_mntns(lab, node)
+        _start_libvirtd(lab, node)
+
+
+def existing_netns() -> list[str]:
+    out = _ip("netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(NETNS_PREFIX)]
+
+
+def teardown() -> list[str]:
+    """Remove every lab node on the machine, whichever checkout made it."""
+    done = []
+    for name in existing_netns():
+        node = name[len(NETNS_PREFIX):]
+        pids = _ip("netns", "pids", name, check=False).stdout.split()
+        for pid in pids:
+            procs.kill(int(pid), grace=5)
+        ns = mntns_path(node)
+        procs.run(["umount", "-l", str(ns)], check=False)
+        ns.unlink(missing_ok=True)
+        _ip("netns", "del", name, check=False)
+        done.append(node)
+    ns_dir = RUN_DIR / "ns"
+    if ns_dir.exists():
+        for leftover in ns_dir.iterdir():
+            procs.run(["umount", "-l", str(leftover)], check=False)
+            leftover.unlink(missing_ok=True)
+        procs.run(["umount", "-l", str(ns_dir)], check=False)
+    _ip("link", "del", BRIDGE, check=False)
+    return done
+
+
+def status(lab: Lab, names: list[str]) -> dict[str, str]:
+    out = {}
+    for index, node in enumerate(names, start=1):
+        if not netns_path(node).exists():
+            out[node] = "absent"
+            continue
+        pid = libvirtd_pid(lab, node)
+        out[node] = f"{node_ip(index)}, libvirtd " + (f"running (pid {pid})" if pid else "stopped")
+    return out

@@ -1,0 +1,106 @@
+"""Lab daemons: started detached, with a pid file and a log under .lab/."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .layout import Lab
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def running(lab: Lab, name: str) -> int | None:
+    return read_pid(lab.pids / f"{name}.pid")
+
+
+def start(lab: Lab, name: str, argv: Sequence[str], env: dict | None = None) -> int:
+    """Start `argv` in its own session so it outlives `kopfvirt lab up`."""
+    lab.pids.mkdir(parents=True, exist_ok=True)
+    lab.logs.mkdir(parents=True, exist_ok=True)
+    with open(lab.logs / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, **(env or {})}, cwd=lab.repo,
+        )
+    (lab.pids / f"{name}.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def kill(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def stop(lab: Lab, name: str, grace: float = 10.0) -> None:
+    pidfile = lab.pids / f"{name}.pid"
+    pid = read_pid(pidfile)
+    if pid:
+        kill(pid, grace)
+    pidfile.unlink(missing_ok=True)
+
+
+def log_tail(lab: Lab, name: str, lines: int = 15) -> str:
+    try:
+        return "\n".join((lab.logs / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def port_in_use(port: int) -> str | None:
+    """Who listens on a TCP port, or None. Reads /proc so it needs no extra tools."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    return f"pid {proc.name} ({cmd[:80]})"
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return "an unknown process"
+
+
+def run(argv: Sequence[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), check=check, text=True, capture_output=True, **kwargs)
