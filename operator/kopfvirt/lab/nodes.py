@@ -136,7 +136,7 @@ def host_uuid(node: str) -> str:
 def _ensure_mntns(lab: Lab, node: str) -> None:
     ns = mntns_path(node)
     node_root = lab.node_dir(node)
-    for d in LIBVIRT_DIRS:
+    for d in (*LIBVIRT_DIRS, "/var/log/libvirt/qemu"):  # the package's layout; QEMU logs there
         (node_root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
     if ns.exists() and procs.run(["findmnt", "-n", str(ns)], check=False).returncode == 0:
         return

@@ -1,0 +1,91 @@
+"""The `kopfvirt` command: one entry point for the controller, the node agent and the lab."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _repo() -> Path:
+    """The checkout the lab belongs to: this source tree, else the working directory."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "lab" / "build-control-plane.sh").exists() else Path.cwd()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kopfvirt", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("controller", help="run the cluster-wide controller")
+    c.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                   help="kubeconfig file (default: in-cluster ServiceAccount)")
+
+    a = sub.add_parser("agent", help="run the node agent of one node")
+    a.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ)
+    a.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    a.add_argument("--libvirt-uri", default="qemu:///system")
+    a.add_argument("--virt-type", choices=("qemu", "kvm"), default="qemu",
+                   help="qemu (TCG, works everywhere) unless KVM is known to work on the node")
+
+    lab = sub.add_parser("lab", help="the lab: a real control plane and libvirt nodes on this machine")
+    lsub = lab.add_subparsers(dest="lab_command", required=True)
+    up = lsub.add_parser("up", help="start (or repair) the lab")
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--virt-type", choices=("qemu", "kvm"), default="qemu")
+    up.add_argument("--node-cpu", default="8", help="CPU capacity each lab node declares")
+    up.add_argument("--node-memory", default="16Gi", help="memory capacity each lab node declares")
+    lsub.add_parser("down", help="remove everything the lab made but the build cache")
+    lsub.add_parser("status", help="show the lab's parts and their health")
+    ex = lsub.add_parser("exec", help="run a command inside a lab node's namespaces")
+    ex.add_argument("node")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    kl = lsub.add_parser("kubelet", help=argparse.SUPPRESS)
+    kl.add_argument("--node", required=True)
+    kl.add_argument("--ip", required=True)
+    kl.add_argument("--kubeconfig", required=True)
+    kl.add_argument("--cpu", default="8")
+    kl.add_argument("--memory", default="16Gi")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "controller":
+        from .controller.main import main as run
+        run(args.kubeconfig)
+    elif args.command == "agent":
+        from .agent.main import main as run
+        run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type)
+    else:
+        sys.exit(_lab(args))
+
+
+def _lab(args) -> int:
+    from .lab.errors import LabError
+    from .lab.layout import Lab
+    lab = Lab(_repo())
+    try:
+        if args.lab_command == "up":
+            from .lab.manage import up
+            up(lab, args.nodes, args.virt_type, args.node_cpu, args.node_memory)
+        elif args.lab_command == "down":
+            from .lab.manage import down
+            down(lab)
+        elif args.lab_command == "status":
+            from .lab.manage import status
+            return status(lab)
+        elif args.lab_command == "exec":
+            from .lab.manage import exec_
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if not argv:
+                raise LabError("nothing to run: kopfvirt lab exec NODE -- CMD...")
+            exec_(lab, args.node, argv)
+        elif args.lab_command == "kubelet":
+            from .lab.kubelet import run
+            run(args.node, args.ip, args.kubeconfig, args.cpu, args.memory)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

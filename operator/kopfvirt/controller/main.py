@@ -1,0 +1,12 @@
+"""Entry point of the controller."""
+
+from __future__ import annotations
+
+from ..clients import kube
+from ..runtime import run
+from .handlers import build_registry
+
+
+def main(kubeconfig: str | None) -> None:
+    kube.load(kubeconfig)
+    run(build_registry())

@@ -1,0 +1,32 @@
+"""Kubernetes-style status conditions, merged without losing transition times."""
+
+from __future__ import annotations
+
+import datetime
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict] | None, type_: str, status: bool, reason: str, message: str,
+                  generation: int | None, at: str | None = None) -> list[dict]:
+    """A new list with `type_` set; lastTransitionTime moves only when the status flips."""
+    value = "True" if status else "False"
+    out, old = [], None
+    for c in conditions or []:
+        if c.get("type") == type_:
+            old = c
+        else:
+            out.append(dict(c))
+    changed = old is None or old.get("status") != value
+    new = {"type": type_, "status": value, "reason": reason, "message": message,
+           "lastTransitionTime": (at or now()) if changed else old.get("lastTransitionTime", at or now())}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    out.append(new)
+    return sorted(out, key=lambda c: c["type"])
+
+
+def get(conditions: list[dict] | None, type_: str) -> dict | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)

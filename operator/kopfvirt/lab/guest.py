@@ -1,0 +1,25 @@
+"""The lab guest: a kernel and busybox initramfs that print a heartbeat on ttyS0."""
+
+from __future__ import annotations
+
+import shutil
+
+from . import procs
+from .errors import LabError
+from .layout import SHARED_STORAGE, Lab
+
+GUEST_DIR = SHARED_STORAGE / "images" / "lab-guest"
+KERNEL = GUEST_DIR / "vmlinuz"
+INITRD = GUEST_DIR / "initrd.img"
+HEARTBEAT = "kopfvirt-heartbeat"
+
+
+def install(lab: Lab) -> None:
+    """Build into the cache once, then copy onto the shared storage every node sees."""
+    result = procs.run(["bash", str(lab.repo / "lab" / "build-guest.sh")], check=False)
+    if result.returncode != 0:
+        raise LabError(f"building the lab guest failed: {result.stderr.strip()[-2000:]}")
+    GUEST_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("vmlinuz", "initrd.img"):
+        if not (GUEST_DIR / name).exists():
+            shutil.copy2(lab.guest_cache / name, GUEST_DIR / name)

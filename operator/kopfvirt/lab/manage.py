@@ -1,0 +1,188 @@
+"""`kopfvirt lab up|down|status|exec`: bring the whole lab up idempotently, or clear it.
+
+`up` starts only what is not running, so after a killed libvirtd, agent or API server
+it brings back the missing parts and leaves running guests alone. A lab left by another
+checkout (CI clones elsewhere) is found through a machine-wide owner file and cleared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import controlplane, guest, nodes, procs, tokens
+from .errors import LabError
+from .layout import RUN_DIR, SHARED_STORAGE, Lab, node_ip, node_names
+
+OWNER = RUN_DIR / "owner"
+REQUIRED_TOOLS = {
+    "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "findmnt": "util-linux",
+    "libvirtd": "libvirt-daemon-system", "virsh": "libvirt-clients",
+    "qemu-system-x86_64": "qemu-system-x86", "etcd": "etcd-server", "kubectl": "kubectl",
+    "cpio": "cpio",
+}
+
+
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root: it makes network and mount namespaces and runs libvirtd. "
+                       "Run it as root (sudo -E).")
+    missing = [f"{tool} (package {pkg})" for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)]
+    if missing:
+        raise LabError("missing tools: " + ", ".join(missing) + ". `make lab-deps` installs them.")
+
+
+def _clear_foreign(lab: Lab) -> None:
+    """Remove a lab made by another checkout: its processes, namespaces and mounts."""
+    try:
+        owner = Path(OWNER.read_text().strip())
+    except FileNotFoundError:
+        owner = None
+    if owner and owner != lab.root:
+        print(f"clearing a lab left by another checkout: {owner}")
+        _sweep_processes(str(owner) + "/")
+        nodes.teardown()
+    elif owner is None and nodes.existing_netns():
+        print("clearing lab nodes of an unknown owner")
+        nodes.teardown()
+
+
+def _sweep_processes(marker: str) -> None:
+    """Kill every process whose command line mentions `marker` (a .lab/ path)."""
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if marker in cmdline:
+            procs.kill(int(proc.name), grace=5)
+
+
+def _apply(lab: Lab, *paths: Path) -> None:
+    result = subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "apply", "--server-side",
+                             "--force-conflicts", *sum((["-f", str(p)] for p in paths), [])],
+                            text=True, capture_output=True)
+    if result.returncode != 0:
+        raise LabError(f"kubectl apply failed: {result.stderr.strip()}")
+    subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
+                    "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
+
+
+def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, memory: str) -> None:
+    python = sys.executable
+    for index, node in enumerate(names, start=1):
+        if not procs.running(lab, f"kubelet-{node}"):
+            procs.start(lab, f"kubelet-{node}", [
+                *nodes.enter(node), python, "-m", "kopfvirt", "lab", "kubelet", "--node", node,
+                "--ip", node_ip(index), "--kubeconfig", str(lab.kubeconfig), "--cpu", cpu, "--memory", memory])
+        if not procs.running(lab, f"agent-{node}"):
+            procs.start(lab, f"agent-{node}", [
+                *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
+                "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type])
+    if not procs.running(lab, "controller"):
+        procs.start(lab, "controller", [python, "-m", "kopfvirt", "controller",
+                                        "--kubeconfig", str(lab.root / "controller.kubeconfig")])
+
+
+def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    jsonpath = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}'
+    while time.monotonic() < deadline:
+        out = subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "get", "nodes", "-o",
+                              f"jsonpath={jsonpath}"], text=True, capture_output=True).stdout
+        ready = {pair.split("=")[0] for pair in out.split() if pair.endswith("=True")}
+        if set(names) <= ready:
+            return
+        time.sleep(0.5)
+    raise LabError(f"nodes not Ready after {timeout:.0f}s; see {lab.logs}/kubelet-*.log")
+
+
+def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: str = "16Gi") -> None:
+    _preflight()
+    t0 = time.monotonic()
+    names = node_names(count)
+    _clear_foreign(lab)
+    if lab.state_file.exists():
+        previous = json.loads(lab.state_file.read_text()).get("nodes", [])
+        if previous != names:
+            raise LabError(f"this lab runs nodes {previous}; `kopfvirt lab down` first to change to {count}")
+    lab.root.mkdir(parents=True, exist_ok=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    OWNER.write_text(f"{lab.root}\n")
+    lab.state_file.write_text(json.dumps({"nodes": names, "virtType": virt_type}))
+    try:
+        controlplane.build(lab)
+        guest.install(lab)
+        nodes.ensure_bridge()  # before the API server: its address lives on the bridge
+        controlplane.prepare_pki(lab)
+        controlplane.start(lab)
+        _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml",
+               lab.repo / "manifests" / "rbac.yaml")
+        nodes.up(lab, names)
+        tokens.write_kubeconfigs(lab, controlplane.server_url())
+        _start_node_processes(lab, names, virt_type, cpu, memory)
+        _wait_nodes_ready(lab, names)
+    except LabError:
+        print(f"lab up failed; what did start is left for inspection: `kopfvirt lab status`, "
+              f"logs in {lab.logs}; `kopfvirt lab down` removes it", file=sys.stderr)
+        raise
+    print(f"lab up in {time.monotonic() - t0:.1f}s: {', '.join(names)}; "
+          f"KUBECONFIG={lab.kubeconfig}")
+
+
+def down(lab: Lab) -> None:
+    """Remove everything `up` made except the build cache under $HOME."""
+    for pidfile in sorted(lab.pids.glob("*.pid")) if lab.pids.exists() else []:
+        if pidfile.stem not in controlplane.COMPONENTS:
+            procs.stop(lab, pidfile.stem, grace=5)
+    removed = nodes.teardown()
+    controlplane.stop(lab)
+    _sweep_processes(str(lab.root) + "/")
+    shutil.rmtree(lab.root, ignore_errors=True)
+    shutil.rmtree(SHARED_STORAGE, ignore_errors=True)
+    try:
+        if Path(OWNER.read_text().strip()) == lab.root:
+            OWNER.unlink()
+    except FileNotFoundError:
+        pass
+    print(f"lab down: removed nodes {', '.join(removed) or '(none)'} and {lab.root}")
+
+
+def status(lab: Lab) -> int:
+    if not lab.state_file.exists():
+        print("no lab here (kopfvirt lab up starts one)")
+        return 1
+    names = json.loads(lab.state_file.read_text())["nodes"]
+    healthy = True
+    print("control plane:")
+    for name, state in controlplane.status(lab).items():
+        healthy &= state.startswith("running")
+        print(f"  {name:26} {state}")
+    print("nodes:")
+    for node, state in nodes.status(lab, names).items():
+        healthy &= "running" in state
+        print(f"  {node:26} {state}")
+    print("kopfvirt and node stand-ins:")
+    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("agent", "kubelet")]:
+        pid = procs.running(lab, name)
+        healthy &= pid is not None
+        print(f"  {name:26} {'running (pid %d)' % pid if pid else 'stopped'}")
+    print(f"kubeconfig: {lab.kubeconfig}")
+    print(f"shared storage: {SHARED_STORAGE}")
+    print("healthy" if healthy else "degraded: `kopfvirt lab up` restarts what is missing")
+    return 0 if healthy else 1
+
+
+def exec_(lab: Lab, node: str, argv: list[str]) -> None:
+    from .layout import netns_path
+    if not netns_path(node).exists():
+        raise LabError(f"no lab node {node!r} (kopfvirt lab status lists them)")
+    os.execvp("nsenter", [*nodes.enter(node), *argv])

@@ -1,0 +1,27 @@
+"""ServiceAccount tokens for the product's processes: they run with the RBAC of manifests/."""
+
+from __future__ import annotations
+
+import subprocess
+
+from . import kubeconfig
+from .errors import LabError
+from .layout import Lab
+
+NAMESPACE = "kopfvirt-system"
+ACCOUNTS = {"controller": "kopfvirt-controller", "agent": "kopfvirt-agent"}
+DURATION = "168h"
+
+
+def write_kubeconfigs(lab: Lab, server: str) -> None:
+    for role, account in ACCOUNTS.items():
+        target = lab.root / f"{role}.kubeconfig"
+        if target.exists():
+            continue
+        result = subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "-n", NAMESPACE,
+                                 "create", "token", account, f"--duration={DURATION}"],
+                                text=True, capture_output=True)
+        if result.returncode != 0:
+            raise LabError(f"could not issue a token for {account}: {result.stderr.strip()}")
+        kubeconfig.write(target, server, lab.pki / "ca.crt", f"system:serviceaccount:{NAMESPACE}:{account}",
+                         token=result.stdout.strip(), namespace=NAMESPACE)

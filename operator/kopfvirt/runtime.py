@@ -1,0 +1,54 @@
+"""How the controller and the agent run kopf: one process, one registry, own storage keys.
+
+Both reconcile VirtualMachines, so each keeps its progress, diff-base and finalizer under
+its own prefix; sharing kopf's defaults would make them overwrite each other's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import kopf
+
+from . import GROUP
+
+
+def registry_with_settings(identity: str, finalizer: str = "finalizer",
+                           vm_selector: str | None = None) -> kopf.OperatorRegistry:
+    """A registry whose startup applies the settings for `identity` (controller, agent).
+
+    `vm_selector` filters VirtualMachines server-side, so an agent's watch carries only
+    its own node's VMs. Agents name their finalizer after their node: one agent must never
+    remove another's finalizer (kopf drops finalizers that none of its handlers need).
+    """
+    registry = kopf.OperatorRegistry()
+    prefix = f"{identity}.{GROUP}"
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_):
+        settings.persistence.finalizer = f"{prefix}/{finalizer}"
+        if vm_selector:
+            settings.watching.label_selectors[GROUP, "virtualmachines"] = vm_selector
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=prefix, key="last-handled-configuration")
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 30
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        # KUBECONFIG is read at call time here (the client library reads it at import).
+        if os.environ.get("KUBECONFIG"):
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs)
+
+    return registry
+
+
+def run(registry: kopf.OperatorRegistry) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=True))
