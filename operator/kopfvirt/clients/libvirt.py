@@ -32,6 +32,16 @@ class DomainInfo:
     state: str
 
 
+def _undefine(dom: libvirt.virDomain) -> None:
+    """Undefine with its UEFI variables; drivers without NVRAM support take the plain call."""
+    try:
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            raise
+        dom.undefine()
+
+
 class Hypervisor:
     """A reconnecting handle on one libvirtd; libvirt connections are thread-safe."""
 
@@ -91,7 +101,7 @@ class Hypervisor:
         if other.isActive():
             raise DomainConflict(f"domain {name} of an earlier VM (uuid {other.UUIDString()}) still runs "
                                  f"on this node; stop it with virsh before this VM can start")
-        other.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        _undefine(other)
         log.warning("removed stale definition of %s (uuid %s) left by an earlier VM", name, other.UUIDString())
 
     def stop(self, uuid: str, grace: float = 30.0) -> None:
@@ -119,7 +129,7 @@ class Hypervisor:
         if dom.isActive():
             dom.destroy()
         try:
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            _undefine(dom)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise

@@ -25,7 +25,7 @@ def reservation_pod(vm: VMSpec) -> dict:
     resources = {"cpu": str(vm.cores), "memory": f"{mib}Mi"}
     spec = {
         "containers": [{"name": "reservation", "image": PAUSE_IMAGE,
-                        "resources": {"requests": resources, "limits": resources}}],
+                        "resources": {"requests": resources, "limits": dict(resources)}}],
         "restartPolicy": "Always",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

@@ -1,0 +1,62 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+KOPFVIRT := $(VENV)/bin/kopfvirt
+export KUBECONFIG := $(CURDIR)/.lab/kubeconfig
+
+APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev \
+	pkg-config gcc etcd-server busybox-static cpio iproute2 util-linux genisoimage libxml2-utils \
+	dmidecode
+APT_TOOLS := libvirtd virsh qemu-system-x86_64 qemu-img pkg-config gcc etcd cpio ip nsenter \
+	virt-xml-validate dmidecode
+
+.PHONY: demo test unit integration deps lab-deps venv lab-up lab-down lab-status clean
+
+demo: deps lab-up ## bring the lab up, start the example VM, show it running
+	kubectl apply -f examples/vm-lab-guest.yaml
+	kubectl wait --for=jsonpath='{.status.phase}'=Running virtualmachine/demo --timeout=120s
+	kubectl get virtualmachines,pods -o wide
+	@node=$$(kubectl get virtualmachine demo -o jsonpath='{.status.nodeName}'); sleep 8; \
+	  echo "--- serial console of demo on $$node:"; \
+	  $(KOPFVIRT) lab exec $$node -- tail -n 3 /var/log/libvirt/qemu/default_demo-serial.log
+
+test: deps ## unit tests, then integration tests against the lab (started if needed)
+	$(PY) -m pytest -ra tests
+
+unit: venv
+	$(PY) -m pytest -ra tests/unit
+
+integration: deps
+	$(PY) -m pytest -ra tests/integration
+
+deps: lab-deps venv
+
+lab-deps:
+	@missing=0; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  [ "$$(id -u)" = 0 ] || { echo "error: installing Debian packages needs root"; exit 2; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@command -v go >/dev/null || [ -x $$HOME/.cache/kopfvirt/k8s/*/bin/kube-apiserver ] || \
+	  { echo "error: Go >= 1.26 is needed to build the lab's control plane"; exit 2; }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+lab-up: deps
+	$(KOPFVIRT) lab up
+
+lab-down:
+	[ ! -x $(KOPFVIRT) ] || $(KOPFVIRT) lab down
+
+lab-status:
+	$(KOPFVIRT) lab status
+
+clean: lab-down
+	rm -rf $(VENV) .pytest_cache

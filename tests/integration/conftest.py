@@ -1,0 +1,119 @@
+"""Integration tests against the lab: started once per session (never skipped).
+
+`kopfvirt lab up` is idempotent, so a lab a developer already runs is reused; CI starts
+it from nothing. A lab that cannot come up fails the session: a skipped integration
+test would count as not written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+KOPFVIRT = [sys.executable, "-m", "kopfvirt"]
+KUBECONFIG = REPO / ".lab" / "kubeconfig"
+GUEST = "/var/lib/kopfvirt/storage/images/lab-guest"
+
+
+def run(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def kubectl(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    argv = ["kubectl", "--kubeconfig", str(KUBECONFIG), *args]
+    result = subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def kubectl_json(*args: str) -> dict:
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def lab_exec(node: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(*KOPFVIRT, "lab", "exec", node, "--", *argv, check=check)
+
+
+def wait_for(what: str, probe, timeout: float = 90, interval: float = 0.5):
+    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+def heartbeat(node: str, domain: str) -> int | None:
+    """The last counter the guest printed on its serial console, read on its node."""
+    result = lab_exec(node, "tail", "-n", "5", f"/var/log/libvirt/qemu/{domain}-serial.log", check=False)
+    counts = re.findall(r"kopfvirt-heartbeat (\d+)", result.stdout)
+    return int(counts[-1]) if counts else None
+
+
+def lab_guest(name: str, **spec) -> dict:
+    body = {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": "128Mi",
+            "kernelBoot": {"kernel": f"{GUEST}/vmlinuz", "initrd": f"{GUEST}/initrd.img",
+                           "cmdline": "console=ttyS0 quiet"}}
+    body.update(spec)
+    return {"apiVersion": "kopfvirt.io/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": name}, "spec": body}
+
+
+@pytest.fixture(scope="session")
+def lab():
+    result = subprocess.run([*KOPFVIRT, "lab", "up"], capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        pytest.fail(f"kopfvirt lab up failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    return REPO / ".lab"
+
+
+@pytest.fixture(scope="session")
+def namespace(lab):
+    name = f"it-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
+
+
+class VMs:
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+
+    def apply(self, body: dict) -> subprocess.CompletedProcess:
+        return kubectl("-n", self.namespace, "apply", "-f", "-", stdin=yaml.safe_dump(body), check=False)
+
+    def get(self, name: str) -> dict | None:
+        result = kubectl("-n", self.namespace, "get", "virtualmachine", name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict:
+        return wait_for(f"VM {name} in phase {phase}",
+                        lambda: (vm := self.get(name)) and vm.get("status", {}).get("phase") == phase and vm,
+                        timeout)
+
+    def delete(self, name: str) -> None:
+        kubectl("-n", self.namespace, "delete", "virtualmachine", name, "--wait=true", "--timeout=60s")
+
+    def domain(self, name: str) -> str:
+        return f"{self.namespace}_{name}"
+
+
+@pytest.fixture(scope="session")
+def vms(namespace):
+    return VMs(namespace)

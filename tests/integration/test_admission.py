@@ -1,0 +1,29 @@
+"""Bad specs are refused by the API server, naming the field, and leave nothing behind."""
+
+import pytest
+
+from .conftest import kubectl, lab_guest
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"memory": "8Mi"}, "spec.memory: Invalid value: \"8Mi\": must be at least 16Mi"),
+    ({"memory": "lots"}, "spec.memory: Invalid value: \"lots\""),
+    ({"cpu": {"cores": 0}}, "spec.cpu.cores: Invalid value: 0"),
+    ({"runStrategy": "Sometimes"}, "spec.runStrategy: Unsupported value: \"Sometimes\""),
+    ({"kernelBoot": {"initrd": "/x"}}, "spec.kernelBoot.kernel: Required value"),
+])
+def test_invalid_spec_is_refused_naming_the_field(vms, change, expected):
+    body = lab_guest("bad")
+    body["spec"].update(change)
+    result = vms.apply(body)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert vms.get("bad") is None
+    assert kubectl("-n", vms.namespace, "get", "pod", "kopfvirt-bad", check=False).returncode != 0
+
+
+def test_missing_memory_is_refused(vms):
+    body = lab_guest("nomem")
+    del body["spec"]["memory"]
+    result = vms.apply(body)
+    assert result.returncode != 0 and "spec.memory: Required value" in result.stderr

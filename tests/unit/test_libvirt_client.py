@@ -1,0 +1,62 @@
+"""The libvirt client against libvirt's in-memory test driver (no daemon, no QEMU)."""
+
+import pytest
+
+from kopfvirt.clients.libvirt import DomainConflict, Hypervisor
+from kopfvirt.core import domainxml, vmspec
+
+UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
+OTHER_UID = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.fixture
+def hv():
+    # A fresh private test driver per test: test:///default is shared within a process.
+    return Hypervisor("test:///default")
+
+
+def _xml(uid=UID, name="demo"):
+    vm = vmspec.parse("unit", name, uid, {"memory": "64Mi"})
+    return vm.domain_name, domainxml.domain_xml(vm, "qemu").replace("type=\"qemu\"", "type=\"test\"")
+
+
+def test_ensure_running_defines_starts_and_adopts(hv):
+    name, xml = _xml()
+    info = hv.ensure_running(name, UID, xml)
+    assert (info.uuid, info.name, info.state) == (UID, "unit_demo", "running")
+    dom = hv.find(UID)
+    again = hv.ensure_running(name, UID, xml)  # adoption: the same domain, not a second one
+    assert again.uuid == UID and hv.find(UID).ID() == dom.ID()
+    hv.remove(UID)
+    assert hv.find(UID) is None
+
+
+def test_remove_of_missing_domain_is_fine(hv):
+    hv.remove(OTHER_UID)
+
+
+def test_stale_stopped_namesake_is_replaced(hv):
+    name, old_xml = _xml(uid=OTHER_UID, name="again")
+    hv.conn().defineXML(old_xml)
+    _, new_xml = _xml(uid=UID, name="again")
+    info = hv.ensure_running(name, UID, new_xml)
+    assert info.uuid == UID and hv.find(OTHER_UID) is None
+    hv.remove(UID)
+
+
+def test_running_namesake_is_never_touched(hv):
+    name, old_xml = _xml(uid=OTHER_UID, name="busy")
+    hv.conn().defineXML(old_xml).create()
+    _, new_xml = _xml(uid=UID, name="busy")
+    with pytest.raises(DomainConflict, match="still runs"):
+        hv.ensure_running(name, UID, new_xml)
+    assert hv.find(OTHER_UID).isActive()
+    hv.remove(OTHER_UID)
+
+
+def test_stop_shuts_down(hv):
+    name, xml = _xml(name="stopper")
+    hv.ensure_running(name, UID, xml)
+    hv.stop(UID, grace=5)
+    assert not hv.find(UID).isActive()
+    hv.remove(UID)
