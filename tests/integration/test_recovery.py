@@ -1,0 +1,65 @@
+"""A running guest survives its node's agent and libvirtd being killed; `lab up` repairs."""
+
+import os
+import signal
+import subprocess
+import time
+
+from .conftest import KOPFVIRT, REPO, heartbeat, lab_exec, lab_guest, wait_for
+
+LAB = REPO / ".lab"
+
+
+def _qemu_pid(node: str, domain: str) -> int:
+    return int((LAB / "nodes" / node / "run/libvirt/qemu" / f"{domain}.pid").read_text())
+
+
+def _pid(path) -> int:
+    return int(path.read_text().strip())
+
+
+def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
+    assert vms.apply(lab_guest("sacred")).returncode == 0
+    vm = vms.wait_phase("sacred", "Running")
+    node, domain = vm["status"]["nodeName"], vms.domain("sacred")
+    wait_for("the guest's heartbeat", lambda: heartbeat(node, domain))
+    qemu = _qemu_pid(node, domain)
+
+    agent = _pid(LAB / "pids" / f"agent-{node}.pid")
+    libvirtd = _pid(LAB / "nodes" / node / "run/libvirt/libvirtd.pid")
+    os.kill(agent, signal.SIGKILL)
+    os.kill(libvirtd, signal.SIGKILL)
+    wait_for("agent and libvirtd to die", lambda: not os.path.exists(f"/proc/{agent}")
+             and not os.path.exists(f"/proc/{libvirtd}"), timeout=10)
+    status = subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True, text=True)
+    assert status.returncode != 0 and "degraded" in status.stdout
+
+    before = heartbeat(node, domain)
+    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    assert subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True).returncode == 0
+
+    # The same QEMU process, still counting: the guest never restarted.
+    assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
+    time.sleep(2)
+    assert heartbeat(node, domain) > before
+    state = lab_exec(node, "virsh", "-c", "qemu:///system", "domstate", domain).stdout.strip()
+    assert state == "running"
+    vm = vms.get("sacred")
+    assert vm["status"]["phase"] == "Running" and vm["status"]["nodeName"] == node
+
+    # The restarted agent adopted the domain: deleting the VM still removes it.
+    vms.delete("sacred")
+    assert lab_exec(node, "virsh", "-c", "qemu:///system", "domstate", domain, check=False).returncode != 0
+
+
+def test_restarted_controller_leaves_running_vms_alone(vms):
+    assert vms.apply(lab_guest("steady")).returncode == 0
+    vm = vms.wait_phase("steady", "Running")
+    node, domain = vm["status"]["nodeName"], vms.domain("steady")
+    qemu = _qemu_pid(node, domain)
+    os.kill(_pid(LAB / "pids" / "controller.pid"), signal.SIGTERM)
+    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    time.sleep(3)
+    assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
+    assert vms.get("steady")["status"]["phase"] == "Running"
+    vms.delete("steady")
