@@ -22,7 +22,7 @@ demo: deps lab-up ## bring the lab up, start the example VM, show it running
 	  $(KOPFVIRT) lab exec $$node -- tail -n 3 /var/log/libvirt/qemu/default_demo-serial.log
 
 test: deps ## unit tests, then integration tests against the lab (started if needed)
-	$(PY) -m pytest -ra tests
+	$(PY) -m pytest -ra
 
 unit: venv
 	$(PY) -m pytest -ra tests/unit

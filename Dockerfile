@@ -1,0 +1,24 @@
+# Two images from one file:
+#   docker build --target operator -t kopfvirt:0.1.0 .         (controller and node agent)
+#   docker build --target libvirt  -t kopfvirt-libvirt:0.1.0 .  (libvirtd + QEMU for the libvirt DaemonSet)
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc pkg-config libvirt-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim-bookworm AS operator
+RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 65532:65532
+ENTRYPOINT ["kopfvirt"]
+
+FROM debian:bookworm-slim AS libvirt
+RUN apt-get update && apt-get install -y --no-install-recommends libvirt-daemon-system \
+    qemu-system-x86 qemu-utils ovmf dmidecode && rm -rf /var/lib/apt/lists/*
+# No TCP listener: peers reach this libvirtd over TLS only (see docs/architecture.md).
+ENTRYPOINT ["libvirtd"]
