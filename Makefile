@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KOPFVIRT := $(VENV)/bin/kopfvirt
 export KUBECONFIG := $(CURDIR)/.lab/kubeconfig
+CACHE := $(HOME)/.cache/kopfvirt
+HELM_VERSION := v3.22.0
+HELM := $(CACHE)/bin/helm-$(HELM_VERSION)
+export KOPFVIRT_HELM := $(HELM)
 
 APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev \
 	pkg-config gcc etcd-server busybox-static cpio iproute2 util-linux genisoimage libxml2-utils \
@@ -11,7 +15,7 @@ APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 APT_TOOLS := libvirtd virsh qemu-system-x86_64 qemu-img pkg-config gcc etcd cpio ip nsenter \
 	virt-xml-validate dmidecode
 
-.PHONY: demo test unit integration deps lab-deps venv lab-up lab-down lab-status clean
+.PHONY: demo test unit integration deps lab-deps venv helm manifests lab-up lab-down lab-status clean
 
 demo: deps lab-up ## bring the lab up, start the example VM, show it running
 	kubectl apply -f examples/vm-lab-guest.yaml
@@ -24,13 +28,29 @@ demo: deps lab-up ## bring the lab up, start the example VM, show it running
 test: deps ## unit tests, then integration tests against the lab (started if needed)
 	$(PY) -m pytest -ra
 
-unit: venv
+unit: venv helm
 	$(PY) -m pytest -ra tests/unit
 
 integration: deps
 	$(PY) -m pytest -ra tests/integration
 
-deps: lab-deps venv
+deps: lab-deps venv helm
+
+helm: $(HELM)
+
+$(HELM):
+	@command -v go >/dev/null || { echo "error: Go >= 1.26 is needed to build helm"; exit 2; }
+	mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin.tmp go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(CACHE)/bin.tmp/helm $@ && rmdir $(CACHE)/bin.tmp
+
+# manifests/ is rendered from the chart (one source); tests/unit/test_chart.py checks they agree.
+manifests: $(HELM)
+	for t in rbac controller agent libvirt; do \
+	  { echo "# Rendered from charts/kopfvirt by \`make manifests\`; do not edit."; \
+	    $(HELM) template kopfvirt charts/kopfvirt --namespace kopfvirt-system --kube-version 1.36.3 --show-only templates/$$t.yaml; \
+	  } > manifests/$$t.yaml; done
+	cp crds/*.yaml charts/kopfvirt/crds/
 
 lab-deps:
 	@missing=0; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing=1; done; \

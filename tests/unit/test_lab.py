@@ -80,3 +80,24 @@ def test_busy_port_refuses_to_start_apiserver(tmp_path, monkeypatch):
     monkeypatch.setattr(controlplane.procs, "start", lambda *a, **k: pytest.fail("must not start anything"))
     with pytest.raises(LabError, match=r"port 23790 is in use by pid 42 \(nginx\)"):
         controlplane.start(lab)
+
+
+def test_failed_first_up_removes_what_it_started(tmp_path, monkeypatch):
+    lab = layout.Lab(tmp_path)
+    calls = []
+    monkeypatch.setattr(manage, "_preflight", lambda: None)
+    monkeypatch.setattr(manage, "_clear_foreign", lambda lab: None)
+    monkeypatch.setattr(manage, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(manage, "OWNER", tmp_path / "run" / "owner")
+    monkeypatch.setattr(manage.controlplane, "build", lambda lab: calls.append("build"))
+    monkeypatch.setattr(manage.guest, "install", lambda lab: calls.append("guest"))
+    monkeypatch.setattr(manage.nodes, "ensure_bridge", lambda: calls.append("bridge"))
+    monkeypatch.setattr(manage.controlplane, "prepare_pki", lambda lab: calls.append("pki"))
+
+    def refuse(lab):
+        raise LabError("cannot start kube-apiserver: port 6443 is in use by pid 7 (x)")
+    monkeypatch.setattr(manage.controlplane, "start", refuse)
+    monkeypatch.setattr(manage, "down", lambda lab, **kw: calls.append(("down", kw)))
+    with pytest.raises(LabError, match="port 6443 is in use"):
+        manage.up(lab, 2)
+    assert calls[-1] == ("down", {"keep_logs": True, "quiet": True})

@@ -114,6 +114,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
         previous = json.loads(lab.state_file.read_text()).get("nodes", [])
         if previous != names:
             raise LabError(f"this lab runs nodes {previous}; `kopfvirt lab down` first to change to {count}")
+    fresh = not lab.state_file.exists()
     lab.root.mkdir(parents=True, exist_ok=True)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     OWNER.write_text(f"{lab.root}\n")
@@ -130,15 +131,22 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
         tokens.write_kubeconfigs(lab, controlplane.server_url())
         _start_node_processes(lab, names, virt_type, cpu, memory)
         _wait_nodes_ready(lab, names)
-    except LabError:
-        print(f"lab up failed; what did start is left for inspection: `kopfvirt lab status`, "
-              f"logs in {lab.logs}; `kopfvirt lab down` removes it", file=sys.stderr)
+    except (LabError, subprocess.CalledProcessError, KeyboardInterrupt) as e:
+        if fresh:  # never leave half a lab behind
+            down(lab, keep_logs=True, quiet=True)
+            print(f"lab up failed; everything it started was removed (logs kept in {lab.logs})",
+                  file=sys.stderr)
+        else:
+            print("lab up failed while repairing a lab; `kopfvirt lab status` shows what runs, "
+                  "`kopfvirt lab down` removes it", file=sys.stderr)
+        if isinstance(e, subprocess.CalledProcessError):
+            raise LabError(f"`{' '.join(map(str, e.cmd))}` failed: {(e.stderr or '').strip()}") from None
         raise
     print(f"lab up in {time.monotonic() - t0:.1f}s: {', '.join(names)}; "
           f"KUBECONFIG={lab.kubeconfig}")
 
 
-def down(lab: Lab) -> None:
+def down(lab: Lab, keep_logs: bool = False, quiet: bool = False) -> None:
     """Remove everything `up` made except the build cache under $HOME."""
     for pidfile in sorted(lab.pids.glob("*.pid")) if lab.pids.exists() else []:
         if pidfile.stem not in controlplane.COMPONENTS:
@@ -146,14 +154,22 @@ def down(lab: Lab) -> None:
     removed = nodes.teardown()
     controlplane.stop(lab)
     _sweep_processes(str(lab.root) + "/")
-    shutil.rmtree(lab.root, ignore_errors=True)
+    if keep_logs and lab.root.exists():
+        for entry in lab.root.iterdir():
+            if entry.is_dir() and entry != lab.logs:
+                shutil.rmtree(entry, ignore_errors=True)
+            elif not entry.is_dir():
+                entry.unlink()
+    else:
+        shutil.rmtree(lab.root, ignore_errors=True)
     shutil.rmtree(SHARED_STORAGE, ignore_errors=True)
     try:
         if Path(OWNER.read_text().strip()) == lab.root:
             OWNER.unlink()
     except FileNotFoundError:
         pass
-    print(f"lab down: removed nodes {', '.join(removed) or '(none)'} and {lab.root}")
+    if not quiet:
+        print(f"lab down: removed nodes {', '.join(removed) or '(none)'} and {lab.root}")
 
 
 def status(lab: Lab) -> int:

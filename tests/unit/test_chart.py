@@ -1,0 +1,54 @@
+"""The Helm chart: lints strictly, validates values, and is the source of manifests/."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kopfvirt"
+KUBE = ("--kube-version", "1.36.3")  # helm template assumes an old cluster otherwise
+
+
+@pytest.fixture(scope="module")
+def helm():
+    path = os.environ.get("KOPFVIRT_HELM") or shutil.which("helm")
+    if not path or not Path(path).exists():
+        pytest.fail("helm not found: `make helm` builds it (KOPFVIRT_HELM points at it)", pytrace=False)
+    return path
+
+
+def _helm(helm, *args, check=True):
+    result = subprocess.run([helm, *args], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def test_lint_strict(helm):
+    _helm(helm, "lint", "--strict", str(CHART))
+
+
+def test_values_schema_refuses_a_bad_virt_type(helm):
+    result = _helm(helm, "template", "x", str(CHART), *KUBE, "--set", "agent.virtType=xen", check=False)
+    assert result.returncode != 0 and "virtType" in result.stderr
+
+
+def test_libvirt_daemonset_can_be_left_out(helm):
+    out = _helm(helm, "template", "x", str(CHART), *KUBE, "--set", "libvirt.enabled=false").stdout
+    assert "kopfvirt-libvirt" not in out and "kopfvirt-agent" in out
+
+
+@pytest.mark.parametrize("template", ["rbac", "controller", "agent", "libvirt"])
+def test_manifests_are_rendered_from_the_chart(helm, template):
+    rendered = _helm(helm, "template", "kopfvirt", str(CHART), "--namespace", "kopfvirt-system", *KUBE,
+                     "--show-only", f"templates/{template}.yaml").stdout
+    committed = (ROOT / "manifests" / f"{template}.yaml").read_text()
+    assert committed.split("\n", 1)[1] == rendered, f"manifests/{template}.yaml is stale: run `make manifests`"
+
+
+def test_chart_crds_are_the_crds():
+    for crd in (ROOT / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"run `make manifests` ({crd.name})"
