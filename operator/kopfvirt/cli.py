@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--libvirt-uri", default="qemu:///system")
     a.add_argument("--virt-type", choices=("qemu", "kvm"), default="qemu",
                    help="qemu (TCG, works everywhere) unless KVM is known to work on the node")
+    a.add_argument("--storage-root", default="/var/lib/kopfvirt/storage",
+                   help="shared storage where VM disks live (the same path on every node)")
+    a.add_argument("--vm-network", default="kopfvirt",
+                   help="the node's libvirt network that interfaces with network 'default' join")
 
     lab = sub.add_parser("lab", help="the lab: a real control plane and libvirt nodes on this machine")
     lsub = lab.add_subparsers(dest="lab_command", required=True)
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         run(args.kubeconfig)
     elif args.command == "agent":
         from .agent.main import main as run
-        run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type)
+        run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.storage_root, args.vm_network)
     else:
         sys.exit(_lab(args))
 

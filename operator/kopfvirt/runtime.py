@@ -15,22 +15,29 @@ import kopf
 from . import GROUP
 
 
-def registry_with_settings(identity: str, finalizer: str = "finalizer",
-                           vm_selector: str | None = None) -> kopf.OperatorRegistry:
+def registry_with_settings(identity: str, vm_selector: str | None = None,
+                           pod_selector: tuple[str, str | None] | None = None) -> kopf.OperatorRegistry:
     """A registry whose startup applies the settings for `identity` (controller, agent).
 
-    `vm_selector` filters VirtualMachines server-side, so an agent's watch carries only
-    its own node's VMs. Agents name their finalizer after their node: one agent must never
-    remove another's finalizer (kopf drops finalizers that none of its handlers need).
+    `vm_selector` (labels) and `pod_selector` (labels, fields) filter watches server-side,
+    so an agent's watches carry only its own node's objects. Each process keeps kopf's
+    state under its own prefix, so they never overwrite each other's.
     """
     registry = kopf.OperatorRegistry()
     prefix = f"{identity}.{GROUP}"
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_):
-        settings.persistence.finalizer = f"{prefix}/{finalizer}"
+        # Our reconcilers manage their finalizers themselves; kopf's own name must never equal
+        # one of them, or kopf would strip it as "not needed by any handler".
+        settings.persistence.finalizer = f"{prefix}/kopf"
         if vm_selector:
             settings.watching.label_selectors[GROUP, "virtualmachines"] = vm_selector
+        if pod_selector:
+            labels, fields = pod_selector
+            settings.watching.label_selectors["v1", "pods"] = labels
+            if fields:
+                settings.watching.field_selectors["v1", "pods"] = fields
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=prefix, key="last-handled-configuration")
@@ -51,4 +58,5 @@ def registry_with_settings(identity: str, finalizer: str = "finalizer",
 
 def run(registry: kopf.OperatorRegistry) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
     asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=True))

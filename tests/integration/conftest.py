@@ -67,7 +67,7 @@ def heartbeat(node: str, domain: str) -> int | None:
 
 
 def lab_guest(name: str, **spec) -> dict:
-    body = {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": "128Mi",
+    body = {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": {"size": "128Mi"},
             "kernelBoot": {"kernel": f"{GUEST}/vmlinuz", "initrd": f"{GUEST}/initrd.img",
                            "cmdline": "console=ttyS0 quiet"}}
     body.update(spec)

@@ -6,8 +6,13 @@ from .conftest import kubectl, lab_guest
 
 
 @pytest.mark.parametrize("change,expected", [
-    ({"memory": "8Mi"}, "spec.memory: Invalid value: \"8Mi\": must be at least 16Mi"),
-    ({"memory": "lots"}, "spec.memory: Invalid value: \"lots\""),
+    ({"memory": {"size": "8Mi"}}, "spec.memory.size: Invalid value: \"8Mi\": must be at least 16Mi"),
+    ({"memory": {"size": "lots"}}, "spec.memory.size: Invalid value: \"lots\""),
+    ({"disks": [{"name": "a", "empty": {"size": "1Gi"}, "target": "vdb"},
+                {"name": "b", "empty": {"size": "1Gi"}, "target": "vdb"}]},
+     "spec.disks: Invalid value: two disks have the same target"),
+    ({"disks": [{"name": "a"}]}, "must have exactly one of image, pool, empty or cloudInit"),
+    ({"disks": [{"name": "a", "cloudInit": {}}]}, "spec.disks[0].cloudInit: Invalid value: needs userData or secretRef"),
     ({"cpu": {"cores": 0}}, "spec.cpu.cores: Invalid value: 0"),
     ({"runStrategy": "Sometimes"}, "spec.runStrategy: Unsupported value: \"Sometimes\""),
     ({"kernelBoot": {"initrd": "/x"}}, "spec.kernelBoot.kernel: Required value"),

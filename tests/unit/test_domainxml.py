@@ -4,45 +4,65 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kopfvirt.core import domainxml, vmspec
+from kopfvirt.core import disks, domainxml, vmspec
 
 UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
+KERNEL = {"kernel": "/var/lib/kopfvirt/storage/images/lab-guest/vmlinuz",
+          "initrd": "/var/lib/kopfvirt/storage/images/lab-guest/initrd.img", "cmdline": "console=ttyS0 quiet"}
 CASES = {
-    "minimal": {"memory": "64Mi"},
-    "lab-guest": {"memory": "128Mi", "cpu": {"cores": 2},
-                  "kernelBoot": {"kernel": "/var/lib/kopfvirt/storage/images/lab-guest/vmlinuz",
-                                 "initrd": "/var/lib/kopfvirt/storage/images/lab-guest/initrd.img",
-                                 "cmdline": "console=ttyS0 quiet"}},
+    "minimal": {"memory": {"size": "64Mi"}},
+    "lab-guest": {"memory": {"size": "128Mi"}, "cpu": {"cores": 2}, "kernelBoot": KERNEL},
+    "everything": {
+        "memory": {"size": "1Gi", "hugepages": {"pageSize": "2Mi"}},
+        "cpu": {"sockets": 2, "cores": 2, "threads": 2, "model": "EPYC",
+                "features": [{"name": "avx2"}, {"name": "svm", "policy": "disable"}]},
+        "firmware": {"type": "UEFI"}, "guestAgent": True, "console": {"vnc": True},
+        "disks": [{"name": "root", "image": {"path": "/var/lib/kopfvirt/storage/images/base.qcow2"}, "bootOrder": 1},
+                  {"name": "data", "empty": {"size": "1Gi"}, "bus": "scsi"},
+                  {"name": "vol", "pool": {"pool": "lab", "volume": "v1"}, "readOnly": True},
+                  {"name": "seed", "cloudInit": {"userData": "#cloud-config"}}],
+        "interfaces": [{"name": "eth0"}, {"name": "eth1", "model": "e1000e", "macAddress": "52:54:00:aa:bb:cc"}]},
+    "host-model": {"memory": {"size": "256Mi"}, "cpu": {"model": "host-model"}},
+    "host-passthrough": {"memory": {"size": "256Mi"}, "cpu": {"model": "host-passthrough"}},
 }
+
+
+def _xml(case, virt_type="qemu"):
+    vm = vmspec.parse("default", case, UID, CASES[case])
+    return domainxml.domain_xml(vm, disks.plan(vm, "/var/lib/kopfvirt/storage"), virt_type, {"default": "kopfvirt"})
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case, golden):
-    vm = vmspec.parse("default", case, UID, CASES[case])
-    golden(f"domain-{case}.xml", domainxml.domain_xml(vm, "qemu"))
+    golden(f"domain-{case}.xml", _xml(case))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.skipif(not shutil.which("virt-xml-validate"), reason="libvirt-clients not installed")
 def test_validates_against_libvirt_schema(case, tmp_path):
-    vm = vmspec.parse("default", case, UID, CASES[case])
     path = tmp_path / "domain.xml"
-    path.write_text(domainxml.domain_xml(vm, "kvm"))
+    path.write_text(_xml(case, "kvm"))
     result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
 def test_uuid_is_the_vm_uid_and_metadata_names_the_vm():
-    vm = vmspec.parse("ns1", "web", UID, {"memory": "1Gi"})
-    root = ET.fromstring(domainxml.domain_xml(vm))
+    root = ET.fromstring(_xml("minimal"))
     assert root.findtext("uuid") == UID
-    assert root.findtext("name") == "ns1_web"
+    assert root.findtext("name") == "default_minimal"
     owner = root.find(f"metadata/{{{domainxml.METADATA_NS}}}vm")
-    assert owner.attrib == {"namespace": "ns1", "name": "web", "uid": UID}
-    assert root.find("memory").text == str(2**20)
+    assert owner.attrib == {"namespace": "default", "name": "minimal", "uid": UID}
+
+
+def test_disks_land_where_the_plan_says():
+    root = ET.fromstring(_xml("everything"))
+    sources = {d.find("target").get("dev"): d.find("source").attrib for d in root.findall("devices/disk")}
+    vm_dir = f"/var/lib/kopfvirt/storage/vms/default/everything-{UID[:8]}"
+    assert sources == {"vda": {"file": f"{vm_dir}/root.qcow2"}, "sda": {"file": f"{vm_dir}/data.qcow2"},
+                       "vdb": {"pool": "lab", "volume": "v1"}, "sdb": {"file": f"{vm_dir}/seed-cidata.iso"}}
+    assert root.find("vcpu").text == "8" and root.find("os").get("firmware") == "efi"
 
 
 def test_unknown_virt_type_refused():
-    vm = vmspec.parse("ns1", "web", UID, {"memory": "1Gi"})
     with pytest.raises(ValueError, match="virt_type"):
-        domainxml.domain_xml(vm, "xen")
+        _xml("minimal", "xen")

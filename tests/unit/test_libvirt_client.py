@@ -16,8 +16,8 @@ def hv():
 
 
 def _xml(uid=UID, name="demo"):
-    vm = vmspec.parse("unit", name, uid, {"memory": "64Mi"})
-    return vm.domain_name, domainxml.domain_xml(vm, "qemu").replace("type=\"qemu\"", "type=\"test\"")
+    vm = vmspec.parse("unit", name, uid, {"memory": {"size": "64Mi"}})
+    return vm.domain_name, domainxml.domain_xml(vm, [], "qemu").replace("type=\"qemu\"", "type=\"test\"")
 
 
 def test_ensure_running_defines_starts_and_adopts(hv):

@@ -5,20 +5,38 @@ from kopfvirt.core import reservation, vmspec
 UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
 
 
+def _vm(spec):
+    return vmspec.parse("default", "demo", UID, spec)
+
+
 def test_golden(golden):
-    vm = vmspec.parse("default", "demo", UID, {"memory": "128Mi", "cpu": {"cores": 2},
-                                               "nodeSelector": {"kopfvirt.io/lab-node": "true"}})
+    vm = _vm({"memory": {"size": "128Mi"}, "cpu": {"cores": 2, "model": "EPYC", "features": [{"name": "avx2"}]},
+              "nodeSelector": {"kopfvirt.io/lab-node": "true"}, "priorityClassName": "vm-high",
+              "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "vms", "effect": "NoSchedule"}],
+              "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                  "nodeSelectorTerms": [{"matchExpressions": [
+                      {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}})
     golden("reservation-pod.yaml", yaml.safe_dump(reservation.reservation_pod(vm), sort_keys=False))
 
 
 def test_requests_are_vm_size_plus_overhead_and_guaranteed():
-    vm = vmspec.parse("default", "demo", UID, {"memory": "1Gi", "cpu": {"cores": 3}})
+    vm = _vm({"memory": {"size": "1Gi"}, "cpu": {"sockets": 1, "cores": 3}})
     container = reservation.reservation_pod(vm)["spec"]["containers"][0]
-    want = {"cpu": "3", "memory": f"{1024 + reservation.MEMORY_OVERHEAD_MIB}Mi"}
+    assert reservation.overhead_mib(vm) == 64 + 8 * 3 + 2
+    want = {"cpu": "3", "memory": f"{1024 + 64 + 24 + 2}Mi"}
     assert container["resources"] == {"requests": want, "limits": want}
 
 
+def test_hugepages_are_requested_as_hugepages():
+    vm = _vm({"memory": {"size": "1Gi", "hugepages": {"pageSize": "2Mi"}}})
+    requests = reservation.reservation_pod(vm)["spec"]["containers"][0]["resources"]["requests"]
+    assert requests["hugepages-2Mi"] == "1024Mi" and requests["memory"] == "74Mi"
+
+
 def test_owned_by_the_vm():
-    vm = vmspec.parse("default", "demo", UID, {"memory": "1Gi"})
-    owner, = reservation.reservation_pod(vm)["metadata"]["ownerReferences"]
+    owner, = reservation.reservation_pod(_vm({"memory": {"size": "1Gi"}}))["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("VirtualMachine", "demo", UID, True)
+
+
+def test_host_cpu_modes_need_no_node_labels():
+    assert reservation.cpu_node_selector(_vm({"memory": {"size": "1Gi"}, "cpu": {"model": "host-model"}})) == {}

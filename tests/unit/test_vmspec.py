@@ -21,18 +21,45 @@ def test_quantity_refuses_garbage():
 
 
 def test_defaults():
-    vm = parse({"memory": "64Mi"})
-    assert (vm.run_strategy, vm.cores, vm.memory_bytes, vm.kernel_boot) == ("Always", 1, 64 * 2**20, None)
+    vm = parse({"memory": {"size": "64Mi"}})
+    s = vm.spec
+    assert (s.run_strategy, vm.vcpus, vm.memory_bytes, s.kernel_boot, s.eviction_strategy) == \
+        ("Always", 1, 64 * 2**20, None, "Stop")
     assert vm.domain_name == "default_demo"
+
+
+def test_targets_are_assigned_per_bus_around_explicit_ones():
+    vm = parse({"memory": {"size": "64Mi"}, "disks": [
+        {"name": "a", "empty": {"size": "1Gi"}},
+        {"name": "b", "empty": {"size": "1Gi"}, "target": "vda"},
+        {"name": "c", "empty": {"size": "1Gi"}, "bus": "sata"},
+        {"name": "d", "cloudInit": {"userData": "x"}}]})
+    assert vm.targets == {"a": "vdb", "b": "vda", "c": "sda", "d": "sdb"}
+
+
+def test_mac_is_stable_and_unicast():
+    vm = parse({"memory": {"size": "64Mi"}, "interfaces": [{"name": "eth0"}]})
+    assert vm.mac_address("eth0") == parse({"memory": {"size": "64Mi"}}).mac_address("eth0")
+    assert vm.mac_address("eth0").startswith("52:54:00:")
 
 
 @pytest.mark.parametrize("spec,field", [
     ({}, "spec.memory: is required"),
-    ({"memory": "8Mi"}, "spec.memory: must be at least 16Mi"),
-    ({"memory": "lots"}, "spec.memory: 'lots' is not a quantity"),
-    ({"memory": "64Mi", "cpu": {"cores": 0}}, "spec.cpu.cores: must be a whole number"),
-    ({"memory": "64Mi", "runStrategy": "Sometimes"}, "spec.runStrategy: must be one of"),
-    ({"memory": "64Mi", "kernelBoot": {"initrd": "/i"}}, "spec.kernelBoot.kernel: is required"),
+    ({"memory": {"size": "8Mi"}}, "spec.memory.size: must be at least 16Mi"),
+    ({"memory": {"size": "lots"}}, "spec.memory.size: 'lots' does not match"),
+    ({"memory": {"size": "3Mi", "hugepages": {"pageSize": "2Mi"}}}, "spec.memory.size: must be at least"),
+    ({"memory": {"size": "65Mi", "hugepages": {"pageSize": "2Mi"}}}, "spec.memory.size: 65Mi is not a multiple"),
+    ({"memory": {"size": "64Mi"}, "cpu": {"cores": 0}}, "spec.cpu.cores: must be at least 1"),
+    ({"memory": {"size": "64Mi"}, "cpu": {"sockets": 16, "cores": 64}}, "spec.cpu: sockets x cores x threads"),
+    ({"memory": {"size": "64Mi"}, "runStrategy": "Sometimes"}, "spec.runStrategy: must be one of"),
+    ({"memory": {"size": "64Mi"}, "kernelBoot": {"initrd": "/i"}}, "spec.kernelBoot.kernel: is required"),
+    ({"memory": {"size": "64Mi"}, "disks": [{"name": "a"}]}, "spec.disks[0]: must have exactly one of"),
+    ({"memory": {"size": "64Mi"}, "disks": [{"name": "a", "empty": {"size": "1Gi"}, "target": "vdb"},
+                                            {"name": "b", "empty": {"size": "1Gi"}, "target": "vdb"}]},
+     "spec.disks[1].target: vdb is already the target of disk a"),
+    ({"memory": {"size": "64Mi"}, "disks": [{"name": "a", "empty": {"size": "1Gi"}},
+                                            {"name": "a", "empty": {"size": "1Gi"}}]},
+     "spec.disks: two disks have the same name"),
 ])
 def test_refusals_name_the_field(spec, field):
     with pytest.raises(vmspec.SpecError) as e:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ..clients import kube
-from ..clients.libvirt import Hypervisor
 from ..runtime import run
 from .handlers import build_registry
+from .reconciler import Agent
 
 
-def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str) -> None:
+def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str, storage_root: str,
+         vm_network: str) -> None:
     kube.load(kubeconfig)
-    run(build_registry(node, Hypervisor(libvirt_uri), virt_type))
+    agent = Agent(node, libvirt_uri, virt_type, storage_root, networks={"default": vm_network})
+    run(build_registry(agent))

@@ -1,4 +1,8 @@
-"""The node's libvirt, through its local socket. Only the node agent imports this."""
+"""The node's libvirt, through its local socket. Only the node agent imports this.
+
+Lifecycle events come from libvirt's default event loop, run in one daemon thread; the
+callback gets (domain UUID, event, detail) as words, never libvirt objects.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import dataclasses
 import logging
 import threading
 import time
+import xml.etree.ElementTree as ET
+from typing import Callable
 
 import libvirt
 
@@ -19,6 +25,38 @@ STATES = {
     libvirt.VIR_DOMAIN_SHUTDOWN: "shuttingdown", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }
+EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined", libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started", libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed", libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+STOPPED_DETAILS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed", libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved", libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
+}
+METADATA_NS = "https://kopfvirt.io/xmlns/domain/v1alpha1"
+EventCallback = Callable[[str, str, str], None]
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def _ensure_event_loop() -> None:
+    """libvirt wants its event implementation registered before the first connection."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run():
+            while True:
+                libvirt.virEventRunDefaultImpl()
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
 
 
 class DomainConflict(RuntimeError):
@@ -30,6 +68,7 @@ class DomainInfo:
     uuid: str
     name: str
     state: str
+    owner: tuple[str, str, str] | None = None  # (namespace, name, uid) from our metadata
 
 
 def _undefine(dom: libvirt.virDomain) -> None:
@@ -42,19 +81,38 @@ def _undefine(dom: libvirt.virDomain) -> None:
         dom.undefine()
 
 
+def _is(e: libvirt.libvirtError, *codes: int) -> bool:
+    return e.get_error_code() in codes
+
+
 class Hypervisor:
     """A reconnecting handle on one libvirtd; libvirt connections are thread-safe."""
 
-    def __init__(self, uri: str = "qemu:///system"):
+    def __init__(self, uri: str = "qemu:///system", on_event: EventCallback | None = None,
+                 on_reconnect: Callable[[], None] | None = None):
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._on_event = on_event
+        self._on_reconnect = on_reconnect
+        if on_event:
+            _ensure_event_loop()
 
+    # -- connection -------------------------------------------------------------------
     def conn(self) -> libvirt.virConnect:
+        reconnected = False
         with self._lock:
             if self._conn is None or not self._alive():
                 self._conn = libvirt.open(self.uri)
-            return self._conn
+                reconnected = True
+                if self._on_event:
+                    self._conn.setKeepAlive(5, 3)
+                    self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                      self._lifecycle, None)
+            conn = self._conn
+        if reconnected and self._on_reconnect:
+            self._on_reconnect()
+        return conn
 
     def _alive(self) -> bool:
         try:
@@ -62,26 +120,53 @@ class Hypervisor:
         except libvirt.libvirtError:
             return False
 
+    def _lifecycle(self, _conn, dom, event, detail, _opaque) -> None:
+        name = EVENTS.get(event, str(event))
+        words = STOPPED_DETAILS.get(detail, str(detail)) if event == libvirt.VIR_DOMAIN_EVENT_STOPPED else str(detail)
+        try:
+            self._on_event(dom.UUIDString(), name, words)
+        except Exception:  # an event handler must never kill libvirt's event loop
+            log.exception("handling libvirt event %s/%s failed", name, words)
+
+    # -- domains ----------------------------------------------------------------------
     def find(self, uuid: str) -> libvirt.virDomain | None:
         try:
             return self.conn().lookupByUUIDString(uuid)
         except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            if _is(e, libvirt.VIR_ERR_NO_DOMAIN):
                 return None
             raise
 
     @staticmethod
     def info(dom: libvirt.virDomain) -> DomainInfo:
         state, _reason = dom.state()
-        return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=STATES.get(state, "unknown"))
+        owner = None
+        try:
+            meta = ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS))
+            owner = (meta.get("namespace"), meta.get("name"), meta.get("uid"))
+        except libvirt.libvirtError:
+            pass
+        return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=STATES.get(state, "unknown"), owner=owner)
 
-    def ensure_running(self, name: str, uuid: str, xml: str) -> DomainInfo:
-        """Define the domain if it is new, start it if it is not running; adopt what exists."""
+    def domains(self) -> list[DomainInfo]:
+        return [self.info(d) for d in self.conn().listAllDomains()]
+
+    def state(self, uuid: str) -> str:
+        dom = self.find(uuid)
+        return "absent" if dom is None else self.info(dom).state
+
+    def ensure_defined(self, name: str, uuid: str, xml: str) -> libvirt.virDomain:
+        """Define the domain if new; a stopped one is redefined so spec changes apply at start."""
         dom = self.find(uuid)
         if dom is None:
             self._clear_stale_namesake(name, uuid)
+        if dom is None or not dom.isActive():
             dom = self.conn().defineXML(xml)
-            log.info("defined domain %s", dom.name())
+        return dom
+
+    def ensure_running(self, name: str, uuid: str, xml: str) -> DomainInfo:
+        """Define if new, start if not running; a running domain is adopted as it is."""
+        dom = self.ensure_defined(name, uuid, xml)
         if not dom.isActive():
             dom.create()
             log.info("started domain %s", dom.name())
@@ -93,7 +178,7 @@ class Hypervisor:
         try:
             other = self.conn().lookupByName(name)
         except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            if _is(e, libvirt.VIR_ERR_NO_DOMAIN):
                 return
             raise
         if other.UUIDString() == uuid:
@@ -104,10 +189,23 @@ class Hypervisor:
         _undefine(other)
         log.warning("removed stale definition of %s (uuid %s) left by an earlier VM", name, other.UUIDString())
 
+    def pause(self, uuid: str) -> None:
+        dom = self.find(uuid)
+        if dom is not None and self.info(dom).state == "running":
+            dom.suspend()
+
+    def resume(self, uuid: str) -> None:
+        dom = self.find(uuid)
+        if dom is not None and self.info(dom).state == "paused":
+            dom.resume()
+
     def stop(self, uuid: str, grace: float = 30.0) -> None:
         """ACPI shutdown, then destroy when the guest ignores it for `grace` seconds."""
         dom = self.find(uuid)
         if dom is None or not dom.isActive():
+            return
+        if self.info(dom).state == "paused" or grace <= 0:
+            dom.destroy()
             return
         try:
             dom.shutdown()
@@ -117,20 +215,70 @@ class Hypervisor:
         while time.monotonic() < deadline:
             if not dom.isActive():
                 return
-            time.sleep(0.5)
-        if dom.isActive():
+            time.sleep(0.2)
+        try:
             dom.destroy()
+        except libvirt.libvirtError as e:
+            if not _is(e, libvirt.VIR_ERR_OPERATION_INVALID):  # it stopped meanwhile
+                raise
 
     def remove(self, uuid: str) -> None:
         """Destroy and undefine; what is already gone is fine."""
         dom = self.find(uuid)
         if dom is None:
             return
-        if dom.isActive():
-            dom.destroy()
         try:
+            if dom.isActive():
+                dom.destroy()
             _undefine(dom)
         except libvirt.libvirtError as e:
-            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            if not _is(e, libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
                 raise
         log.info("removed domain %s", uuid)
+
+    def xml(self, uuid: str, inactive: bool = False) -> str | None:
+        dom = self.find(uuid)
+        if dom is None:
+            return None
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+
+    def interface_addresses(self, uuid: str) -> dict[str, list[str]]:
+        """MAC -> addresses, from the guest agent where it answers, else DHCP leases."""
+        dom = self.find(uuid)
+        if dom is None or not dom.isActive():
+            return {}
+        for source in (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+                       libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE):
+            try:
+                found = dom.interfaceAddresses(source)
+            except libvirt.libvirtError:
+                continue
+            if found:
+                return {v["hwaddr"]: [a["addr"] for a in (v.get("addrs") or [])] for v in found.values()
+                        if v.get("hwaddr")}
+        return {}
+
+    # -- node ---------------------------------------------------------------------------
+    def pool_exists(self, name: str) -> bool:
+        try:
+            pool = self.conn().storagePoolLookupByName(name)
+        except libvirt.libvirtError as e:
+            if _is(e, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                return False
+            raise
+        return bool(pool.isActive())
+
+    def volume_exists(self, pool: str, volume: str) -> bool:
+        try:
+            self.conn().storagePoolLookupByName(pool).storageVolLookupByName(volume)
+            return True
+        except libvirt.libvirtError as e:
+            if _is(e, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                return False
+            raise
+
+    def capabilities(self) -> str:
+        return self.conn().getCapabilities()
+
+    def domain_capabilities(self, virt_type: str) -> str:
+        return self.conn().getDomainCapabilities(None, "x86_64", "q35", virt_type)

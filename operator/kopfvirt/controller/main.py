@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..clients import kube
 from ..runtime import run
 from .handlers import build_registry
+from .reconciler import Controller
 
 
 def main(kubeconfig: str | None) -> None:
     kube.load(kubeconfig)
-    run(build_registry())
+    run(build_registry(Controller()))

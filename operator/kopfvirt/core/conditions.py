@@ -9,10 +9,10 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def set_condition(conditions: list[dict] | None, type_: str, status: bool, reason: str, message: str,
+def set_condition(conditions: list[dict] | None, type_: str, status: bool | None, reason: str, message: str,
                   generation: int | None, at: str | None = None) -> list[dict]:
-    """A new list with `type_` set; lastTransitionTime moves only when the status flips."""
-    value = "True" if status else "False"
+    """A new list with `type_` set (None is Unknown); lastTransitionTime moves only when the status flips."""
+    value = "Unknown" if status is None else ("True" if status else "False")
     out, old = [], None
     for c in conditions or []:
         if c.get("type") == type_:

@@ -1,63 +1,134 @@
-"""One pure function from a VM spec to libvirt domain XML: where every spec field becomes XML."""
+"""One pure function from a VM to libvirt domain XML: where every spec field becomes XML."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from .vmspec import VMSpec
+from . import quantity
+from .disks import PlannedDisk
+from .vmspec import VM
 
 METADATA_NS = "https://kopfvirt.io/xmlns/domain/v1alpha1"
 VIRT_TYPES = ("kvm", "qemu")
+ET.register_namespace("kopfvirt", METADATA_NS)
 
 
-def serial_log_path(vm: VMSpec) -> str:
+def serial_log_path(vm: VM) -> str:
     """Where the node keeps the guest's serial console output (node-local)."""
     return f"/var/log/libvirt/qemu/{vm.domain_name}-serial.log"
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-    el = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    el = ET.SubElement(parent, tag, {k.rstrip("_"): str(v) for k, v in attrs.items()})
     if text is not None:
         el.text = text
     return el
 
 
-def domain_xml(vm: VMSpec, virt_type: str = "qemu") -> str:
-    """The domain for `vm`; its UUID is the VM object's UID, which ties the two for adoption."""
+def _cpu(dom: ET.Element, vm: VM) -> None:
+    c = vm.spec.cpu
+    if c.model == "host-passthrough":
+        cpu = _sub(dom, "cpu", mode="host-passthrough", check="none", migratable="on")
+    elif c.model == "host-model":
+        cpu = _sub(dom, "cpu", mode="host-model", check="partial")
+    elif c.model:
+        cpu = _sub(dom, "cpu", mode="custom", match="exact", check="partial")
+        _sub(cpu, "model", c.model, fallback="forbid")
+    else:
+        cpu = _sub(dom, "cpu", mode="custom", match="exact", check="none")
+        _sub(cpu, "model", "qemu64", fallback="allow")
+    _sub(cpu, "topology", sockets=c.sockets, dies=1, cores=c.cores, threads=c.threads)
+    for f in c.features:
+        _sub(cpu, "feature", policy=f.policy, name=f.name)
+
+
+def _os(dom: ET.Element, vm: VM, plan: list[PlannedDisk]) -> None:
+    spec = vm.spec
+    os_ = _sub(dom, "os", **({"firmware": "efi"} if spec.firmware.type == "UEFI" else {}))
+    _sub(os_, "type", "hvm", arch="x86_64", machine="q35")
+    if spec.kernel_boot:
+        _sub(os_, "kernel", spec.kernel_boot.kernel)
+        if spec.kernel_boot.initrd:
+            _sub(os_, "initrd", spec.kernel_boot.initrd)
+        if spec.kernel_boot.cmdline:
+            _sub(os_, "cmdline", spec.kernel_boot.cmdline)
+    elif not any(d.boot_order for d in plan):
+        _sub(os_, "boot", dev="hd")
+
+
+def _disk(devices: ET.Element, d: PlannedDisk) -> None:
+    if d.kind == "volume":
+        disk = _sub(devices, "disk", type="volume", device=d.device)
+        _sub(disk, "driver", name="qemu", type="raw")
+        _sub(disk, "source", pool=d.pool, volume=d.volume)
+    else:
+        disk = _sub(devices, "disk", type="file", device=d.device)
+        fmt = "raw" if d.kind == "cloudinit" else "qcow2"
+        _sub(disk, "driver", name="qemu", type=fmt, **({} if d.device == "cdrom" else {"discard": "unmap"}))
+        _sub(disk, "source", file=d.path)
+    _sub(disk, "target", dev=d.target, bus=d.bus)
+    if d.boot_order:
+        _sub(disk, "boot", order=d.boot_order)
+    if d.read_only:
+        _sub(disk, "readonly")
+    _sub(disk, "alias", name=f"ua-disk-{d.name}")
+
+
+def domain_xml(vm: VM, plan: list[PlannedDisk], virt_type: str = "qemu",
+               networks: dict[str, str] | None = None) -> str:
+    """The domain for `vm`; its UUID is the VM object's UID, which ties the two for adoption.
+
+    `networks` maps the spec's network names to the node's libvirt networks.
+    """
     if virt_type not in VIRT_TYPES:
         raise ValueError(f"virt_type must be one of {VIRT_TYPES}, not {virt_type!r}")
+    spec, networks = vm.spec, networks or {}
     dom = ET.Element("domain", type=virt_type)
     _sub(dom, "name", vm.domain_name)
     _sub(dom, "uuid", vm.uid)
     meta = _sub(dom, "metadata")
     ET.SubElement(meta, f"{{{METADATA_NS}}}vm", namespace=vm.namespace, name=vm.name, uid=vm.uid)
     _sub(dom, "memory", str(vm.memory_bytes // 1024), unit="KiB")
-    _sub(dom, "vcpu", str(vm.cores), placement="static")
-
-    os_ = _sub(dom, "os")
-    _sub(os_, "type", "hvm", arch="x86_64", machine="q35")
-    if vm.kernel_boot:
-        _sub(os_, "kernel", vm.kernel_boot.kernel)
-        if vm.kernel_boot.initrd:
-            _sub(os_, "initrd", vm.kernel_boot.initrd)
-        if vm.kernel_boot.cmdline:
-            _sub(os_, "cmdline", vm.kernel_boot.cmdline)
+    if spec.memory.hugepages:
+        backing = _sub(dom, "memoryBacking")
+        pages = _sub(backing, "hugepages")
+        _sub(pages, "page", size=quantity.to_bytes(spec.memory.hugepages.page_size) // 1024, unit="KiB")
+    _sub(dom, "vcpu", str(vm.vcpus), placement="static")
+    _os(dom, vm, plan)
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
+    _cpu(dom, vm)
     _sub(dom, "clock", offset="utc")
+    # libvirt only reports; the agent decides per runStrategy whether a stopped guest restarts.
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
 
     devices = _sub(dom, "devices")
+    if any(d.bus == "scsi" for d in plan):
+        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+    for d in plan:
+        _disk(devices, d)
+    for i in spec.interfaces:
+        iface = _sub(devices, "interface", type="network")
+        _sub(iface, "mac", address=vm.mac_address(i.name))
+        _sub(iface, "source", network=networks.get(i.network, i.network))
+        _sub(iface, "model", type=i.model)
+        _sub(iface, "alias", name=f"ua-net-{i.name}")
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=serial_log_path(vm), append="on")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
+    if spec.guest_agent:
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
+    if spec.console.vnc:
+        _sub(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
+        video = _sub(devices, "video")
+        _sub(video, "model", type="vga", vram="16384", heads="1")
     _sub(devices, "memballoon", model="none")
 
-    ET.register_namespace("kopfvirt", METADATA_NS)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"

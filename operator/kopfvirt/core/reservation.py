@@ -1,18 +1,17 @@
 """The reservation Pod: how a VM asks kube-scheduler for a node and holds its share.
 
-Its requests are the VM's size plus a fixed overhead for QEMU and libvirt, so a node's
-pods and VMs together never exceed its allocatable, and quotas and priorities apply.
+Its requests are the VM's size plus QEMU's overhead, so a node's pods and VMs together
+never exceed its allocatable, and ResourceQuota, PriorityClass, taints and affinity
+apply to VMs as they do to pods.
 """
 
 from __future__ import annotations
 
 from .. import GROUP, VERSION
-from .vmspec import VMSpec
+from .vmspec import VM
 
 VM_LABEL = f"{GROUP}/vm"
 ROLE_LABEL = f"{GROUP}/role"
-# QEMU's own memory (device models, TCG translation cache, page tables) and libvirt's share.
-MEMORY_OVERHEAD_MIB = 64
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 
 
@@ -20,10 +19,33 @@ def pod_name(vm_name: str) -> str:
     return f"kopfvirt-{vm_name}"
 
 
-def reservation_pod(vm: VMSpec) -> dict:
-    mib = -(-vm.memory_bytes // 2**20) + MEMORY_OVERHEAD_MIB
-    resources = {"cpu": str(vm.cores), "memory": f"{mib}Mi"}
-    spec = {
+def overhead_mib(vm: VM) -> int:
+    """QEMU's own memory: 64 MiB of device models and libvirt, 8 MiB per vCPU (TCG's
+    translation cache and thread stacks) and guest page tables (1/512 of its memory)."""
+    return 64 + 8 * vm.vcpus + -(-vm.memory_bytes // (512 * 2**20))
+
+
+def cpu_node_selector(vm: VM) -> dict[str, str]:
+    """Node labels (see nodelabels.py) the VM's CPU needs: its named model, its required features."""
+    cpu = vm.spec.cpu
+    out = {}
+    if cpu.model and cpu.model not in ("host-model", "host-passthrough"):
+        out[f"cpu-model.{GROUP}/{cpu.model}"] = "true"
+    for f in cpu.features:
+        if f.policy == "require":
+            out[f"cpu-feature.{GROUP}/{f.name}"] = "true"
+    return out
+
+
+def reservation_pod(vm: VM) -> dict:
+    spec = vm.spec
+    mib = -(-vm.memory_bytes // 2**20) + overhead_mib(vm)
+    resources = {"cpu": str(vm.vcpus), "memory": f"{mib}Mi"}
+    if spec.memory.hugepages:
+        size = spec.memory.hugepages.page_size
+        resources[f"hugepages-{size}"] = f"{vm.memory_bytes // 2**20}Mi"
+        resources["memory"] = f"{overhead_mib(vm)}Mi"
+    pod_spec = {
         "containers": [{"name": "reservation", "image": PAUSE_IMAGE,
                         "resources": {"requests": resources, "limits": dict(resources)}}],
         "restartPolicy": "Always",
@@ -31,8 +53,15 @@ def reservation_pod(vm: VMSpec) -> dict:
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 0,
     }
-    if vm.node_selector:
-        spec["nodeSelector"] = dict(vm.node_selector)
+    selector = {**spec.node_selector, **cpu_node_selector(vm)}
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    if spec.affinity:
+        pod_spec["affinity"] = spec.affinity
+    if spec.tolerations:
+        pod_spec["tolerations"] = list(spec.tolerations)
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
@@ -43,5 +72,5 @@ def reservation_pod(vm: VMSpec) -> dict:
                                  "name": vm.name, "uid": vm.uid, "controller": True,
                                  "blockOwnerDeletion": True}],
         },
-        "spec": spec,
+        "spec": pod_spec,
     }

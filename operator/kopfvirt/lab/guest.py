@@ -1,4 +1,5 @@
-"""The lab guest: a kernel and busybox initramfs that print a heartbeat on ttyS0."""
+"""The lab guest (a kernel and busybox initramfs that print a heartbeat on ttyS0) and a
+blank base image, on the shared storage."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .layout import SHARED_STORAGE, Lab
 GUEST_DIR = SHARED_STORAGE / "images" / "lab-guest"
 KERNEL = GUEST_DIR / "vmlinuz"
 INITRD = GUEST_DIR / "initrd.img"
+BLANK_IMAGE = SHARED_STORAGE / "images" / "blank.qcow2"
 HEARTBEAT = "kopfvirt-heartbeat"
 
 
@@ -23,3 +25,5 @@ def install(lab: Lab) -> None:
     for name in ("vmlinuz", "initrd.img"):
         if not (GUEST_DIR / name).exists():
             shutil.copy2(lab.guest_cache / name, GUEST_DIR / name)
+    if not BLANK_IMAGE.exists():  # a base image for examples of copy-on-write overlays
+        procs.run(["qemu-img", "create", "-q", "-f", "qcow2", str(BLANK_IMAGE), "64M"])

@@ -86,7 +86,8 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
         if not procs.running(lab, f"agent-{node}"):
             procs.start(lab, f"agent-{node}", [
                 *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
-                "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type])
+                "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type,
+                "--storage-root", str(SHARED_STORAGE), "--vm-network", nodes.VM_NETWORK])
     if not procs.running(lab, "controller"):
         procs.start(lab, "controller", [python, "-m", "kopfvirt", "controller",
                                         "--kubeconfig", str(lab.root / "controller.kubeconfig")])

@@ -179,6 +179,39 @@ def _start_libvirtd(lab: Lab, node: str) -> None:
                    f"(see {lab.node_dir(node) / 'var/log/libvirt/libvirtd.log'})")
 
 
+VM_NETWORK = "kopfvirt"
+VM_NETWORK_XML = f"""<network>
+  <name>{VM_NETWORK}</name>
+  <bridge name="kvvm0" stp="off"/>
+</network>
+"""
+
+
+def _ensure_vm_network(node: str) -> None:
+    """The node's VM network: an isolated bridge in the node's namespace (no NAT, no DHCP)."""
+    virsh = [*enter(node), "virsh", "-c", "qemu:///system"]
+    if procs.run([*virsh, "net-info", VM_NETWORK], check=False).returncode != 0:
+        procs.run([*virsh, "net-define", "/dev/stdin"], input=VM_NETWORK_XML)
+        procs.run([*virsh, "net-autostart", VM_NETWORK])
+    if "Active:         yes" not in procs.run([*virsh, "net-info", VM_NETWORK]).stdout:
+        procs.run([*virsh, "net-start", VM_NETWORK])
+
+
+LAB_POOL = "lab"
+LAB_POOL_PATH = SHARED_STORAGE / "pool"
+
+
+def _ensure_pool(node: str) -> None:
+    """A dir storage pool on the shared storage, the same on every node (raw volumes)."""
+    virsh = [*enter(node), "virsh", "-c", "qemu:///system"]
+    LAB_POOL_PATH.mkdir(parents=True, exist_ok=True)
+    if procs.run([*virsh, "pool-info", LAB_POOL], check=False).returncode != 0:
+        procs.run([*virsh, "pool-define-as", LAB_POOL, "dir", "--target", str(LAB_POOL_PATH)])
+        procs.run([*virsh, "pool-autostart", LAB_POOL])
+    if "State:          running" not in procs.run([*virsh, "pool-info", LAB_POOL]).stdout:
+        procs.run([*virsh, "pool-start", LAB_POOL])
+
+
 def up(lab: Lab, names: list[str]) -> None:
     SHARED_STORAGE.mkdir(parents=True, exist_ok=True)
     ensure_bridge()
@@ -189,6 +222,8 @@ def up(lab: Lab, names: list[str]) -> None:
         _smbios_stand_in(lab.node_dir(node), node, index)
         _ensure_mntns(lab, node)
         _start_libvirtd(lab, node)
+        _ensure_vm_network(node)
+        _ensure_pool(node)
 
 
 def existing_netns() -> list[str]:

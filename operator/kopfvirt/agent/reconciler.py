@@ -1,0 +1,217 @@
+"""The node agent's reconciler: one VM's desired state against its libvirt domain.
+
+Level-based and idempotent. It runs on a VM's watch events, on libvirt lifecycle
+events, on reservation-pod events and on a slow resync, one VM at a time (a lock per
+UID). It writes a VM's status only when what it would write differs from what is there,
+so a start costs it one write.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import libvirt
+
+from .. import GROUP
+from ..clients import images, kube
+from ..clients.libvirt import DomainConflict, Hypervisor
+from ..core import conditions, disks, domainxml, lifecycle, reservation, vmspec
+from ..core.vmspec import SpecError
+from ..reconciling import Reconciler, now
+
+log = logging.getLogger("kopfvirt.agent")
+NODE_LABEL = f"{GROUP}/node"
+FINALIZER_PREFIX = f"agent.{GROUP}/"
+
+
+class NotReady(Exception):
+    """Something the VM needs is missing on this node; reported as a condition, retried on resync."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Agent(Reconciler):
+    def __init__(self, node: str, uri: str, virt_type: str, storage_root: str, networks: dict[str, str]):
+        super().__init__(log)
+        self.component = f"kopfvirt-agent/{node}"
+        self.node, self.virt_type, self.storage_root, self.networks = node, virt_type, storage_root, networks
+        self.finalizer = FINALIZER_PREFIX + node
+        self.pods: dict[tuple[str, str], dict] = {}    # (namespace, vm name) -> reservation pod
+        self.stopping: set[str] = set()                # domains we stop ourselves
+        self.guest_stops: dict[str, tuple[str, str]] = {}  # uid -> (reason, time), not yet written
+        self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
+
+    # -- inputs -------------------------------------------------------------------------
+    def observe_pod(self, pod: dict, deleted: bool = False) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta.get("labels", {}).get(reservation.VM_LABEL))
+        if deleted:
+            self.pods.pop(key, None)
+        else:
+            self.pods[key] = pod
+        self.submit_named(*key)
+
+    def _domain_event(self, uuid: str, event: str, detail: str) -> None:
+        log.info("libvirt: domain %s %s (%s)", uuid, event, detail)
+        if event == "stopped" and uuid not in self.stopping and detail not in ("migrated", "saved"):
+            self.guest_stops[uuid] = (lifecycle.stop_reason_for_event(detail), now())
+        if uuid in self.vms:
+            self.submit(uuid)
+
+    def _reconnected(self) -> None:
+        self.executor.submit(self.resync)
+
+    # -- the loop -----------------------------------------------------------------------
+    def on_error(self, body: dict, error: Exception) -> None:
+        if isinstance(error, libvirt.libvirtError) and error.get_error_code() in (
+                libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC):
+            self.write_status(body, self.with_condition(body, "Ready", None, "LibvirtUnavailable",
+                                                        f"libvirtd on {self.node} is unreachable: {error}"))
+        else:
+            super().on_error(body, error)
+
+    def handle(self, body: dict) -> None:
+        meta, status = body["metadata"], dict(body.get("status") or {})
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        if meta.get("deletionTimestamp"):
+            return self._delete(body)
+        try:
+            vm = vmspec.parse(ns, name, uid, body.get("spec") or {})
+        except SpecError as e:
+            return self._failed(body, "InvalidSpec", str(e), stalled=True)
+
+        stop = self.guest_stops.pop(uid, None)
+        if stop:
+            status.update(stopReason=stop[0], stopTime=stop[1])
+            self.event(body, stop[0], f"the guest stopped by itself on {self.node} ({stop[0]})",
+                       warning=stop[0] == lifecycle.GUEST_CRASHED)
+        annotations = meta.get("annotations") or {}
+        run = lifecycle.wants_running(vm.run_strategy, annotations, status)
+        pod = self.pods.get((ns, name)) or kube.get_pod(ns, reservation.pod_name(name))
+        if run and (pod is None or pod["metadata"].get("deletionTimestamp")):
+            if self.hv.state(uid) in ("running", "paused"):
+                status.update(stopReason="Evicted", stopTime=now())
+                self.event(body, "Evicted", f"reservation pod gone: stopping the VM on {self.node} "
+                           f"(evictionStrategy {vm.spec.eviction_strategy})", warning=True)
+            run = False
+        if run:
+            status = self._run(body, vm, annotations, status)
+        else:
+            status = self._stop(body, vm, status)
+        self.write_status(body, status)
+
+    def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict) -> dict:
+        uid, generation = vm.uid, body["metadata"].get("generation")
+        state = self.hv.state(uid)
+        if state in ("running", "paused") and lifecycle.restart_due(annotations, status):
+            self._stop_domain(vm)
+            state = "shutoff"
+            self.event(body, "Restarting", "restart requested")
+        if state not in ("running", "paused"):
+            try:
+                self._prepare_and_start(vm)
+            except NotReady as e:
+                status["phase"] = "Pending"
+                status["conditions"] = conditions.set_condition(status.get("conditions"), "Ready", False,
+                                                                e.reason, str(e), generation)
+                return status
+            status["startTime"] = now()
+            self.event(body, "Started", f"guest started on {self.node}")
+        if vm.spec.paused:
+            self.hv.pause(uid)
+        else:
+            self.hv.resume(uid)
+        state = self.hv.state(uid)
+        status.setdefault("startTime", now())
+        paused = state == "paused"
+        status.update(phase="Paused" if paused else "Running", nodeName=self.node, domainUUID=uid,
+                      observedGeneration=generation)
+        conds = conditions.set_condition(status.get("conditions"), "Ready", not paused,
+                                         "Paused" if paused else "DomainRunning",
+                                         "the guest is paused" if paused else f"the guest runs on {self.node}",
+                                         generation)
+        status["conditions"] = conditions.set_condition(conds, "Paused", paused, "Paused" if paused else "NotPaused",
+                                                        "spec.paused is true" if paused else "", generation)
+        macs = self.hv.interface_addresses(uid)
+        status["interfaces"] = [{"name": i.name, "macAddress": vm.mac_address(i.name),
+                                 "ipAddresses": macs.get(vm.mac_address(i.name), [])}
+                                for i in vm.spec.interfaces]
+        return status
+
+    def _prepare_and_start(self, vm: vmspec.VM) -> None:
+        plan = disks.plan(vm, self.storage_root)
+        for d in plan:
+            if d.kind == "volume":
+                if not self.hv.pool_exists(d.pool):
+                    raise NotReady("StoragePoolNotFound", f"disk {d.name}: storage pool {d.pool} does not exist "
+                                                          f"on {self.node}")
+                if not self.hv.volume_exists(d.pool, d.volume):
+                    raise NotReady("VolumeNotFound", f"disk {d.name}: volume {d.volume} is not in pool {d.pool}")
+        cloud_init = {}
+        for spec_disk in vm.spec.disks:
+            if spec_disk.cloud_init:
+                secret = None
+                if spec_disk.cloud_init.secret_ref:
+                    secret = kube.secret_data(vm.namespace, spec_disk.cloud_init.secret_ref.name)
+                    if secret is None:
+                        raise NotReady("SecretNotFound", f"disk {spec_disk.name}: Secret "
+                                       f"{spec_disk.cloud_init.secret_ref.name} does not exist in {vm.namespace}")
+                cloud_init[spec_disk.name] = disks.cloud_init_files(vm, spec_disk.name, secret)
+        directory = disks.vm_dir(self.storage_root, vm.namespace, vm.name, vm.uid)
+        try:
+            images.ensure(plan, directory, cloud_init)
+        except images.DiskError as e:
+            raise NotReady("DiskError", str(e)) from None
+        xml = domainxml.domain_xml(vm, plan, self.virt_type, self.networks)
+        try:
+            self.hv.ensure_running(vm.domain_name, vm.uid, xml)
+        except DomainConflict as e:
+            raise NotReady("DomainConflict", str(e)) from None
+
+    def _stop_domain(self, vm: vmspec.VM) -> None:
+        self.stopping.add(vm.uid)
+        try:
+            self.hv.stop(vm.uid, grace=vm.spec.termination_grace_period_seconds)
+        finally:
+            self.stopping.discard(vm.uid)
+
+    def _stop(self, body: dict, vm: vmspec.VM, status: dict) -> dict:
+        """Stop and undefine the domain; disks stay for the next start (on any node)."""
+        if self.hv.state(vm.uid) in ("running", "paused", "shuttingdown"):
+            self._stop_domain(vm)
+            if status.get("stopReason") not in ("Evicted",) or not status.get("stopTime"):
+                status.update(stopReason=lifecycle.REQUESTED, stopTime=now())
+            self.event(body, "Stopped", f"guest stopped on {self.node}")
+        self.hv.remove(vm.uid)
+        generation = body["metadata"].get("generation")
+        status.update(phase="Stopped", nodeName=None, interfaces=None, observedGeneration=generation)
+        conds = conditions.set_condition(status.get("conditions"), "Ready", False, "Stopped",
+                                         f"stopped ({status.get('stopReason', 'runStrategy')})", generation)
+        status["conditions"] = conditions.set_condition(conds, "Paused", False, "NotPaused", "", generation)
+        return status
+
+    def _delete(self, body: dict) -> None:
+        meta = body["metadata"]
+        self.stopping.add(meta["uid"])
+        try:
+            self.hv.remove(meta["uid"])
+        finally:
+            self.stopping.discard(meta["uid"])
+        images.remove(disks.vm_dir(self.storage_root, meta["namespace"], meta["name"], meta["uid"]))
+        finalizers = meta.get("finalizers") or []
+        if self.finalizer in finalizers:
+            self.remember(body, kube.json_patch_vm(meta["namespace"], meta["name"], [
+                {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                {"op": "replace", "path": "/metadata/finalizers",
+                 "value": [f for f in finalizers if f != self.finalizer]}]))
+        log.info("VM %s/%s deleted: domain and disks removed from %s", meta["namespace"], meta["name"], self.node)
+        self.vms.pop(meta["uid"], None)
+
+    def _failed(self, body: dict, reason: str, message: str, stalled: bool) -> None:
+        status = self.with_condition(body, "Ready", False, reason, message)
+        if stalled:
+            status["phase"] = "Failed"
+            status = self.with_condition(body, "Stalled", True, reason, message, base=status)
+        self.write_status(body, status)

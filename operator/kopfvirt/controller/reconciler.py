@@ -1,0 +1,150 @@
+"""The controller's reconciler: a VM that should run gets a reservation pod; where
+kube-scheduler binds it, the VM is handed to that node's agent (label + finalizer).
+
+Level-based and idempotent, like the agent's. A start costs the controller three writes
+to the VM: Scheduling (Ready=False early), Starting with the node, and the hand-off.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import GROUP
+from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
+from ..clients import kube
+from ..core import lifecycle, reservation, vmspec
+from ..core.vmspec import SpecError
+from ..reconciling import Reconciler
+
+log = logging.getLogger("kopfvirt.controller")
+ACTIVE_PHASES = ("Starting", "Running", "Paused", "Stopping", "Migrating")
+
+
+class Controller(Reconciler):
+    component = "kopfvirt-controller"
+
+    def __init__(self):
+        super().__init__(log)
+        self.pods: dict[tuple[str, str], dict] = {}     # (namespace, vm name) -> reservation pod
+        self.node_labels: dict[str, dict[str, str]] = {}  # node -> labels
+
+    def observe_pod(self, pod: dict, deleted: bool = False) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta.get("labels", {}).get(reservation.VM_LABEL))
+        if deleted:
+            self.pods.pop(key, None)
+        else:
+            self.pods[key] = pod
+        self.submit_named(*key)
+
+    def observe_node(self, node: dict, deleted: bool = False) -> None:
+        name = node["metadata"]["name"]
+        if deleted:
+            self.node_labels.pop(name, None)
+        else:
+            self.node_labels[name] = dict(node["metadata"].get("labels") or {})
+
+    def handle(self, body: dict) -> None:
+        meta, status = body["metadata"], dict(body.get("status") or {})
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        if meta.get("deletionTimestamp"):
+            return
+        node_label = (meta.get("labels") or {}).get(NODE_LABEL)
+        try:
+            vm = vmspec.parse(ns, name, uid, body.get("spec") or {})
+        except SpecError as e:
+            if not node_label:  # once placed, the agent reports
+                status = self.with_condition(body, "Ready", False, "InvalidSpec", str(e))
+                status = self.with_condition(body, "Stalled", True, "InvalidSpec", str(e), base=status)
+                self.write_status(body, {**status, "phase": "Failed"})
+            return
+        pod = self.pods.get((ns, name))
+        if not lifecycle.wants_running(vm.run_strategy, meta.get("annotations") or {}, status):
+            return self._parked(body, pod, node_label, status)
+
+        problem = self._precheck(vm)
+        if problem:
+            reason, message = problem
+            status = self.with_condition(body, "Ready", False, reason, message)
+            status = self.with_condition(body, "Scheduled", False, reason, message, base=status)
+            self.write_status(body, {**status, "phase": "Pending", "observedGeneration": meta.get("generation")})
+            return
+        if pod is None:
+            # Ready=False before the pod exists, so it never lands after the binding's "Starting".
+            status = self.with_condition(body, "Ready", False, "Scheduling",
+                                         "waiting for the reservation pod to be scheduled")
+            status = self.with_condition(body, "Scheduled", False, "Pending", "reservation pod created",
+                                         base=status)
+            if status.get("phase") not in ACTIVE_PHASES:
+                status["phase"] = "Scheduling"
+            self.write_status(body, {**status, "observedGeneration": meta.get("generation")})
+            if kube.create_pod(reservation.reservation_pod(vm)):
+                self.event(body, "Scheduling", f"reservation pod {reservation.pod_name(name)} created")
+            return
+        if pod["metadata"].get("deletionTimestamp"):
+            return  # the agent stops the VM; a new pod follows once this one is gone
+        bound = (pod.get("spec") or {}).get("nodeName")
+        if not bound:
+            return self._unscheduled(body, pod)
+        if node_label != bound:
+            if node_label and status.get("nodeName"):
+                return  # the previous node's agent still holds the domain
+            if status.get("phase") not in ACTIVE_PHASES or status.get("nodeName") != bound:
+                self._starting(body, bound)
+            self._hand_off(body, bound)
+            self.event(body, "Scheduled", f"placed on {bound}")
+        # Once handed off, the status is the agent's to write.
+
+    def _starting(self, body: dict, node: str) -> None:
+        status = self.with_condition(body, "Scheduled", True, "ReservationBound", f"reservation pod bound to {node}")
+        self.write_status(body, {**status, "phase": "Starting", "nodeName": node})
+
+    def _hand_off(self, body: dict, node: str) -> None:
+        """Label the VM for `node`'s agent and give that agent the finalizer, in one patch."""
+        meta = body["metadata"]
+        current = meta.get("finalizers")
+        finalizers = [f for f in current or [] if not f.startswith(FINALIZER_PREFIX)]
+        # Test the finalizers (not resourceVersion: our own status write just moved it).
+        ops = [{"op": "test", "path": "/metadata/finalizers", "value": current}] if current else []
+        if not meta.get("labels"):
+            ops.append({"op": "add", "path": "/metadata/labels", "value": {}})
+        ops += [{"op": "add", "path": "/metadata/labels/" + NODE_LABEL.replace("/", "~1"), "value": node},
+                {"op": "add", "path": "/metadata/finalizers", "value": finalizers + [FINALIZER_PREFIX + node]}]
+        self.remember(body, kube.json_patch_vm(meta["namespace"], meta["name"], ops))
+
+    def _unscheduled(self, body: dict, pod: dict) -> None:
+        cond = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"),
+                    None)
+        if cond and cond.get("status") == "False":
+            message = f"kube-scheduler: {cond.get('message', '')}".strip()
+            status = self.with_condition(body, "Scheduled", False, cond.get("reason") or "Unschedulable", message)
+            status = self.with_condition(body, "Ready", False, "Unschedulable", message, base=status)
+            self.write_status(body, status)
+
+    def _parked(self, body: dict, pod: dict | None, node_label: str | None, status: dict) -> None:
+        """Not supposed to run: once no agent runs it, release the reservation."""
+        if node_label and status.get("nodeName"):
+            return  # its agent is stopping it
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            kube.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"].get("uid"))
+        if status.get("phase") != "Stopped":
+            status = self.with_condition(body, "Ready", False, "Stopped", "the VM is not supposed to run")
+            self.write_status(body, {**status, "phase": "Stopped", "nodeName": None,
+                                     "observedGeneration": body["metadata"].get("generation")})
+
+    def _precheck(self, vm: vmspec.VM) -> tuple[str, str] | None:
+        """What no node can offer, said before a pod waits for it forever."""
+        for d in vm.spec.disks:
+            ref = d.cloud_init.secret_ref if d.cloud_init else None
+            if ref and not kube.secret_exists(vm.namespace, ref.name):
+                return "SecretNotFound", f"spec.disks[{d.name}].cloudInit.secretRef: Secret {ref.name} does not exist"
+        if self.node_labels:
+            wanted = reservation.cpu_node_selector(vm)
+            missing = [k for k in wanted if not any(labels.get(k) == "true" for labels in self.node_labels.values())]
+            models = [k.split("/", 1)[1] for k in missing if k.startswith(f"cpu-model.{GROUP}/")]
+            features = [k.split("/", 1)[1] for k in missing if k.startswith(f"cpu-feature.{GROUP}/")]
+            if models:
+                return "UnknownCPUModel", f"spec.cpu.model: no node offers CPU model {models[0]}"
+            if features:
+                return "CPUFeaturesUnavailable", f"spec.cpu.features: no node offers {', '.join(features)}"
+        return None

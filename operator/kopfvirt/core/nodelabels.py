@@ -1,0 +1,51 @@
+"""The labels an agent puts on its Node, from libvirt's capabilities (pure).
+
+Scheme (documented in docs/architecture.md):
+  kopfvirt.io/virt-type=qemu|kvm           how this node runs guests
+  kopfvirt.io/kvm-available=true|false     /dev/kvm and libvirt offer KVM
+  cpu.kopfvirt.io/vendor=AMD|Intel
+  cpu.kopfvirt.io/host-model=<model>       libvirt's name for the host CPU
+  cpu-model.kopfvirt.io/<model>=true       named models usable for guests here
+  cpu-feature.kopfvirt.io/<flag>=true      CPU flags guests can be given here
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from .. import GROUP
+
+PREFIXES = (f"{GROUP}/virt-type", f"{GROUP}/kvm-available", f"cpu.{GROUP}/", f"cpu-model.{GROUP}/",
+            f"cpu-feature.{GROUP}/")
+_VALID = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def ours(key: str) -> bool:
+    return key.startswith(PREFIXES)
+
+
+def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm_available: bool) -> dict[str, str]:
+    caps, dom = ET.fromstring(capabilities), ET.fromstring(domain_capabilities)
+    labels = {f"{GROUP}/virt-type": virt_type, f"{GROUP}/kvm-available": str(kvm_available).lower()}
+    host_cpu = caps.find("host/cpu")
+    vendor, model = host_cpu.findtext("vendor"), host_cpu.findtext("model")
+    if vendor:
+        labels[f"cpu.{GROUP}/vendor"] = vendor
+    if model and _VALID.match(model):
+        labels[f"cpu.{GROUP}/host-model"] = model
+    features = {f.get("name") for f in host_cpu.findall("feature")}
+    host_model = dom.find("cpu/mode[@name='host-model']")
+    if host_model is not None and host_model.get("supported") == "yes":
+        features |= {f.get("name") for f in host_model.findall("feature") if f.get("policy") != "disable"}
+    for name in sorted(features):
+        if name and _VALID.match(name):
+            labels[f"cpu-feature.{GROUP}/{name}"] = "true"
+    for m in dom.findall("cpu/mode[@name='custom']/model"):
+        if m.get("usable") == "yes" and m.text and _VALID.match(m.text):
+            labels[f"cpu-model.{GROUP}/{m.text}"] = "true"
+    return labels
+
+
+def kvm_offered(domain_capabilities_kvm: str | None) -> bool:
+    return domain_capabilities_kvm is not None and ET.fromstring(domain_capabilities_kvm).findtext("domain") == "kvm"

@@ -1,0 +1,110 @@
+"""What the controller's and the agent's reconcilers share: a cache of the VMs their
+watches deliver, one lock per VM, a thread pool, and status writes only on change."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .clients import kube
+from .core import conditions
+
+
+def _older(a: dict, b: dict) -> bool:
+    """Is `a` an older version of the object than `b`? (etcd revisions, compared as numbers)"""
+    try:
+        return int(a["metadata"]["resourceVersion"]) < int(b["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):
+        return False
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Reconciler:
+    component = "kopfvirt"
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+        self.vms: dict[str, dict] = {}  # uid -> latest VM body seen
+        self.locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reconcile")
+
+    def handle(self, body: dict) -> None:
+        raise NotImplementedError
+
+    def on_error(self, body: dict, error: Exception) -> None:
+        self.log.exception("reconciling %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
+        self.write_status(body, self.with_condition(body, "Ready", False, "ReconcileError", str(error)))
+
+    # -- inputs -------------------------------------------------------------------------
+    def observe_vm(self, body: dict, deleted: bool = False) -> None:
+        uid = body["metadata"]["uid"]
+        if deleted:
+            self.vms.pop(uid, None)
+            return
+        cached = self.vms.get(uid)
+        if cached is None or not _older(body, cached):  # our own writes may be ahead of the watch
+            self.vms[uid] = body
+        self.reconcile(uid)
+
+    def remember(self, body: dict, updated: dict) -> None:
+        """Take the API's answer to our write as the newest state, in place, so the rest of
+        this reconcile and the next ones see it before the watch event arrives."""
+        body.clear()
+        body.update(updated)
+        self.vms[updated["metadata"]["uid"]] = body
+
+    def submit(self, uid: str) -> None:
+        self.executor.submit(self.reconcile, uid)
+
+    def submit_named(self, namespace: str, name: str) -> None:
+        for uid, body in list(self.vms.items()):
+            if (body["metadata"]["namespace"], body["metadata"]["name"]) == (namespace, name):
+                self.submit(uid)
+
+    def resync(self) -> None:
+        for uid in list(self.vms):
+            self.reconcile(uid)
+
+    def reconcile(self, uid: str) -> None:
+        with self.locks[uid]:
+            body = self.vms.get(uid)
+            if body is None:
+                return
+            try:
+                self.handle(body)
+            except Exception as e:  # reported on the VM; the next event or resync retries
+                self.on_error(body, e)
+
+    # -- outputs ------------------------------------------------------------------------
+    def with_condition(self, body: dict, type_: str, status: bool | None, reason: str, message: str,
+                       base: dict | None = None) -> dict:
+        current = dict(base if base is not None else (body.get("status") or {}))
+        current["conditions"] = conditions.set_condition(current.get("conditions"), type_, status, reason, message,
+                                                         body["metadata"].get("generation"))
+        return current
+
+    def write_status(self, body: dict, status: dict) -> bool:
+        """Patch status with what changed; nothing when nothing did (no write per resync)."""
+        current = body.get("status") or {}
+        changes = {k: v for k, v in status.items() if current.get(k) != v and not (v is None and k not in current)}
+        if not changes:
+            return False
+        meta = body["metadata"]
+        self.log.debug("VM %s/%s status changes: %s", meta["namespace"], meta["name"], changes)
+        self.remember(body, kube.patch_vm_status(meta["namespace"], meta["name"], changes))
+        dropped = [k for k, v in changes.items() if v is not None and (body.get("status") or {}).get(k) != v]
+        if dropped:  # pruned by the CRD's schema: every write would repeat forever
+            self.log.error("the API server dropped status fields %s of %s/%s", dropped, meta["namespace"], meta["name"])
+        old, new = current.get("phase"), (body.get("status") or {}).get("phase")
+        if old != new:
+            self.log.info("VM %s/%s: %s -> %s", meta["namespace"], meta["name"], old, new)
+        return True
+
+    def event(self, body: dict, reason: str, message: str, warning: bool = False) -> None:
+        kube.post_event(body, reason, message, warning=warning, component=self.component)
