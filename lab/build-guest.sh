@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Build the lab guest from Debian packages: the cloud kernel plus a busybox initramfs
-# whose /init prints "kopfvirt-heartbeat N" on the serial console once a second.
-# Cached under $HOME; a second run builds nothing.
+# whose /init prints "kopfvirt-heartbeat N" on the serial console once a second and
+# powers off on ACPI power button (so graceful shutdown works), or by itself after N
+# heartbeats when the kernel command line says kopfvirt.poweroff_after=N.
+# Cached under $HOME; a second run builds nothing. Bump GUEST_VERSION when /init changes.
 set -euo pipefail
 
 CACHE="${KOPFVIRT_CACHE:-$HOME/.cache/kopfvirt}"
-OUT="$CACHE/guest"
+GUEST_VERSION=3
+OUT="$CACHE/guest-v$GUEST_VERSION"
 [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && { echo "lab guest: cached in $OUT"; exit 0; }
 
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
@@ -16,19 +19,35 @@ apt-get download -qq "$KPKG" busybox-static 2>&1 | grep -v '^W: Download is perf
 dpkg-deb -x linux-image-*.deb kernel
 dpkg-deb -x busybox-static_*.deb bb
 
-mkdir -p root/bin root/proc root/sys root/dev
+mkdir -p root/bin root/proc root/sys root/dev root/etc root/lib/modules
 cp bb/bin/busybox root/bin/busybox
+for m in drivers/input/evdev.ko drivers/acpi/button.ko; do
+  cp kernel/lib/modules/*/kernel/$m root/lib/modules/
+done
+# busybox acpid runs /etc/acpi/PWRF/00000080 on the ACPI power button.
+mkdir -p root/etc/acpi/PWRF
+printf '#!/bin/sh\necho "kopfvirt lab guest: ACPI power button, powering off"\npoweroff -f\n' \
+  > root/etc/acpi/PWRF/00000080
+chmod +x root/etc/acpi/PWRF/00000080
 cat > root/init <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+insmod /lib/modules/evdev.ko 2>/dev/null
+insmod /lib/modules/button.ko 2>/dev/null
+acpid -c /etc/acpi -l /dev/null
 echo "kopfvirt lab guest up: $(uname -r)"
+limit=$(sed -n 's/.*kopfvirt.poweroff_after=\([0-9]*\).*/\1/p' /proc/cmdline)
 i=0
 while true; do
   i=$((i + 1))
   echo "kopfvirt-heartbeat $i"
+  if [ -n "$limit" ] && [ "$i" -ge "$limit" ]; then
+    echo "kopfvirt lab guest: powering off"
+    poweroff -f
+  fi
   sleep 1
 done
 INIT

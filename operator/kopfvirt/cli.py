@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("controller", help="run the cluster-wide controller")
     c.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
                    help="kubeconfig file (default: in-cluster ServiceAccount)")
+    c.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over all VMs")
 
     a = sub.add_parser("agent", help="run the node agent of one node")
     a.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ)
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="shared storage where VM disks live (the same path on every node)")
     a.add_argument("--vm-network", default="kopfvirt",
                    help="the node's libvirt network that interfaces with network 'default' join")
+    a.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over the node's VMs")
 
     lab = sub.add_parser("lab", help="the lab: a real control plane and libvirt nodes on this machine")
     lsub = lab.add_subparsers(dest="lab_command", required=True)
@@ -58,10 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "controller":
         from .controller.main import main as run
-        run(args.kubeconfig)
+        run(args.kubeconfig, args.resync_seconds)
     elif args.command == "agent":
         from .agent.main import main as run
-        run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.storage_root, args.vm_network)
+        run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.storage_root, args.vm_network,
+            args.resync_seconds)
     else:
         sys.exit(_lab(args))
 

@@ -7,10 +7,11 @@ import collections
 import datetime
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .clients import kube
-from .core import conditions
+from .core import conditions, reservation
 
 
 def _older(a: dict, b: dict) -> bool:
@@ -31,6 +32,7 @@ class Reconciler:
     def __init__(self, log: logging.Logger):
         self.log = log
         self.vms: dict[str, dict] = {}  # uid -> latest VM body seen
+        self.pods: dict[tuple[str, str], dict] = {}  # (namespace, vm name) -> its reservation pod
         self.locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reconcile")
 
@@ -58,6 +60,28 @@ class Reconciler:
         body.clear()
         body.update(updated)
         self.vms[updated["metadata"]["uid"]] = body
+
+    def observe_pod(self, pod: dict, deleted: bool = False) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], (meta.get("labels") or {}).get(reservation.VM_LABEL))
+        if deleted:
+            self.pods.pop(key, None)
+        else:
+            self.pods[key] = pod
+        self.submit_named(*key)
+
+    def start_resync(self, seconds: float, also=None) -> None:
+        """A slow pass over every VM: catches missed events and retries failed reconciles."""
+        def loop():
+            while True:
+                time.sleep(seconds)
+                try:
+                    if also:
+                        also()
+                    self.resync()
+                except Exception:
+                    self.log.exception("resync failed")
+        threading.Thread(target=loop, name="resync", daemon=True).start()
 
     def submit(self, uid: str) -> None:
         self.executor.submit(self.reconcile, uid)

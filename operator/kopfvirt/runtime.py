@@ -12,7 +12,7 @@ import os
 
 import kopf
 
-from . import GROUP
+from . import GROUP, VERSION
 
 
 def registry_with_settings(identity: str, vm_selector: str | None = None,
@@ -54,6 +54,18 @@ def registry_with_settings(identity: str, vm_selector: str | None = None,
         return kopf.login_with_service_account(**kwargs)
 
     return registry
+
+
+def watch_vms_and_pods(registry: kopf.OperatorRegistry, reconciler) -> None:
+    """Feed a reconciler every VirtualMachine and reservation-pod event its watches carry."""
+
+    @kopf.on.event(GROUP, VERSION, "virtualmachines", registry=registry)
+    def vm_event(type, body, **_):
+        reconciler.observe_vm(dict(body), deleted=type == "DELETED")
+
+    @kopf.on.event("", "v1", "pods", registry=registry)
+    def pod_event(type, body, **_):
+        reconciler.observe_pod(dict(body), deleted=type == "DELETED")
 
 
 def run(registry: kopf.OperatorRegistry) -> None:

@@ -39,4 +39,4 @@ def test_owned_by_the_vm():
 
 
 def test_host_cpu_modes_need_no_node_labels():
-    assert reservation.cpu_node_selector(_vm({"memory": {"size": "1Gi"}, "cpu": {"model": "host-model"}})) == {}
+    assert reservation.node_requirements(_vm({"memory": {"size": "1Gi"}, "cpu": {"model": "host-model"}})) == {}

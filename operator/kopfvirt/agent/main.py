@@ -9,7 +9,7 @@ from .reconciler import Agent
 
 
 def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str, storage_root: str,
-         vm_network: str) -> None:
+         vm_network: str, resync_seconds: float = 30) -> None:
     kube.load(kubeconfig)
     agent = Agent(node, libvirt_uri, virt_type, storage_root, networks={"default": vm_network})
-    run(build_registry(agent))
+    run(build_registry(agent, resync_seconds))

@@ -9,6 +9,7 @@ so a start costs it one write.
 from __future__ import annotations
 
 import logging
+import time
 
 import libvirt
 
@@ -22,6 +23,7 @@ from ..reconciling import Reconciler, now
 log = logging.getLogger("kopfvirt.agent")
 NODE_LABEL = f"{GROUP}/node"
 FINALIZER_PREFIX = f"agent.{GROUP}/"
+STOP_EVENT_WINDOW = 10.0  # seconds within which a stopped event is taken as our own stop's
 
 
 class NotReady(Exception):
@@ -38,24 +40,17 @@ class Agent(Reconciler):
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.storage_root, self.networks = node, virt_type, storage_root, networks
         self.finalizer = FINALIZER_PREFIX + node
-        self.pods: dict[tuple[str, str], dict] = {}    # (namespace, vm name) -> reservation pod
-        self.stopping: set[str] = set()                # domains we stop ourselves
+        self.stopping: dict[str, float] = {}           # domains we stop ourselves -> until when
         self.guest_stops: dict[str, tuple[str, str]] = {}  # uid -> (reason, time), not yet written
         self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
 
     # -- inputs -------------------------------------------------------------------------
-    def observe_pod(self, pod: dict, deleted: bool = False) -> None:
-        meta = pod["metadata"]
-        key = (meta["namespace"], meta.get("labels", {}).get(reservation.VM_LABEL))
-        if deleted:
-            self.pods.pop(key, None)
-        else:
-            self.pods[key] = pod
-        self.submit_named(*key)
-
     def _domain_event(self, uuid: str, event: str, detail: str) -> None:
         log.info("libvirt: domain %s %s (%s)", uuid, event, detail)
-        if event == "stopped" and uuid not in self.stopping and detail not in ("migrated", "saved"):
+        ours = self.stopping.get(uuid, 0) > time.monotonic()
+        if event == "stopped" and ours:
+            self.stopping.pop(uuid, None)  # our own stop's event, which may arrive after it returned
+        elif event == "stopped" and detail not in ("migrated", "saved"):
             self.guest_stops[uuid] = (lifecycle.stop_reason_for_event(detail), now())
         if uuid in self.vms:
             self.submit(uuid)
@@ -171,11 +166,9 @@ class Agent(Reconciler):
             raise NotReady("DomainConflict", str(e)) from None
 
     def _stop_domain(self, vm: vmspec.VM) -> None:
-        self.stopping.add(vm.uid)
-        try:
-            self.hv.stop(vm.uid, grace=vm.spec.termination_grace_period_seconds)
-        finally:
-            self.stopping.discard(vm.uid)
+        grace = vm.spec.termination_grace_period_seconds
+        self.stopping[vm.uid] = time.monotonic() + grace + STOP_EVENT_WINDOW
+        self.hv.stop(vm.uid, grace=grace)
 
     def _stop(self, body: dict, vm: vmspec.VM, status: dict) -> dict:
         """Stop and undefine the domain; disks stay for the next start (on any node)."""
@@ -194,11 +187,8 @@ class Agent(Reconciler):
 
     def _delete(self, body: dict) -> None:
         meta = body["metadata"]
-        self.stopping.add(meta["uid"])
-        try:
-            self.hv.remove(meta["uid"])
-        finally:
-            self.stopping.discard(meta["uid"])
+        self.stopping[meta["uid"]] = time.monotonic() + STOP_EVENT_WINDOW
+        self.hv.remove(meta["uid"])
         images.remove(disks.vm_dir(self.storage_root, meta["namespace"], meta["name"], meta["uid"]))
         finalizers = meta.get("finalizers") or []
         if self.finalizer in finalizers:

@@ -259,6 +259,9 @@ class Hypervisor:
         return {}
 
     # -- node ---------------------------------------------------------------------------
+    def active_pools(self) -> list[str]:
+        return sorted(p.name() for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE))
+
     def pool_exists(self, name: str) -> bool:
         try:
             pool = self.conn().storagePoolLookupByName(name)

@@ -8,6 +8,6 @@ from .handlers import build_registry
 from .reconciler import Controller
 
 
-def main(kubeconfig: str | None) -> None:
+def main(kubeconfig: str | None, resync_seconds: float = 30) -> None:
     kube.load(kubeconfig)
-    run(build_registry(Controller()))
+    run(build_registry(Controller(), resync_seconds))

@@ -25,17 +25,7 @@ class Controller(Reconciler):
 
     def __init__(self):
         super().__init__(log)
-        self.pods: dict[tuple[str, str], dict] = {}     # (namespace, vm name) -> reservation pod
         self.node_labels: dict[str, dict[str, str]] = {}  # node -> labels
-
-    def observe_pod(self, pod: dict, deleted: bool = False) -> None:
-        meta = pod["metadata"]
-        key = (meta["namespace"], meta.get("labels", {}).get(reservation.VM_LABEL))
-        if deleted:
-            self.pods.pop(key, None)
-        else:
-            self.pods[key] = pod
-        self.submit_named(*key)
 
     def observe_node(self, node: dict, deleted: bool = False) -> None:
         name = node["metadata"]["name"]
@@ -139,10 +129,13 @@ class Controller(Reconciler):
             if ref and not kube.secret_exists(vm.namespace, ref.name):
                 return "SecretNotFound", f"spec.disks[{d.name}].cloudInit.secretRef: Secret {ref.name} does not exist"
         if self.node_labels:
-            wanted = reservation.cpu_node_selector(vm)
+            wanted = reservation.node_requirements(vm)
             missing = [k for k in wanted if not any(labels.get(k) == "true" for labels in self.node_labels.values())]
             models = [k.split("/", 1)[1] for k in missing if k.startswith(f"cpu-model.{GROUP}/")]
             features = [k.split("/", 1)[1] for k in missing if k.startswith(f"cpu-feature.{GROUP}/")]
+            pools = [k.split("/", 1)[1] for k in missing if k.startswith(f"pool.{GROUP}/")]
+            if pools:
+                return "StoragePoolNotFound", f"spec.disks: no node has the storage pool {pools[0]}"
             if models:
                 return "UnknownCPUModel", f"spec.cpu.model: no node offers CPU model {models[0]}"
             if features:

@@ -7,6 +7,7 @@ Scheme (documented in docs/architecture.md):
   cpu.kopfvirt.io/host-model=<model>       libvirt's name for the host CPU
   cpu-model.kopfvirt.io/<model>=true       named models usable for guests here
   cpu-feature.kopfvirt.io/<flag>=true      CPU flags guests can be given here
+  pool.kopfvirt.io/<pool>=true             active libvirt storage pools of the node
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import xml.etree.ElementTree as ET
 from .. import GROUP
 
 PREFIXES = (f"{GROUP}/virt-type", f"{GROUP}/kvm-available", f"cpu.{GROUP}/", f"cpu-model.{GROUP}/",
-            f"cpu-feature.{GROUP}/")
+            f"cpu-feature.{GROUP}/", f"pool.{GROUP}/")
 _VALID = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -25,9 +26,11 @@ def ours(key: str) -> bool:
     return key.startswith(PREFIXES)
 
 
-def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm_available: bool) -> dict[str, str]:
+def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm_available: bool,
+                pools: list[str] = ()) -> dict[str, str]:
     caps, dom = ET.fromstring(capabilities), ET.fromstring(domain_capabilities)
     labels = {f"{GROUP}/virt-type": virt_type, f"{GROUP}/kvm-available": str(kvm_available).lower()}
+    labels.update({f"pool.{GROUP}/{p}": "true" for p in pools if _VALID.match(p)})
     host_cpu = caps.find("host/cpu")
     vendor, model = host_cpu.findtext("vendor"), host_cpu.findtext("model")
     if vendor:

@@ -25,10 +25,11 @@ def overhead_mib(vm: VM) -> int:
     return 64 + 8 * vm.vcpus + -(-vm.memory_bytes // (512 * 2**20))
 
 
-def cpu_node_selector(vm: VM) -> dict[str, str]:
-    """Node labels (see nodelabels.py) the VM's CPU needs: its named model, its required features."""
+def node_requirements(vm: VM) -> dict[str, str]:
+    """Node labels (see nodelabels.py) the VM needs: its named CPU model, its required CPU
+    features, the storage pools of its disks."""
     cpu = vm.spec.cpu
-    out = {}
+    out = {f"pool.{GROUP}/{d.pool.pool}": "true" for d in vm.spec.disks if d.pool}
     if cpu.model and cpu.model not in ("host-model", "host-passthrough"):
         out[f"cpu-model.{GROUP}/{cpu.model}"] = "true"
     for f in cpu.features:
@@ -53,7 +54,7 @@ def reservation_pod(vm: VM) -> dict:
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 0,
     }
-    selector = {**spec.node_selector, **cpu_node_selector(vm)}
+    selector = {**spec.node_selector, **node_requirements(vm)}
     if selector:
         pod_spec["nodeSelector"] = selector
     if spec.affinity:

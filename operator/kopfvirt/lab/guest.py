@@ -3,6 +3,7 @@ blank base image, on the shared storage."""
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 
 from . import procs
@@ -23,7 +24,8 @@ def install(lab: Lab) -> None:
         raise LabError(f"building the lab guest failed: {result.stderr.strip()[-2000:]}")
     GUEST_DIR.mkdir(parents=True, exist_ok=True)
     for name in ("vmlinuz", "initrd.img"):
-        if not (GUEST_DIR / name).exists():
-            shutil.copy2(lab.guest_cache / name, GUEST_DIR / name)
+        target = GUEST_DIR / name
+        if not target.exists() or not filecmp.cmp(lab.guest_cache / name, target, shallow=False):
+            shutil.copy2(lab.guest_cache / name, target)
     if not BLANK_IMAGE.exists():  # a base image for examples of copy-on-write overlays
         procs.run(["qemu-img", "create", "-q", "-f", "qcow2", str(BLANK_IMAGE), "64M"])
