@@ -10,6 +10,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from kubernetes.client.rest import ApiException
+
 from .clients import kube
 from .core import conditions, reservation
 
@@ -78,6 +80,9 @@ class Reconciler:
                 try:
                     if also:
                         also()
+                except Exception:
+                    self.log.exception("periodic task failed")
+                try:
                     self.resync()
                 except Exception:
                     self.log.exception("resync failed")
@@ -102,6 +107,11 @@ class Reconciler:
                 return
             try:
                 self.handle(body)
+            except ApiException as e:
+                if e.status == 404:  # deleted meanwhile: nothing left to do
+                    self.vms.pop(uid, None)
+                    return
+                self.on_error(body, e)
             except Exception as e:  # reported on the VM; the next event or resync retries
                 self.on_error(body, e)
 

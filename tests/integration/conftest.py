@@ -59,6 +59,16 @@ def wait_for(what: str, probe, timeout: float = 90, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
+def domains_of(uid: str) -> dict[str, str]:
+    """node -> domain state, for every lab node that has a domain with this UUID."""
+    found = {}
+    for node in ("node-1", "node-2"):
+        result = lab_exec(node, "virsh", "-c", "qemu:///system", "domstate", uid, check=False)
+        if result.returncode == 0:
+            found[node] = result.stdout.strip()
+    return found
+
+
 def heartbeat(node: str, domain: str) -> int | None:
     """The last counter the guest printed on its serial console, read on its node."""
     result = lab_exec(node, "tail", "-n", "5", f"/var/log/libvirt/qemu/{domain}-serial.log", check=False)
@@ -66,10 +76,11 @@ def heartbeat(node: str, domain: str) -> int | None:
     return int(counts[-1]) if counts else None
 
 
-def lab_guest(name: str, **spec) -> dict:
+def lab_guest(name: str, cmdline: str = "", **spec) -> dict:
     body = {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": {"size": "128Mi"},
+            "terminationGracePeriodSeconds": 10,
             "kernelBoot": {"kernel": f"{GUEST}/vmlinuz", "initrd": f"{GUEST}/initrd.img",
-                           "cmdline": "console=ttyS0 quiet"}}
+                           "cmdline": f"console=ttyS0 quiet {cmdline}".strip()}}
     body.update(spec)
     return {"apiVersion": "kopfvirt.io/v1alpha1", "kind": "VirtualMachine",
             "metadata": {"name": name}, "spec": body}
@@ -109,6 +120,18 @@ class VMs:
 
     def delete(self, name: str) -> None:
         kubectl("-n", self.namespace, "delete", "virtualmachine", name, "--wait=true", "--timeout=60s")
+
+    def condition(self, name: str, type_: str) -> dict:
+        vm = self.get(name) or {}
+        return next((c for c in (vm.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+    def wait_condition(self, name: str, type_: str, reason: str, timeout: float = 60) -> dict:
+        return wait_for(f"VM {name} condition {type_} with reason {reason}",
+                        lambda: (c := self.condition(name, type_)).get("reason") == reason and c, timeout)
+
+    def plugin(self, *args: str) -> subprocess.CompletedProcess:
+        return run(str(Path(sys.executable).parent / "kubectl-kopfvirt"), "--kubeconfig", str(KUBECONFIG),
+                   "-n", self.namespace, *args)
 
     def domain(self, name: str) -> str:
         return f"{self.namespace}_{name}"

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from .conftest import KOPFVIRT, REPO, heartbeat, lab_exec, lab_guest, wait_for
+from .conftest import KOPFVIRT, REPO, domains_of, heartbeat, lab_exec, lab_guest, wait_for
 
 LAB = REPO / ".lab"
 
@@ -63,3 +63,32 @@ def test_restarted_controller_leaves_running_vms_alone(vms):
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
     assert vms.get("steady")["status"]["phase"] == "Running"
     vms.delete("steady")
+
+
+def test_libvirtd_down_is_reported_and_repaired(vms):
+    assert vms.apply(lab_guest("orphaned")).returncode == 0
+    vm = vms.wait_phase("orphaned", "Running")
+    node, domain = vm["status"]["nodeName"], vms.domain("orphaned")
+    qemu = _qemu_pid(node, domain)
+    os.kill(_pid(LAB / "nodes" / node / "run/libvirt/libvirtd.pid"), signal.SIGKILL)
+    condition = vms.wait_condition("orphaned", "Ready", "LibvirtUnavailable", timeout=60)
+    assert condition["status"] == "Unknown" and node in condition["message"]
+    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    vms.wait_condition("orphaned", "Ready", "DomainRunning", timeout=60)
+    assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
+    before = heartbeat(node, domain)
+    wait_for("the guest to keep counting", lambda: heartbeat(node, domain) > before)
+    vms.delete("orphaned")
+
+
+def test_agent_killed_mid_start_ends_with_one_domain(vms):
+    assert vms.apply(lab_guest("halfway")).returncode == 0
+    # Kill the node's agent as soon as the VM is handed to it, before it reports Running.
+    vm = wait_for("the hand-off to a node", lambda: (v := vms.get("halfway")) and
+                  (v["metadata"].get("labels") or {}).get("kopfvirt.io/node") and v, interval=0.05)
+    node = vm["metadata"]["labels"]["kopfvirt.io/node"]
+    os.kill(_pid(LAB / "pids" / f"agent-{node}.pid"), signal.SIGKILL)
+    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    vm = vms.wait_phase("halfway", "Running")
+    assert domains_of(vm["metadata"]["uid"]) == {node: "running"}
+    vms.delete("halfway")

@@ -23,6 +23,7 @@ from ..reconciling import Reconciler, now
 log = logging.getLogger("kopfvirt.agent")
 NODE_LABEL = f"{GROUP}/node"
 FINALIZER_PREFIX = f"agent.{GROUP}/"
+ACTIVE = ("running", "paused", "shuttingdown")  # domain states in which QEMU runs
 STOP_EVENT_WINDOW = 10.0  # seconds within which a stopped event is taken as our own stop's
 
 
@@ -77,7 +78,12 @@ class Agent(Reconciler):
         except SpecError as e:
             return self._failed(body, "InvalidSpec", str(e), stalled=True)
 
+        # Read the domain before taking a recorded stop event, so a stop between the two is
+        # still seen: a defined, shut-off domain of a VM we run means the guest stopped.
+        state, why = self.hv.state_and_reason(uid)
         stop = self.guest_stops.pop(uid, None)
+        if stop is None and state in ("shutoff", "crashed") and status.get("phase") in ("Running", "Paused"):
+            stop = (lifecycle.stop_reason_for_event(why), now())
         if stop:
             status.update(stopReason=stop[0], stopTime=stop[1])
             self.event(body, stop[0], f"the guest stopped by itself on {self.node} ({stop[0]})",
@@ -86,15 +92,17 @@ class Agent(Reconciler):
         run = lifecycle.wants_running(vm.run_strategy, annotations, status)
         pod = self.pods.get((ns, name)) or kube.get_pod(ns, reservation.pod_name(name))
         if run and (pod is None or pod["metadata"].get("deletionTimestamp")):
-            if self.hv.state(uid) in ("running", "paused"):
-                status.update(stopReason="Evicted", stopTime=now())
+            if state in ACTIVE:
+                stop = ("Evicted", now())
+                status.update(stopReason="Evicted", stopTime=stop[1])
                 self.event(body, "Evicted", f"reservation pod gone: stopping the VM on {self.node} "
                            f"(evictionStrategy {vm.spec.eviction_strategy})", warning=True)
             run = False
         if run:
             status = self._run(body, vm, annotations, status)
         else:
-            status = self._stop(body, vm, status)
+            # A stop recorded this round (by the guest, or an eviction) keeps its reason.
+            status = self._stop(body, vm, status, requested=stop is None)
         self.write_status(body, status)
 
     def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict) -> dict:
@@ -104,7 +112,7 @@ class Agent(Reconciler):
             self._stop_domain(vm)
             state = "shutoff"
             self.event(body, "Restarting", "restart requested")
-        if state not in ("running", "paused"):
+        if state not in ACTIVE:
             try:
                 self._prepare_and_start(vm)
             except NotReady as e:
@@ -170,11 +178,11 @@ class Agent(Reconciler):
         self.stopping[vm.uid] = time.monotonic() + grace + STOP_EVENT_WINDOW
         self.hv.stop(vm.uid, grace=grace)
 
-    def _stop(self, body: dict, vm: vmspec.VM, status: dict) -> dict:
+    def _stop(self, body: dict, vm: vmspec.VM, status: dict, requested: bool) -> dict:
         """Stop and undefine the domain; disks stay for the next start (on any node)."""
-        if self.hv.state(vm.uid) in ("running", "paused", "shuttingdown"):
+        if self.hv.state(vm.uid) in ACTIVE:
             self._stop_domain(vm)
-            if status.get("stopReason") not in ("Evicted",) or not status.get("stopTime"):
+            if requested:
                 status.update(stopReason=lifecycle.REQUESTED, stopTime=now())
             self.event(body, "Stopped", f"guest stopped on {self.node}")
         self.hv.remove(vm.uid)

@@ -37,6 +37,11 @@ STOPPED_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed", libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: "migrated",
     libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved", libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
 }
+SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed", libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved", libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
+}
 METADATA_NS = "https://kopfvirt.io/xmlns/domain/v1alpha1"
 EventCallback = Callable[[str, str, str], None]
 
@@ -152,8 +157,18 @@ class Hypervisor:
         return [self.info(d) for d in self.conn().listAllDomains()]
 
     def state(self, uuid: str) -> str:
+        return self.state_and_reason(uuid)[0]
+
+    def state_and_reason(self, uuid: str) -> tuple[str, str]:
+        """("absent", ""), ("running", ""), ("shutoff", "shutdown" | "destroyed" | "crashed" ...)."""
         dom = self.find(uuid)
-        return "absent" if dom is None else self.info(dom).state
+        if dom is None:
+            return "absent", ""
+        state, reason = dom.state()
+        if state == libvirt.VIR_DOMAIN_CRASHED:
+            return "crashed", "crashed"
+        why = SHUTOFF_REASONS.get(reason, "unknown") if state == libvirt.VIR_DOMAIN_SHUTOFF else ""
+        return STATES.get(state, "unknown"), why
 
     def ensure_defined(self, name: str, uuid: str, xml: str) -> libvirt.virDomain:
         """Define the domain if new; a stopped one is redefined so spec changes apply at start."""
@@ -272,8 +287,11 @@ class Hypervisor:
         return bool(pool.isActive())
 
     def volume_exists(self, pool: str, volume: str) -> bool:
+        """Refreshes the pool first: on shared storage another node may have made the volume."""
         try:
-            self.conn().storagePoolLookupByName(pool).storageVolLookupByName(volume)
+            p = self.conn().storagePoolLookupByName(pool)
+            p.refresh()
+            p.storageVolLookupByName(volume)
             return True
         except libvirt.libvirtError as e:
             if _is(e, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):

@@ -1,0 +1,55 @@
+"""Specs that cannot run are reported with a condition naming the cause, and leave
+nothing behind: no pod, no domain, no disk."""
+
+import pytest
+
+from kopfvirt.lab.layout import SHARED_STORAGE
+
+from .conftest import domains_of, kubectl, lab_guest, wait_for
+
+
+def _nothing_left(vms, name, uid):
+    assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
+    assert domains_of(uid) == {}
+    assert not list((SHARED_STORAGE / "vms" / vms.namespace).glob(f"{name}-*"))
+
+
+@pytest.mark.parametrize("name,change,reason,words", [
+    ("badcpu", {"cpu": {"model": "Bogus-CPU"}}, "UnknownCPUModel", "no node offers CPU model Bogus-CPU"),
+    ("badflag", {"cpu": {"features": [{"name": "no-such-flag"}]}}, "CPUFeaturesUnavailable", "no-such-flag"),
+    ("nosecret", {"disks": [{"name": "seed", "cloudInit": {"secretRef": {"name": "missing"}}}]},
+     "SecretNotFound", "Secret missing does not exist"),
+    ("nopool", {"disks": [{"name": "data", "pool": {"pool": "nope", "volume": "v"}}]},
+     "StoragePoolNotFound", "no node has the storage pool nope"),
+])
+def test_unrunnable_spec_is_reported_and_leaves_nothing(vms, name, change, reason, words):
+    body = lab_guest(name)
+    body["spec"].update(change)
+    assert vms.apply(body).returncode == 0
+    condition = vms.wait_condition(name, "Ready", reason)
+    assert words in condition["message"] and condition["status"] == "False"
+    vm = vms.get(name)
+    assert vm["status"]["phase"] == "Pending"
+    _nothing_left(vms, name, vm["metadata"]["uid"])
+    vms.delete(name)
+
+
+def test_vm_too_big_for_any_node_stays_scheduling_and_says_why(vms):
+    assert vms.apply(lab_guest("huge", memory={"size": "64Gi"})).returncode == 0
+    condition = vms.wait_condition("huge", "Scheduled", "Unschedulable")
+    assert "Insufficient memory" in condition["message"]
+    vm = vms.get("huge")
+    assert vm["status"]["phase"] == "Scheduling" and domains_of(vm["metadata"]["uid"]) == {}
+    vms.delete("huge")
+    wait_for("the pending pod to go", lambda: kubectl(
+        "-n", vms.namespace, "get", "pod", "kopfvirt-huge", check=False).returncode != 0)
+
+
+def test_missing_volume_in_an_existing_pool_is_reported(vms):
+    body = lab_guest("novol")
+    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": "lab", "volume": "absent"}}]
+    assert vms.apply(body).returncode == 0
+    condition = vms.wait_condition("novol", "Ready", "VolumeNotFound")
+    assert "volume absent is not in pool lab" in condition["message"]
+    assert domains_of(vms.get("novol")["metadata"]["uid"]) == {}
+    vms.delete("novol")
