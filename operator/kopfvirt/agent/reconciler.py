@@ -91,7 +91,12 @@ class Agent(Reconciler):
         annotations = meta.get("annotations") or {}
         run = lifecycle.wants_running(vm.run_strategy, annotations, status)
         pod = self.pods.get((ns, name)) or kube.get_pod(ns, reservation.pod_name(name))
-        if run and (pod is None or pod["metadata"].get("deletionTimestamp")):
+        # Never on two nodes: this node runs the VM only while its reservation pod is bound
+        # here and the controller has not placed it elsewhere.
+        held_here = (pod is not None and not pod["metadata"].get("deletionTimestamp")
+                     and (pod.get("spec") or {}).get("nodeName") == self.node
+                     and status.get("nodeName") in (None, self.node))
+        if run and not held_here:
             if state in ACTIVE:
                 stop = ("Evicted", now())
                 status.update(stopReason="Evicted", stopTime=stop[1])
