@@ -36,7 +36,9 @@ class Reconciler:
         self.vms: dict[str, dict] = {}  # uid -> latest VM body seen
         self.pods: dict[tuple[str, str], dict] = {}  # (namespace, vm name) -> its reservation pod
         self.locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
-        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reconcile")
+        # Domain starts block for as long as QEMU takes to come up; many VMs start at once.
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
+        self.notices = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
 
     def handle(self, body: dict) -> None:
         raise NotImplementedError
@@ -54,7 +56,7 @@ class Reconciler:
         cached = self.vms.get(uid)
         if cached is None or not _older(body, cached):  # our own writes may be ahead of the watch
             self.vms[uid] = body
-        self.reconcile(uid)
+        self.submit(uid)  # never block kopf's watch handling on a domain start
 
     def remember(self, body: dict, updated: dict) -> None:
         """Take the API's answer to our write as the newest state, in place, so the rest of
@@ -141,4 +143,7 @@ class Reconciler:
         return True
 
     def event(self, body: dict, reason: str, message: str, warning: bool = False) -> None:
-        kube.post_event(body, reason, message, warning=warning, component=self.component)
+        """Posted in the background: an Event must not add to a VM's start time."""
+        snapshot = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                    "metadata": dict(body["metadata"])}
+        self.notices.submit(kube.post_event, snapshot, reason, message, warning, self.component)
