@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
                    help="kubeconfig file (default: in-cluster ServiceAccount)")
     c.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over all VMs")
+    c.add_argument("--webhook-host", help="address the API server calls the admission webhook at (none: no webhook)")
+    c.add_argument("--webhook-port", type=int, default=9443)
+    c.add_argument("--webhook-cert", help="serving certificate (PEM) for --webhook-host")
+    c.add_argument("--webhook-key", help="its private key (PEM)")
+    c.add_argument("--webhook-ca", help="the CA that signed it, given to the API server as caBundle")
 
     a = sub.add_parser("agent", help="run the node agent of one node")
     a.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ)
@@ -59,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "controller":
+        from .controller.handlers import Webhook
         from .controller.main import main as run
-        run(args.kubeconfig, args.resync_seconds)
+        webhook = Webhook(args.webhook_host, args.webhook_port, args.webhook_cert, args.webhook_key,
+                          args.webhook_ca) if args.webhook_host else None
+        run(args.kubeconfig, args.resync_seconds, webhook)
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.storage_root, args.vm_network,

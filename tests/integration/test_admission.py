@@ -32,3 +32,18 @@ def test_missing_memory_is_refused(vms):
     del body["spec"]["memory"]
     result = vms.apply(body)
     assert result.returncode != 0 and "spec.memory: Required value" in result.stderr
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"memory": {"size": "65Mi", "hugepages": {"pageSize": "2Mi"}}},
+     "spec.memory.size: 65Mi is not a multiple of the 2Mi hugepage size"),
+    ({"cpu": {"sockets": 16, "cores": 64}}, "spec.cpu: sockets x cores x threads is 1024, more than 256"),
+    ({"cpu": {"model": "Bogus-CPU"}}, "spec.cpu.model: no node offers CPU model Bogus-CPU"),
+])
+def test_webhook_refuses_what_the_schema_cannot_say(vms, change, expected):
+    body = lab_guest("webhooked")
+    body["spec"].update(change)
+    result = vms.apply(body)
+    assert result.returncode != 0
+    assert "denied the request" in result.stderr and expected in result.stderr, result.stderr
+    assert vms.get("webhooked") is None

@@ -117,3 +117,36 @@ def test_deleting_the_namespace_cleans_its_vms(lab):
     uid = doomed.wait_phase("doomed", "Running")["metadata"]["uid"]
     kubectl("delete", "namespace", ns, "--timeout=120s")
     assert domains_of(uid) == {}
+
+
+def test_plugin_console_is_interactive(vms):
+    """The serial console through the plugin: the heartbeat shows, Ctrl+] leaves."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .conftest import KUBECONFIG
+
+    assert vms.apply(lab_guest("talker")).returncode == 0
+    _running(vms, "talker")
+    main, child = pty.openpty()
+    plugin = str(Path(sys.executable).parent / "kubectl-kopfvirt")
+    proc = subprocess.Popen([plugin, "--kubeconfig", str(KUBECONFIG), "-n", vms.namespace, "console", "talker"],
+                            stdin=child, stdout=child, stderr=child, close_fds=True)
+    os.close(child)
+    seen, deadline = b"", time.monotonic() + 30
+    try:
+        while b"kopfvirt-heartbeat" not in seen and time.monotonic() < deadline:
+            if select.select([main], [], [], 1)[0]:
+                seen += os.read(main, 4096)
+        assert b"kopfvirt-heartbeat" in seen, seen[-500:]
+        os.write(main, b"\x1d")  # Ctrl+]
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    vms.delete("talker")

@@ -15,7 +15,6 @@ def _nothing_left(vms, name, uid):
 
 
 @pytest.mark.parametrize("name,change,reason,words", [
-    ("badcpu", {"cpu": {"model": "Bogus-CPU"}}, "UnknownCPUModel", "no node offers CPU model Bogus-CPU"),
     ("badflag", {"cpu": {"features": [{"name": "no-such-flag"}]}}, "CPUFeaturesUnavailable", "no-such-flag"),
     ("nosecret", {"disks": [{"name": "seed", "cloudInit": {"secretRef": {"name": "missing"}}}]},
      "SecretNotFound", "Secret missing does not exist"),

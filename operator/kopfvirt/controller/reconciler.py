@@ -122,6 +122,16 @@ class Controller(Reconciler):
             self.write_status(body, {**status, "phase": "Stopped", "nodeName": None,
                                      "observedGeneration": body["metadata"].get("generation")})
 
+    def unknown_cpu_model(self, vm: vmspec.VM) -> str | None:
+        """A named CPU model that no node offers: a typo, refused at admission."""
+        model = vm.spec.cpu.model
+        if not model or model in ("host-model", "host-passthrough") or not self.node_labels:
+            return None
+        key = f"cpu-model.{GROUP}/{model}"
+        if any(labels.get(key) == "true" for labels in self.node_labels.values()):
+            return None
+        return f"spec.cpu.model: no node offers CPU model {model}"
+
     def _precheck(self, vm: vmspec.VM) -> tuple[str, str] | None:
         """What no node can offer, said before a pod waits for it forever."""
         for d in vm.spec.disks:

@@ -49,6 +49,7 @@ def prepare_pki(lab: Lab) -> None:
     pki.ensure_cert(p, "admin", "kopfvirt-lab-admin", orgs=("system:masters",))
     pki.ensure_cert(p, "controller-manager", "system:kube-controller-manager")
     pki.ensure_cert(p, "scheduler", "system:kube-scheduler")
+    pki.ensure_cert(p, "webhook", "kopfvirt-webhook", ips=(HOST_IP,))
     server = server_url()
     for user, name in (("admin", "admin"), ("system:kube-controller-manager", "controller-manager"),
                        ("system:kube-scheduler", "scheduler")):

@@ -21,6 +21,7 @@ SERVICE_CIDR = "198.19.0.0/16"
 APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 23790
 ETCD_PEER_PORT = 23800
+WEBHOOK_PORT = 19443                          # the controller's admission webhook
 
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
                 "/var/log/libvirt", "/var/cache/libvirt")

@@ -7,6 +7,7 @@ checkout (CI clones elsewhere) is found through a machine-wide owner file and cl
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from . import controlplane, guest, nodes, procs, tokens
 from .errors import LabError
-from .layout import RUN_DIR, SHARED_STORAGE, Lab, node_ip, node_names
+from .layout import HOST_IP, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names
 
 OWNER = RUN_DIR / "owner"
 RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon
@@ -91,8 +92,41 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
                 "--storage-root", str(SHARED_STORAGE), "--vm-network", nodes.VM_NETWORK,
                 "--resync-seconds", str(RESYNC_SECONDS)])
     if not procs.running(lab, "controller"):
-        procs.start(lab, "controller", [python, "-m", "kopfvirt", "controller", "--resync-seconds",
-                                        str(RESYNC_SECONDS), "--kubeconfig", str(lab.root / "controller.kubeconfig")])
+        pki = lab.pki
+        procs.start(lab, "controller", [
+            python, "-m", "kopfvirt", "controller", "--resync-seconds", str(RESYNC_SECONDS),
+            "--kubeconfig", str(lab.root / "controller.kubeconfig"), "--webhook-host", HOST_IP,
+            "--webhook-port", str(WEBHOOK_PORT), "--webhook-cert", str(pki / "webhook.crt"),
+            "--webhook-key", str(pki / "webhook.key"), "--webhook-ca", str(pki / "ca.crt")])
+
+
+def _webhook_configuration(lab: Lab) -> None:
+    """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL."""
+    from ..controller.handlers import WEBHOOK_PATH  # noqa: PLC0415 (kopf loads only when needed)
+    config = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "kopfvirt"},
+        "webhooks": [{
+            "name": "virtualmachines.kopfvirt.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 10,
+            "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{WEBHOOK_PATH}",
+                             "caBundle": base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()},
+            "rules": [{"apiGroups": ["kopfvirt.io"], "apiVersions": ["v1alpha1"], "resources": ["virtualmachines"],
+                       "operations": ["CREATE", "UPDATE"]}],
+            # Metadata-only writes (finalizers, labels) never wait for the controller.
+            "matchConditions": [{"name": "spec-changes-only",
+                                 "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}],
+        }],
+    }
+    path = lab.root / "webhook.yaml"
+    path.write_text(json.dumps(config))
+    deadline = time.monotonic() + 30
+    while not procs.port_in_use(WEBHOOK_PORT):  # refusing every VM while it starts would be rude
+        if time.monotonic() > deadline or not procs.running(lab, "controller"):
+            raise LabError(f"the controller's webhook does not listen on {WEBHOOK_PORT}:\n"
+                           f"{procs.log_tail(lab, 'controller')}")
+        time.sleep(0.2)
+    _apply(lab, path)
 
 
 def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 60) -> None:
@@ -133,6 +167,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
         nodes.up(lab, names)
         tokens.write_kubeconfigs(lab, controlplane.server_url())
         _start_node_processes(lab, names, virt_type, cpu, memory)
+        _webhook_configuration(lab)
         _wait_nodes_ready(lab, names)
     except (LabError, subprocess.CalledProcessError, KeyboardInterrupt) as e:
         if fresh:  # never leave half a lab behind
