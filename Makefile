@@ -11,7 +11,7 @@ export KOPFVIRT_HELM := $(HELM)
 
 APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev \
 	pkg-config gcc etcd-server busybox-static cpio iproute2 util-linux genisoimage libxml2-utils \
-	dmidecode
+	dmidecode ovmf
 APT_TOOLS := libvirtd virsh qemu-system-x86_64 qemu-img pkg-config gcc etcd cpio ip nsenter \
 	virt-xml-validate dmidecode
 
@@ -54,6 +54,7 @@ manifests: $(HELM)
 
 lab-deps:
 	@missing=0; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  [ "$$(id -u)" = 0 ] || { echo "error: installing Debian packages needs root"; exit 2; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
