@@ -1,7 +1,9 @@
-"""How the controller and the agent run kopf: one process, one registry, own storage keys.
+"""How the controller and the agent run kopf: one process, one registry, watches only.
 
-Both reconcile VirtualMachines, so each keeps its progress, diff-base and finalizer under
-its own prefix; sharing kopf's defaults would make them overwrite each other's state.
+Both use kopf for what it does well (watching with server-side selectors, login, the
+admission server) and feed every event to a level-based reconciler; with event handlers
+only, kopf writes nothing into our objects. Each process still names kopf's finalizer and
+annotation keys after itself, so a kopf default can never collide with the other's.
 """
 
 from __future__ import annotations

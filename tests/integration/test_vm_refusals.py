@@ -33,12 +33,12 @@ def test_unrunnable_spec_is_reported_and_leaves_nothing(vms, name, change, reaso
     vms.delete(name)
 
 
-def test_vm_too_big_for_any_node_stays_scheduling_and_says_why(vms):
+def test_vm_too_big_for_any_node_stays_pending_and_says_why(vms):
     assert vms.apply(lab_guest("huge", memory={"size": "64Gi"})).returncode == 0
     condition = vms.wait_condition("huge", "Scheduled", "Unschedulable")
     assert "Insufficient memory" in condition["message"]
     vm = vms.get("huge")
-    assert vm["status"]["phase"] == "Scheduling" and domains_of(vm["metadata"]["uid"]) == {}
+    assert vm["status"]["phase"] == "Pending" and domains_of(vm["metadata"]["uid"]) == {}
     vms.delete("huge")
     wait_for("the pending pod to go", lambda: kubectl(
         "-n", vms.namespace, "get", "pod", "kopfvirt-huge", check=False).returncode != 0)

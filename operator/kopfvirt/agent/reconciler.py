@@ -108,6 +108,12 @@ class Agent(Reconciler):
         else:
             # A stop recorded this round (by the guest, or an eviction) keeps its reason.
             status = self._stop(body, vm, status, requested=stop is None)
+        # kstatus: done reconciling once the domain is where the spec wants it (in the same write).
+        settled = status.get("phase") in ("Running", "Paused", "Stopped")
+        reason = "Reconciled" if settled else (status.get("phase") or "InProgress")
+        status["conditions"] = conditions.set_condition(
+            status.get("conditions"), "Reconciling", not settled, reason,
+            "" if settled else "working towards the spec", meta.get("generation"))
         self.write_status(body, status)
 
     def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict) -> dict:

@@ -65,6 +65,7 @@ class Controller(Reconciler):
                                          "waiting for the reservation pod to be scheduled")
             status = self.with_condition(body, "Scheduled", False, "Pending", "reservation pod created",
                                          base=status)
+            status = self.with_condition(body, "Reconciling", True, "Scheduling", "placing the VM", base=status)
             if status.get("phase") not in ACTIVE_PHASES:
                 status["phase"] = "Scheduling"
             self.write_status(body, {**status, "observedGeneration": meta.get("generation")})
@@ -87,6 +88,7 @@ class Controller(Reconciler):
 
     def _starting(self, body: dict, node: str) -> None:
         status = self.with_condition(body, "Scheduled", True, "ReservationBound", f"reservation pod bound to {node}")
+        status = self.with_condition(body, "Reconciling", True, "Starting", f"starting on {node}", base=status)
         self.write_status(body, {**status, "phase": "Starting", "nodeName": node})
 
     def _hand_off(self, body: dict, node: str) -> None:
@@ -109,7 +111,7 @@ class Controller(Reconciler):
             message = f"kube-scheduler: {cond.get('message', '')}".strip()
             status = self.with_condition(body, "Scheduled", False, cond.get("reason") or "Unschedulable", message)
             status = self.with_condition(body, "Ready", False, "Unschedulable", message, base=status)
-            self.write_status(body, status)
+            self.write_status(body, {**status, "phase": "Pending"})  # waits for room, as its pod does
 
     def _parked(self, body: dict, pod: dict | None, node_label: str | None, status: dict) -> None:
         """Not supposed to run: once no agent runs it, release the reservation."""
