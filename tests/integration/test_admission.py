@@ -47,3 +47,18 @@ def test_webhook_refuses_what_the_schema_cannot_say(vms, change, expected):
     assert result.returncode != 0
     assert "denied the request" in result.stderr and expected in result.stderr, result.stderr
     assert vms.get("webhooked") is None
+
+
+@pytest.mark.parametrize("define,expected", [
+    ({"type": "netfs", "host": "nfs.example", "sourcePath": "/export", "path": "/mnt/x"},
+     "netfs needs host, sourcePath, path and format"),
+    ({"type": "iscsi", "host": "san.example"}, "iscsi needs host and target"),
+    ({"type": "rbd", "sourceName": "vms"}, "rbd needs host and sourceName"),
+    ({"type": "dir"}, "dir needs path"),
+    ({"type": "iscsi", "host": "san.example", "target": "disks"}, "spec.disks[0].pool.define.target: Invalid value"),
+])
+def test_pool_descriptions_are_validated(vms, define, expected):
+    body = lab_guest("pooldef")
+    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": "p", "volume": "v", "define": define}}]
+    result = vms.apply(body)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr

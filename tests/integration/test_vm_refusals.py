@@ -52,3 +52,31 @@ def test_missing_volume_in_an_existing_pool_is_reported(vms):
     assert "volume absent is not in pool lab" in condition["message"]
     assert domains_of(vms.get("novol")["metadata"]["uid"]) == {}
     vms.delete("novol")
+
+
+def test_agent_defines_a_described_pool(vms):
+    """A disk whose pool the node lacks but describes (dir here; netfs, iscsi and rbd alike)."""
+    import subprocess
+    import uuid
+
+    from .conftest import heartbeat, lab_exec
+
+    pool = f"adhoc-{uuid.uuid4().hex[:6]}"
+    path = SHARED_STORAGE / pool
+    path.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path / "data.raw"), "16M"], check=True)
+    body = lab_guest("pooldefined")
+    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": pool, "volume": "data.raw",
+                                                       "define": {"type": "dir", "path": str(path)}}}]
+    try:
+        assert vms.apply(body).returncode == 0
+        vm = vms.wait_phase("pooldefined", "Running")
+        node = vm["status"]["nodeName"]
+        wait_for("the guest's heartbeat", lambda: heartbeat(node, vms.domain("pooldefined")))
+        assert "State:          running" in lab_exec(node, "virsh", "-c", "qemu:///system", "pool-info", pool).stdout
+        vms.delete("pooldefined")
+    finally:
+        for node in ("node-1", "node-2"):
+            lab_exec(node, "virsh", "-c", "qemu:///system", "pool-destroy", pool, check=False)
+            lab_exec(node, "virsh", "-c", "qemu:///system", "pool-undefine", pool, check=False)
+        subprocess.run(["rm", "-rf", str(path)])

@@ -16,7 +16,7 @@ import libvirt
 from .. import GROUP
 from ..clients import images, kube
 from ..clients.libvirt import DomainConflict, Hypervisor
-from ..core import conditions, disks, domainxml, lifecycle, reservation, vmspec
+from ..core import conditions, disks, domainxml, lifecycle, pools, reservation, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
 
@@ -156,6 +156,13 @@ class Agent(Reconciler):
 
     def _prepare_and_start(self, vm: vmspec.VM) -> None:
         plan = disks.plan(vm, self.storage_root)
+        for spec_disk in vm.spec.disks:
+            if spec_disk.pool and spec_disk.pool.define and not self.hv.pool_exists(spec_disk.pool.pool):
+                try:
+                    self.hv.define_pool(pools.pool_xml(spec_disk.pool.pool, spec_disk.pool.define))
+                except libvirt.libvirtError as e:
+                    raise NotReady("StoragePoolError", f"disk {spec_disk.name}: defining storage pool "
+                                                       f"{spec_disk.pool.pool} failed: {e}") from None
         for d in plan:
             if d.kind == "volume":
                 if not self.hv.pool_exists(d.pool):

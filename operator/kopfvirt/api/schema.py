@@ -169,7 +169,7 @@ def from_dict(cls, data: dict, path: str = "spec"):
                 raise SpecError(here, f"must be at least {meta['minimum']}, not {value}")
             if "maximum" in meta and value > meta["maximum"]:
                 raise SpecError(here, f"must be at most {meta['maximum']}, not {value}")
-            if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+            if "pattern" in meta and not re.search(meta["pattern"], value):  # OpenAPI: unanchored
                 raise SpecError(here, f"{value!r} does not match {meta['pattern']}")
             kwargs[f.name] = value
         elif f.default is MISSING and f.default_factory is MISSING:

@@ -74,11 +74,36 @@ class ImageSource:
 
 
 @dataclasses.dataclass(kw_only=True)
+class PoolDefinition:
+    """How to define the pool on a node that lacks it: dir, netfs (NFS or GlusterFS), iscsi or rbd."""
+
+    type: str = field(enum=["dir", "netfs", "iscsi", "rbd"], description="The libvirt pool type.")
+    path: str | None = field(None, pattern=r"^/", description=(
+        "dir: the directory; netfs: where the node mounts the export; iscsi: /dev/disk/by-path."))
+    host: str | None = field(None, min_length=1, description="netfs: the file server; iscsi: the portal; "
+                                                             "rbd: a Ceph monitor.")
+    source_path: str | None = field(None, min_length=1, description="netfs: the exported path or GlusterFS volume.")
+    format: str | None = field(None, enum=["nfs", "glusterfs"], description="netfs: the protocol.")
+    target: str | None = field(None, pattern=r"^iqn\.[0-9]{4}-[0-9]{2}\..+", description="iscsi: the target IQN.")
+    source_name: str | None = field(None, min_length=1, description="rbd: the Ceph pool.")
+
+    __schema__ = {"rules": [
+        ("self.type != 'dir' || has(self.path)", "dir needs path"),
+        ("self.type != 'netfs' || (has(self.host) && has(self.sourcePath) && has(self.path) && has(self.format))",
+         "netfs needs host, sourcePath, path and format"),
+        ("self.type != 'iscsi' || (has(self.host) && has(self.target))", "iscsi needs host and target"),
+        ("self.type != 'rbd' || (has(self.host) && has(self.sourceName))", "rbd needs host and sourceName"),
+    ]}
+
+
+@dataclasses.dataclass(kw_only=True)
 class PoolSource:
-    """A volume of a libvirt storage pool that the node has defined."""
+    """A volume of a libvirt storage pool: one the nodes have, or one defined from `define`."""
 
     pool: str = field(min_length=1, description="Name of the libvirt storage pool on the node.")
     volume: str = field(min_length=1, description="Name of the volume in that pool.")
+    define: PoolDefinition | None = field(None, description=(
+        "Define the pool on the VM's node if it lacks it (else the pool must already exist on some node)."))
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -277,6 +277,17 @@ class Hypervisor:
     def active_pools(self) -> list[str]:
         return sorted(p.name() for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE))
 
+    def define_pool(self, xml: str) -> None:
+        """Define, build (dir: mkdir) and start a pool, and keep it across libvirtd restarts."""
+        pool = self.conn().storagePoolDefineXML(xml)
+        try:
+            pool.build(0)
+        except libvirt.libvirtError:
+            pass  # netfs, iscsi and rbd need no build; an existing dir is fine
+        pool.setAutostart(1)
+        pool.create()
+        log.info("defined storage pool %s", pool.name())
+
     def pool_exists(self, name: str) -> bool:
         try:
             pool = self.conn().storagePoolLookupByName(name)

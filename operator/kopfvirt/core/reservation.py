@@ -27,9 +27,9 @@ def overhead_mib(vm: VM) -> int:
 
 def node_requirements(vm: VM) -> dict[str, str]:
     """Node labels (see nodelabels.py) the VM needs: its named CPU model, its required CPU
-    features, the storage pools of its disks."""
+    features, the storage pools of its disks (unless the agent may define them)."""
     cpu = vm.spec.cpu
-    out = {f"pool.{GROUP}/{d.pool.pool}": "true" for d in vm.spec.disks if d.pool}
+    out = {f"pool.{GROUP}/{d.pool.pool}": "true" for d in vm.spec.disks if d.pool and not d.pool.define}
     if cpu.model and cpu.model not in ("host-model", "host-passthrough"):
         out[f"cpu-model.{GROUP}/{cpu.model}"] = "true"
     for f in cpu.features:
