@@ -41,15 +41,6 @@ def json_patch_vm(namespace: str, name: str, ops: list[dict]) -> dict:
                                              _content_type="application/json-patch+json")
 
 
-def get_vm(namespace: str, name: str) -> dict | None:
-    try:
-        return _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-
-
 def create_pod(body: dict) -> bool:
     """True if created, False if it already existed (a retry or a restarted controller)."""
     try:

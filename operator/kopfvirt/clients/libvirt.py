@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import threading
 import time
-import xml.etree.ElementTree as ET
 from typing import Callable
 
 import libvirt
@@ -42,7 +41,6 @@ SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed", libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
     libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved", libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
 }
-METADATA_NS = "https://kopfvirt.io/xmlns/domain/v1alpha1"
 EventCallback = Callable[[str, str, str], None]
 
 _loop_lock = threading.Lock()
@@ -73,7 +71,6 @@ class DomainInfo:
     uuid: str
     name: str
     state: str
-    owner: tuple[str, str, str] | None = None  # (namespace, name, uid) from our metadata
 
 
 def _undefine(dom: libvirt.virDomain) -> None:
@@ -145,16 +142,7 @@ class Hypervisor:
     @staticmethod
     def info(dom: libvirt.virDomain) -> DomainInfo:
         state, _reason = dom.state()
-        owner = None
-        try:
-            meta = ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS))
-            owner = (meta.get("namespace"), meta.get("name"), meta.get("uid"))
-        except libvirt.libvirtError:
-            pass
-        return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=STATES.get(state, "unknown"), owner=owner)
-
-    def domains(self) -> list[DomainInfo]:
-        return [self.info(d) for d in self.conn().listAllDomains()]
+        return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=STATES.get(state, "unknown"))
 
     def state(self, uuid: str) -> str:
         return self.state_and_reason(uuid)[0]
@@ -250,12 +238,6 @@ class Hypervisor:
             if not _is(e, libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
                 raise
         log.info("removed domain %s", uuid)
-
-    def xml(self, uuid: str, inactive: bool = False) -> str | None:
-        dom = self.find(uuid)
-        if dom is None:
-            return None
-        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
 
     def interface_addresses(self, uuid: str) -> dict[str, list[str]]:
         """MAC -> addresses, from the guest agent where it answers, else DHCP leases."""

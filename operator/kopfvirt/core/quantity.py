@@ -32,8 +32,3 @@ def parse(value: str | int) -> Decimal:
 def to_bytes(value: str | int) -> int:
     return int(parse(value))
 
-
-def to_mebibytes(value: str | int) -> int:
-    """Rounded up: a reservation never asks for less than the VM needs."""
-    b = to_bytes(value)
-    return -(-b // 2**20)
