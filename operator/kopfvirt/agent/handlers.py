@@ -28,8 +28,9 @@ def label_node(agent: Agent) -> None:
         kvm_caps = agent.hv.domain_capabilities("kvm")
     except libvirt.libvirtError:
         kvm_caps = None
+    pools = agent.hv.active_pools()
     labels = nodelabels.node_labels(caps, agent.hv.domain_capabilities(agent.virt_type), agent.virt_type,
-                                    nodelabels.kvm_offered(kvm_caps), agent.hv.active_pools())
+                                    nodelabels.kvm_offered(kvm_caps), pools)
     current = kube.get_node_labels(agent.node)
     patch = {**{k: v for k, v in labels.items() if current.get(k) != v},
              **{k: None for k in current if nodelabels.ours(k) and k not in labels}}
@@ -37,7 +38,7 @@ def label_node(agent: Agent) -> None:
         kube.patch_node_labels(agent.node, patch)
         log.info("node %s labelled: %d CPU features, %d CPU models, pools %s", agent.node,
                  sum(k.startswith("cpu-feature.") for k in labels), sum(k.startswith("cpu-model.") for k in labels),
-                 agent.hv.active_pools())
+                 pools)
 
 
 def build_registry(agent: Agent, resync_seconds: float = 30) -> kopf.OperatorRegistry:

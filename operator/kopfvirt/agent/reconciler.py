@@ -104,10 +104,10 @@ class Agent(Reconciler):
                            f"(evictionStrategy {vm.spec.eviction_strategy})", warning=True)
             run = False
         if run:
-            status = self._run(body, vm, annotations, status)
+            status = self._run(body, vm, annotations, status, state)
         else:
             # A stop recorded this round (by the guest, or an eviction) keeps its reason.
-            status = self._stop(body, vm, status, requested=stop is None)
+            status = self._stop(body, vm, status, state, requested=stop is None)
         # kstatus: done reconciling once the domain is where the spec wants it (in the same write).
         settled = status.get("phase") in ("Running", "Paused", "Stopped")
         reason = "Reconciled" if settled else (status.get("phase") or "InProgress")
@@ -116,9 +116,9 @@ class Agent(Reconciler):
             "" if settled else "working towards the spec", meta.get("generation"))
         self.write_status(body, status)
 
-    def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict) -> dict:
+    def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict, state: str) -> dict:
+        """`state` is the domain's, as handle() read it at the start of this reconcile."""
         uid, generation = vm.uid, body["metadata"].get("generation")
-        state = self.hv.state(uid)
         if state in ("running", "paused") and lifecycle.restart_due(annotations, status):
             self._stop_domain(vm)
             state = "shutoff"
@@ -132,12 +132,14 @@ class Agent(Reconciler):
                                                                 e.reason, str(e), generation)
                 return status
             status["startTime"] = now()
+            state = "running"
             self.event(body, "Started", f"guest started on {self.node}")
-        if vm.spec.paused:
+        if vm.spec.paused and state == "running":
             self.hv.pause(uid)
-        else:
+            state = "paused"
+        elif not vm.spec.paused and state == "paused":
             self.hv.resume(uid)
-        state = self.hv.state(uid)
+            state = "running"
         status.setdefault("startTime", now())
         paused = state == "paused"
         status.update(phase="Paused" if paused else "Running", nodeName=self.node, domainUUID=uid,
@@ -196,9 +198,9 @@ class Agent(Reconciler):
         self.stopping[vm.uid] = time.monotonic() + grace + STOP_EVENT_WINDOW
         self.hv.stop(vm.uid, grace=grace)
 
-    def _stop(self, body: dict, vm: vmspec.VM, status: dict, requested: bool) -> dict:
+    def _stop(self, body: dict, vm: vmspec.VM, status: dict, state: str, requested: bool) -> dict:
         """Stop and undefine the domain; disks stay for the next start (on any node)."""
-        if self.hv.state(vm.uid) in ACTIVE:
+        if state in ACTIVE:
             self._stop_domain(vm)
             if requested:
                 status.update(stopReason=lifecycle.REQUESTED, stopTime=now())

@@ -144,9 +144,6 @@ class Hypervisor:
         state, _reason = dom.state()
         return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=STATES.get(state, "unknown"))
 
-    def state(self, uuid: str) -> str:
-        return self.state_and_reason(uuid)[0]
-
     def state_and_reason(self, uuid: str) -> tuple[str, str]:
         """("absent", ""), ("running", ""), ("shutoff", "shutdown" | "destroyed" | "crashed" ...)."""
         dom = self.find(uuid)

@@ -74,8 +74,6 @@ def _apply(lab: Lab, *paths: Path) -> None:
                             text=True, capture_output=True)
     if result.returncode != 0:
         raise LabError(f"kubectl apply failed: {result.stderr.strip()}")
-    subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
-                    "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
 
 
 def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, memory: str) -> None:
@@ -164,6 +162,8 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
         controlplane.start(lab)
         _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml",
                lab.repo / "manifests" / "rbac.yaml")
+        subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
+                        "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
         nodes.up(lab, names)
         tokens.write_kubeconfigs(lab, controlplane.server_url())
         _start_node_processes(lab, names, virt_type, cpu, memory)
