@@ -12,7 +12,6 @@ import logging
 import kopf
 import libvirt
 
-from .. import GROUP, VERSION
 from ..clients import kube
 from ..core import nodelabels, reservation
 from ..runtime import registry_with_settings, watch_vms_and_pods

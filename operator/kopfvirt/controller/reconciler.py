@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-from .. import GROUP
 from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
 from ..core import lifecycle, reservation, vmspec
@@ -124,15 +123,19 @@ class Controller(Reconciler):
             self.write_status(body, {**status, "phase": "Stopped", "nodeName": None,
                                      "observedGeneration": body["metadata"].get("generation")})
 
+    def _unoffered(self, vm: vmspec.VM) -> dict[str, list[str]]:
+        """The VM's node requirements that no node's labels offer, by kind: cpu-model,
+        cpu-feature, pool. Nothing before the first node is seen (no labels to judge by)."""
+        out: dict[str, list[str]] = {}
+        for key in reservation.node_requirements(vm) if self.node_labels else ():
+            if not any(labels.get(key) == "true" for labels in self.node_labels.values()):
+                out.setdefault(key.split(".", 1)[0], []).append(key.split("/", 1)[1])
+        return out
+
     def unknown_cpu_model(self, vm: vmspec.VM) -> str | None:
         """A named CPU model that no node offers: a typo, refused at admission."""
-        model = vm.spec.cpu.model
-        if not model or model in ("host-model", "host-passthrough") or not self.node_labels:
-            return None
-        key = f"cpu-model.{GROUP}/{model}"
-        if any(labels.get(key) == "true" for labels in self.node_labels.values()):
-            return None
-        return f"spec.cpu.model: no node offers CPU model {model}"
+        models = self._unoffered(vm).get("cpu-model")
+        return f"spec.cpu.model: no node offers CPU model {models[0]}" if models else None
 
     def _precheck(self, vm: vmspec.VM) -> tuple[str, str] | None:
         """What no node can offer, said before a pod waits for it forever."""
@@ -140,16 +143,11 @@ class Controller(Reconciler):
             ref = d.cloud_init.secret_ref if d.cloud_init else None
             if ref and not kube.secret_exists(vm.namespace, ref.name):
                 return "SecretNotFound", f"spec.disks[{d.name}].cloudInit.secretRef: Secret {ref.name} does not exist"
-        if self.node_labels:
-            wanted = reservation.node_requirements(vm)
-            missing = [k for k in wanted if not any(labels.get(k) == "true" for labels in self.node_labels.values())]
-            models = [k.split("/", 1)[1] for k in missing if k.startswith(f"cpu-model.{GROUP}/")]
-            features = [k.split("/", 1)[1] for k in missing if k.startswith(f"cpu-feature.{GROUP}/")]
-            pools = [k.split("/", 1)[1] for k in missing if k.startswith(f"pool.{GROUP}/")]
-            if pools:
-                return "StoragePoolNotFound", f"spec.disks: no node has the storage pool {pools[0]}"
-            if models:
-                return "UnknownCPUModel", f"spec.cpu.model: no node offers CPU model {models[0]}"
-            if features:
-                return "CPUFeaturesUnavailable", f"spec.cpu.features: no node offers {', '.join(features)}"
+        unoffered = self._unoffered(vm)
+        if unoffered.get("pool"):
+            return "StoragePoolNotFound", f"spec.disks: no node has the storage pool {unoffered['pool'][0]}"
+        if unoffered.get("cpu-model"):
+            return "UnknownCPUModel", self.unknown_cpu_model(vm)
+        if unoffered.get("cpu-feature"):
+            return "CPUFeaturesUnavailable", f"spec.cpu.features: no node offers {', '.join(unoffered['cpu-feature'])}"
         return None

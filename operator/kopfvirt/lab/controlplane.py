@@ -7,7 +7,6 @@ import shutil
 import ssl
 import time
 import urllib.request
-from pathlib import Path
 
 from . import kubeconfig, pki, procs
 from .errors import LabError
