@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--webhook-cert", help="serving certificate (PEM) for --webhook-host")
     c.add_argument("--webhook-key", help="its private key (PEM)")
     c.add_argument("--webhook-ca", help="the CA that signed it, given to the API server as caBundle")
+    c.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
+                   help="the operator's namespace (ConfigMap kopfvirt-migration)")
+    c.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: none)")
 
     a = sub.add_parser("agent", help="run the node agent of one node")
     a.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ)
@@ -39,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--vm-network", default="kopfvirt",
                    help="the node's libvirt network that interfaces with network 'default' join")
     a.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over the node's VMs")
+    a.add_argument("--hide-cpu-features", default="", metavar="F1,F2",
+                   help="CPU features not to offer guests here (narrow a newer node to its older peers)")
+    a.add_argument("--migration-transport", choices=("tls", "tcp"), default="tls",
+                   help="how libvirtd reaches the target's libvirtd: tls (certificates the controller issues), "
+                        "or tcp, for the lab only")
 
     lab = sub.add_parser("lab", help="the lab: a real control plane and libvirt nodes on this machine")
     lsub = lab.add_subparsers(dest="lab_command", required=True)
@@ -68,11 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         from .controller.main import main as run
         webhook = Webhook(args.webhook_host, args.webhook_port, args.webhook_cert, args.webhook_key,
                           args.webhook_ca) if args.webhook_host else None
-        run(args.kubeconfig, args.resync_seconds, webhook)
+        run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port)
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.storage_root, args.vm_network,
-            args.resync_seconds)
+            args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
+            args.migration_transport)
     else:
         sys.exit(_lab(args))
 

@@ -16,7 +16,7 @@ from .clients import kube
 from .core import conditions, reservation
 
 
-def _older(a: dict, b: dict) -> bool:
+def older(a: dict, b: dict) -> bool:
     """Is `a` an older version of the object than `b`? (etcd revisions, compared as numbers)"""
     try:
         return int(a["metadata"]["resourceVersion"]) < int(b["metadata"]["resourceVersion"])
@@ -34,7 +34,9 @@ class Reconciler:
     def __init__(self, log: logging.Logger):
         self.log = log
         self.vms: dict[str, dict] = {}  # uid -> latest VM body seen
-        self.pods: dict[tuple[str, str], dict] = {}  # (namespace, vm name) -> its reservation pod
+        # (namespace, vm name) -> {pod uid: pod}: its reservation pod, and during a migration's
+        # hand-off also the target's (relabelled) while the source's is deleted.
+        self.pods: dict[tuple[str, str], dict[str, dict]] = collections.defaultdict(dict)
         self.locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         # Domain starts block for as long as QEMU takes to come up; many VMs start at once.
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
@@ -54,7 +56,7 @@ class Reconciler:
             self.vms.pop(uid, None)
             return
         cached = self.vms.get(uid)
-        if cached is None or not _older(body, cached):  # our own writes may be ahead of the watch
+        if cached is None or not older(body, cached):  # our own writes may be ahead of the watch
             self.vms[uid] = body
         self.submit(uid)  # never block kopf's watch handling on a domain start
 
@@ -67,12 +69,27 @@ class Reconciler:
 
     def observe_pod(self, pod: dict, deleted: bool = False) -> None:
         meta = pod["metadata"]
-        key = (meta["namespace"], (meta.get("labels") or {}).get(reservation.VM_LABEL))
-        if deleted:
-            self.pods.pop(key, None)
-        else:
-            self.pods[key] = pod
+        labels = meta.get("labels") or {}
+        key = (meta["namespace"], labels.get(reservation.VM_LABEL))
+        for pods in self.pods.values():  # a relabelled pod moves between roles, never between VMs
+            pods.pop(meta["uid"], None)
+        if not deleted:
+            self.pods[key][meta["uid"]] = pod
         self.submit_named(*key)
+
+    def pods_of(self, namespace: str, vm_name: str, role: str = "reservation") -> list[dict]:
+        """The VM's pods of a role, live ones (not being deleted) first."""
+        pods = [p for p in self.pods.get((namespace, vm_name), {}).values()
+                if (p["metadata"].get("labels") or {}).get(reservation.ROLE_LABEL) == role]
+        return sorted(pods, key=lambda p: bool(p["metadata"].get("deletionTimestamp")))
+
+    def reservation_of(self, namespace: str, vm_name: str, node: str | None = None) -> dict | None:
+        """The VM's reservation pod; the live one bound to `node` when there are two."""
+        pods = self.pods_of(namespace, vm_name)
+        if node:
+            pods.sort(key=lambda p: (bool(p["metadata"].get("deletionTimestamp")),
+                                     (p.get("spec") or {}).get("nodeName") != node))
+        return pods[0] if pods else None
 
     def start_resync(self, seconds: float, also=None) -> None:
         """A slow pass over every VM: catches missed events and retries failed reconciles."""
@@ -133,7 +150,7 @@ class Reconciler:
             return False
         meta = body["metadata"]
         self.log.debug("VM %s/%s status changes: %s", meta["namespace"], meta["name"], changes)
-        self.remember(body, kube.patch_vm_status(meta["namespace"], meta["name"], changes))
+        self.remember(body, kube.patch_status(meta["namespace"], meta["name"], changes))
         dropped = [k for k, v in changes.items() if v is not None and (body.get("status") or {}).get(k) != v]
         if dropped:  # pruned by the CRD's schema: every write would repeat forever
             self.log.error("the API server dropped status fields %s of %s/%s", dropped, meta["namespace"], meta["name"])
@@ -147,3 +164,20 @@ class Reconciler:
         snapshot = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
                     "metadata": dict(body["metadata"])}
         self.notices.submit(kube.post_event, snapshot, reason, message, warning, self.component)
+
+
+def write_migration_status(namespace: str, name: str, status: dict, phase: str | None = None,
+                           current: dict | None = None) -> dict | None:
+    """A merge patch of a Migration's status; a phase change is also recorded with its time.
+    None if the Migration is gone."""
+    status = dict(status)
+    if phase:
+        status["phase"] = phase
+        transitions = list(((current or {}).get("status") or {}).get("phaseTransitions") or [])
+        status["phaseTransitions"] = transitions + [{"phase": phase, "time": now()}]
+    try:
+        return kube.patch_status(namespace, name, status, plural="migrations")
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise

@@ -12,8 +12,10 @@ import logging
 import kopf
 import libvirt
 
+from .. import GROUP, VERSION
 from ..clients import kube
 from ..core import nodelabels, reservation
+from ..core.migration import SOURCE_NODE_LABEL
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .reconciler import NODE_LABEL, Agent
 
@@ -29,7 +31,10 @@ def label_node(agent: Agent) -> None:
         kvm_caps = None
     pools = agent.hv.active_pools()
     labels = nodelabels.node_labels(caps, agent.hv.domain_capabilities(agent.virt_type), agent.virt_type,
-                                    nodelabels.kvm_offered(kvm_caps), pools)
+                                    nodelabels.kvm_offered(kvm_caps), list(pools),
+                                    shared_pools=[name for name, (kind, path) in pools.items()
+                                                  if nodelabels.on_shared_storage(kind, path, agent.storage_root)],
+                                    hidden_features=agent.hidden_cpu_features)
     current = kube.get_node_labels(agent.node)
     patch = {**{k: v for k, v in labels.items() if current.get(k) != v},
              **{k: None for k in current if nodelabels.ours(k) and k not in labels}}
@@ -37,7 +42,7 @@ def label_node(agent: Agent) -> None:
         kube.patch_node_labels(agent.node, patch)
         log.info("node %s labelled: %d CPU features, %d CPU models, pools %s", agent.node,
                  sum(k.startswith("cpu-feature.") for k in labels), sum(k.startswith("cpu-model.") for k in labels),
-                 pools)
+                 list(pools))
 
 
 def build_registry(agent: Agent, resync_seconds: float = 30) -> kopf.OperatorRegistry:
@@ -46,9 +51,14 @@ def build_registry(agent: Agent, resync_seconds: float = 30) -> kopf.OperatorReg
                                                     f"spec.nodeName={agent.node}"))
 
     @kopf.on.startup(registry=registry)
-    def start(**_):
+    def start(settings: kopf.OperatorSettings, **_):
+        settings.watching.label_selectors[GROUP, "migrations"] = f"{SOURCE_NODE_LABEL}={agent.node}"
         label_node(agent)
         agent.start_resync(resync_seconds, also=lambda: label_node(agent))
+
+    @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
+    def migration_event(type, body, **_):
+        agent.migrator.observe(dict(body), deleted=type == "DELETED")
 
     watch_vms_and_pods(registry, agent)
     return registry

@@ -19,6 +19,7 @@ from ..clients.libvirt import DomainConflict, Hypervisor
 from ..core import conditions, disks, domainxml, lifecycle, pools, reservation, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
+from .migrator import Migrator
 
 log = logging.getLogger("kopfvirt.agent")
 NODE_LABEL = f"{GROUP}/node"
@@ -36,10 +37,14 @@ class NotReady(Exception):
 
 
 class Agent(Reconciler):
-    def __init__(self, node: str, uri: str, virt_type: str, storage_root: str, networks: dict[str, str]):
+    def __init__(self, node: str, uri: str, virt_type: str, storage_root: str, networks: dict[str, str],
+                 hidden_cpu_features: tuple[str, ...] = (), migration_transport: str = "tls"):
         super().__init__(log)
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.storage_root, self.networks = node, virt_type, storage_root, networks
+        self.hidden_cpu_features = tuple(hidden_cpu_features)
+        self.migration_transport = migration_transport  # tls; tcp only inside the lab
+        self.migrator = Migrator(self)
         self.finalizer = FINALIZER_PREFIX + node
         self.stopping: dict[str, float] = {}           # domains we stop ourselves -> until when
         self.guest_stops: dict[str, tuple[str, str]] = {}  # uid -> (reason, time), not yet written
@@ -77,6 +82,8 @@ class Agent(Reconciler):
             vm = vmspec.parse(ns, name, uid, body.get("spec") or {})
         except SpecError as e:
             return self._failed(body, "InvalidSpec", str(e), stalled=True)
+        if (status.get("migration") or {}).get("sourceNode") == self.node:
+            return self.migrator.recover(body, status)  # a move from here runs, or ended unrecorded
 
         # Read the domain before taking a recorded stop event, so a stop between the two is
         # still seen: a defined, shut-off domain of a VM we run means the guest stopped.
@@ -90,7 +97,7 @@ class Agent(Reconciler):
                        warning=stop[0] == lifecycle.GUEST_CRASHED)
         annotations = meta.get("annotations") or {}
         run = lifecycle.wants_running(vm.run_strategy, annotations, status)
-        pod = self.pods.get((ns, name)) or kube.get_pod(ns, reservation.pod_name(name))
+        pod = self.reservation_of(ns, name, self.node) or kube.reservation_pod_on(ns, name, self.node)
         # Never on two nodes: this node runs the VM only while its reservation pod is bound
         # here and the controller has not placed it elsewhere.
         held_here = (pod is not None and not pod["metadata"].get("deletionTimestamp")
@@ -220,7 +227,7 @@ class Agent(Reconciler):
         images.remove(disks.vm_dir(self.storage_root, meta["namespace"], meta["name"], meta["uid"]))
         finalizers = meta.get("finalizers") or []
         if self.finalizer in finalizers:
-            self.remember(body, kube.json_patch_vm(meta["namespace"], meta["name"], [
+            self.remember(body, kube.json_patch(meta["namespace"], meta["name"], [
                 {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
                 {"op": "replace", "path": "/metadata/finalizers",
                  "value": [f for f in finalizers if f != self.finalizer]}]))

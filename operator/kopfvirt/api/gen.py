@@ -15,6 +15,7 @@ import yaml
 
 from .. import GROUP, VERSION
 from . import schema
+from .migration import MigrationSpec, MigrationStatus
 from .virtualmachine import VirtualMachineSpec, VirtualMachineStatus
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -39,6 +40,12 @@ KINDS = (
          (("Phase", "string", ".status.phase"), ("Node", "string", ".status.nodeName"),
           ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
           ("Age", "date", ".metadata.creationTimestamp"))),
+    Kind("Migration", "migrations", ("kvmig",), MigrationSpec, MigrationStatus,
+         "A move of one VirtualMachine to another node, live or offline. Deleting a Migration that "
+         "has not finished cancels it; the VM stays on its source.",
+         (("VM", "string", ".spec.vmName"), ("Mode", "string", ".spec.mode"), ("Phase", "string", ".status.phase"),
+          ("Source", "string", ".status.sourceNode"), ("Target", "string", ".status.targetNode"),
+          ("Downtime-ms", "integer", ".status.downtimeMs"), ("Age", "date", ".metadata.creationTimestamp"))),
 )
 
 

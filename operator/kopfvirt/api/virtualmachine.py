@@ -222,6 +222,18 @@ class InterfaceStatus:
 
 
 @dataclasses.dataclass(kw_only=True)
+class MigrationState:
+    """The migration the VM is in, as its source agent records it (it survives an agent restart)."""
+
+    name: str = field(description="The Migration object.")
+    mode: str = field(enum=["Live", "Offline"], description="Live or Offline.")
+    source_node: str = field(description="The node the VM leaves.")
+    target_node: str = field(description="The node the VM moves to.")
+    target_pod: str = field(description="The reservation pod held on the target.")
+    start_time: str | None = field(None, fmt="date-time", description="When the move began.")
+
+
+@dataclasses.dataclass(kw_only=True)
 class VirtualMachineStatus:
     """What the VM is doing, as observed by the controller and the node agent."""
 
@@ -236,3 +248,4 @@ class VirtualMachineStatus:
     stop_time: str | None = field(None, fmt="date-time", description="When the guest last stopped.")
     conditions: list[Condition] = field([], list_map_keys=("type",), description="Kubernetes-style conditions.")
     interfaces: list[InterfaceStatus] = field([], description="The guest's interfaces and their addresses.")
+    migration: MigrationState | None = field(None, description="The migration in progress, while one runs.")

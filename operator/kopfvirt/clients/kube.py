@@ -30,15 +30,42 @@ def _custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi()
 
 
-def patch_vm_status(namespace: str, name: str, status: dict) -> dict:
-    return _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name,
+def patch_status(namespace: str, name: str, status: dict, plural: str = PLURAL) -> dict:
+    return _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
                                                            {"status": status})
 
 
-def json_patch_vm(namespace: str, name: str, ops: list[dict]) -> dict:
-    """A JSON patch; callers lead with a `test` op so a concurrent change fails it."""
-    return _custom().patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, ops,
-                                             _content_type="application/json-patch+json")
+def json_patch(namespace: str, name: str, ops: list[dict], plural: str = PLURAL, status: bool = False) -> dict:
+    """A JSON patch; callers lead with a `test` op so a concurrent change fails it (422)."""
+    call = _custom().patch_namespaced_custom_object_status if status else _custom().patch_namespaced_custom_object
+    return call(GROUP, VERSION, namespace, plural, name, ops, _content_type="application/json-patch+json")
+
+
+def get_object(namespace: str, name: str, plural: str = PLURAL) -> dict | None:
+    try:
+        return _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def create_object(namespace: str, body: dict, plural: str) -> dict:
+    return _custom().create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+
+
+def delete_object(namespace: str, name: str, plural: str) -> None:
+    try:
+        _custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def list_objects(plural: str, namespace: str | None = None) -> list[dict]:
+    if namespace:
+        return _custom().list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
+    return _custom().list_cluster_custom_object(GROUP, VERSION, plural)["items"]
 
 
 def create_pod(body: dict) -> bool:
@@ -59,6 +86,19 @@ def get_pod(namespace: str, name: str) -> dict | None:
         if e.status == 404:
             return None
         raise
+
+
+def reservation_pod_on(namespace: str, vm_name: str, node: str) -> dict | None:
+    """The VM's live reservation pod bound to `node`, read from the API (not a cache)."""
+    pods = client.CoreV1Api().list_namespaced_pod(
+        namespace, label_selector=f"{GROUP}/vm={vm_name},{GROUP}/role=reservation",
+        field_selector=f"spec.nodeName={node}").items
+    live = [p for p in pods if p.metadata.deletion_timestamp is None]
+    return client.ApiClient().sanitize_for_serialization(live[0]) if live else None
+
+
+def patch_pod_labels(namespace: str, name: str, labels: dict[str, str | None]) -> None:
+    client.CoreV1Api().patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}})
 
 
 def delete_pod(namespace: str, name: str, uid: str | None = None) -> None:
@@ -108,3 +148,18 @@ def patch_node_labels(node: str, labels: dict[str, str | None]) -> None:
 
 def get_node_labels(node: str) -> dict[str, str]:
     return client.CoreV1Api().read_node(node).metadata.labels or {}
+
+
+def node_address(node: str) -> str | None:
+    """The node's InternalIP, where its libvirtd listens for migrations."""
+    addresses = client.CoreV1Api().read_node(node).status.addresses or []
+    return next((a.address for a in addresses if a.type == "InternalIP"), None)
+
+
+def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
+    try:
+        return client.CoreV1Api().read_namespaced_config_map(name, namespace).data or {}
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise

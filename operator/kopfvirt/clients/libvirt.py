@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
+import xml.etree.ElementTree as ET
 from typing import Callable
 
 import libvirt
@@ -252,9 +253,80 @@ class Hypervisor:
                         if v.get("hwaddr")}
         return {}
 
+    # -- migration ----------------------------------------------------------------------
+    def migrate(self, uuid: str, dest_uri: str, *, bandwidth_mibps: int | None = None, auto_converge: bool = False,
+                post_copy: bool = False, copy_storage: bool = False, tls: bool = False, live: bool = True) -> None:
+        """libvirt's managed peer-to-peer migration: this node's libvirtd drives it to the
+        target's. Blocks until it ends; raises libvirtError when it fails or is aborted.
+        The domain is defined on the target and undefined here only once it runs there."""
+        flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
+        for wanted, flag in ((live, libvirt.VIR_MIGRATE_LIVE), (auto_converge, libvirt.VIR_MIGRATE_AUTO_CONVERGE),
+                             (post_copy, libvirt.VIR_MIGRATE_POSTCOPY), (tls, libvirt.VIR_MIGRATE_TLS),
+                             (copy_storage, libvirt.VIR_MIGRATE_NON_SHARED_DISK)):
+            if wanted:
+                flags |= flag
+        params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: bandwidth_mibps} if bandwidth_mibps else {}
+        self._domain(uuid).migrateToURI3(dest_uri, params, flags)
+
+    def _domain(self, uuid: str) -> libvirt.virDomain:
+        dom = self.find(uuid)
+        if dom is None:
+            raise libvirt.libvirtError(f"domain {uuid} is not on this node")
+        return dom
+
+    def job_stats(self, uuid: str) -> dict:
+        """The running job's statistics; {} when none runs."""
+        dom = self.find(uuid)
+        if dom is None:
+            return {}
+        stats = dom.jobStats()
+        return stats if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE else {}
+
+    def abort_job(self, uuid: str) -> None:
+        dom = self.find(uuid)
+        if dom is not None:
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as e:
+                if not _is(e, libvirt.VIR_ERR_OPERATION_INVALID):  # it ended meanwhile
+                    raise
+
+    def start_post_copy(self, uuid: str) -> None:
+        self._domain(uuid).migrateStartPostCopy(0)
+
+    def set_max_downtime(self, uuid: str, ms: int) -> None:
+        self._domain(uuid).migrateSetMaxDowntime(ms, 0)
+
+    @staticmethod
+    def remote(uri: str, uuid: str) -> tuple[str, dict]:
+        """(state, completed job statistics) of a domain on another node's libvirtd; the
+        statistics are those of the migration that brought it there."""
+        conn = libvirt.open(uri)
+        try:
+            try:
+                dom = conn.lookupByUUIDString(uuid)
+            except libvirt.libvirtError as e:
+                if _is(e, libvirt.VIR_ERR_NO_DOMAIN):
+                    return "absent", {}
+                raise
+            state = STATES.get(dom.state()[0], "unknown")
+            try:
+                stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            except libvirt.libvirtError:
+                stats = {}
+            return state, stats
+        finally:
+            conn.close()
+
     # -- node ---------------------------------------------------------------------------
-    def active_pools(self) -> list[str]:
-        return sorted(p.name() for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE))
+    def active_pools(self) -> dict[str, tuple[str, str | None]]:
+        """Active pools: name -> (libvirt pool type, target path or None)."""
+        out = {}
+        for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            root = ET.fromstring(p.XMLDesc(0))
+            out[p.name()] = (root.get("type"), root.findtext("target/path"))
+        return dict(sorted(out.items()))
 
     def define_pool(self, xml: str) -> None:
         """Define, build (dir: mkdir) and start a pool, and keep it across libvirtd restarts."""

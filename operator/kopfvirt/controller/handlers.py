@@ -8,12 +8,13 @@ import dataclasses
 import kopf
 
 from .. import GROUP, VERSION
-from ..core import reservation, vmspec
+from ..core import migration, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .reconciler import Controller
 
 PLACEHOLDER_UID = "00000000-0000-4000-8000-000000000000"  # CREATE reviews carry no UID yet
 WEBHOOK_PATH = "validate-virtualmachine"  # served at https://<host>:<port>/<this>
+EVICTION_PATH = "evict-reservation-pod"    # pods/eviction: a drain's request to move a VM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Webhook:
 
 def build_registry(controller: Controller, resync_seconds: float = 30,
                    webhook: Webhook | None = None) -> kopf.OperatorRegistry:
-    registry = registry_with_settings("controller", pod_selector=(f"{reservation.ROLE_LABEL}=reservation", None))
+    registry = registry_with_settings("controller", pod_selector=(
+        f"{reservation.ROLE_LABEL} in (reservation,{migration.TARGET_ROLE})", None))
 
     @kopf.on.startup(registry=registry)
     def start(settings: kopf.OperatorSettings, **_):
@@ -59,5 +61,42 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
             if refusal:
                 raise kopf.AdmissionError(refusal, code=422)
 
+        @kopf.on.validate("", "v1", "pods", subresource="eviction", id=EVICTION_PATH, operations=["CREATE"],
+                          registry=registry)
+        def evict(body, dryrun, **_):
+            refusal = eviction_refusal(controller, body["metadata"].get("namespace"), body["metadata"]["name"],
+                                       start=not dryrun)
+            if refusal:
+                raise kopf.AdmissionError(refusal, code=429)  # kubectl drain retries on 429
+
+    @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
+    def migration_event(type, body, **_):
+        controller.migrations.observe(dict(body), deleted=type == "DELETED")
+
     watch_vms_and_pods(registry, controller)
     return registry
+
+
+def eviction_refusal(controller: Controller, namespace: str, pod_name: str, start: bool = True) -> str | None:
+    """Why a reservation pod may not be evicted now, or None to let it go. LiveMigrate: a
+    Migration moves the VM and the pod goes once it has moved (the drain retries); None:
+    never; Stop: it goes, and the agent stops the VM."""
+    pod = next((p for pods in list(controller.pods.values()) for p in list(pods.values())
+                if (p["metadata"]["namespace"], p["metadata"]["name"]) == (namespace, pod_name)), None)
+    labels = (pod or {}).get("metadata", {}).get("labels") or {}
+    if labels.get(reservation.ROLE_LABEL) != "reservation":
+        return None
+    vm_name = labels.get(reservation.VM_LABEL)
+    vm = next((b for b in list(controller.vms.values())
+               if (b["metadata"]["namespace"], b["metadata"]["name"]) == (namespace, vm_name)), None)
+    if vm is None:
+        return None
+    strategy = (vm.get("spec") or {}).get("evictionStrategy", "Stop")
+    if strategy == "None":
+        return f"VM {namespace}/{vm_name} has evictionStrategy None: stop it before its node is drained"
+    if strategy != "LiveMigrate":
+        return None
+    node = (pod.get("spec") or {}).get("nodeName")
+    name = controller.migrations.evacuate(namespace, vm_name, node) if start else "(dry run)"
+    return (f"VM {namespace}/{vm_name} is being live-migrated off {node} by Migration {name}; "
+            f"its reservation pod goes once it has moved")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from ..clients import kube
 from ..runtime import run
+from . import metrics
 from .handlers import Webhook, build_registry
 from .reconciler import Controller
 
 
-def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | None = None) -> None:
+def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | None = None,
+         namespace: str = "kopfvirt-system", metrics_port: int = 8080) -> None:
     kube.load(kubeconfig)
-    run(build_registry(Controller(), resync_seconds, webhook))
+    if metrics_port:
+        metrics.serve(metrics_port)
+    run(build_registry(Controller(namespace), resync_seconds, webhook))

@@ -11,9 +11,10 @@ import logging
 
 from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
-from ..core import lifecycle, reservation, vmspec
+from ..core import lifecycle, migration, reservation, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler
+from .migrations import Migrations
 
 log = logging.getLogger("kopfvirt.controller")
 ACTIVE_PHASES = ("Starting", "Running", "Paused", "Stopping", "Migrating")
@@ -22,21 +23,45 @@ ACTIVE_PHASES = ("Starting", "Running", "Paused", "Stopping", "Migrating")
 class Controller(Reconciler):
     component = "kopfvirt-controller"
 
-    def __init__(self):
+    def __init__(self, namespace: str = "kopfvirt-system"):
         super().__init__(log)
-        self.node_labels: dict[str, dict[str, str]] = {}  # node -> labels
+        self.nodes: dict[str, migration.Node] = {}
+        self.migrations = Migrations(self, namespace)
 
     def observe_node(self, node: dict, deleted: bool = False) -> None:
         name = node["metadata"]["name"]
+        before = self.nodes.pop(name, None)
         if deleted:
-            self.node_labels.pop(name, None)
-        else:
-            self.node_labels[name] = dict(node["metadata"].get("labels") or {})
+            return
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (node.get("status") or {}).get("conditions") or [])
+        self.nodes[name] = migration.Node(name, dict(node["metadata"].get("labels") or {}),
+                                          schedulable=ready and not (node.get("spec") or {}).get("unschedulable"))
+        if before is not None and not before.schedulable and self.nodes[name].schedulable:
+            self.migrations.node_uncordoned(name)
+
+    def observe_vm(self, body: dict, deleted: bool = False) -> None:
+        super().observe_vm(body, deleted)
+        self.migrations.kick()
+
+    def observe_pod(self, pod: dict, deleted: bool = False) -> None:
+        super().observe_pod(pod, deleted)
+        if (pod["metadata"].get("labels") or {}).get(reservation.ROLE_LABEL) == migration.TARGET_ROLE:
+            self.migrations.kick()
+
+    def resync(self) -> None:
+        super().resync()
+        self.migrations.reconcile_all()
 
     def handle(self, body: dict) -> None:
         meta, status = body["metadata"], dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         if meta.get("deletionTimestamp"):
+            return
+        record = status.get("migration")
+        if record:  # the source agent moves it; once it runs on the target, we hand it over
+            if status.get("nodeName") == record["targetNode"]:
+                self.migrations.hand_over(body)
             return
         node_label = (meta.get("labels") or {}).get(NODE_LABEL)
         try:
@@ -47,7 +72,7 @@ class Controller(Reconciler):
                 status = self.with_condition(body, "Stalled", True, "InvalidSpec", str(e), base=status)
                 self.write_status(body, {**status, "phase": "Failed"})
             return
-        pod = self.pods.get((ns, name))
+        pod = self.reservation_of(ns, name, status.get("nodeName"))
         if not lifecycle.wants_running(vm.run_strategy, meta.get("annotations") or {}, status):
             return self._parked(body, pod, node_label, status)
 
@@ -81,7 +106,7 @@ class Controller(Reconciler):
                 return  # the previous node's agent still holds the domain
             if status.get("phase") not in ACTIVE_PHASES or status.get("nodeName") != bound:
                 self._starting(body, bound)
-            self._hand_off(body, bound)
+            self.hand_off(body, bound)
             self.event(body, "Scheduled", f"placed on {bound}")
         # Once handed off, the status is the agent's to write.
 
@@ -90,7 +115,7 @@ class Controller(Reconciler):
         status = self.with_condition(body, "Reconciling", True, "Starting", f"starting on {node}", base=status)
         self.write_status(body, {**status, "phase": "Starting", "nodeName": node})
 
-    def _hand_off(self, body: dict, node: str) -> None:
+    def hand_off(self, body: dict, node: str) -> None:
         """Label the VM for `node`'s agent and give that agent the finalizer, in one patch."""
         meta = body["metadata"]
         current = meta.get("finalizers")
@@ -101,7 +126,7 @@ class Controller(Reconciler):
             ops.append({"op": "add", "path": "/metadata/labels", "value": {}})
         ops += [{"op": "add", "path": "/metadata/labels/" + NODE_LABEL.replace("/", "~1"), "value": node},
                 {"op": "add", "path": "/metadata/finalizers", "value": finalizers + [FINALIZER_PREFIX + node]}]
-        self.remember(body, kube.json_patch_vm(meta["namespace"], meta["name"], ops))
+        self.remember(body, kube.json_patch(meta["namespace"], meta["name"], ops))
 
     def _unscheduled(self, body: dict, pod: dict) -> None:
         cond = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"),
@@ -127,8 +152,8 @@ class Controller(Reconciler):
         """The VM's node requirements that no node's labels offer, by kind: cpu-model,
         cpu-feature, pool. Nothing before the first node is seen (no labels to judge by)."""
         out: dict[str, list[str]] = {}
-        for key in reservation.node_requirements(vm) if self.node_labels else ():
-            if not any(labels.get(key) == "true" for labels in self.node_labels.values()):
+        for key in reservation.node_requirements(vm) if self.nodes else ():
+            if not any(n.labels.get(key) == "true" for n in self.nodes.values()):
                 out.setdefault(key.split(".", 1)[0], []).append(key.split("/", 1)[1])
         return out
 

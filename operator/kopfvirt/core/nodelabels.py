@@ -8,6 +8,7 @@ Scheme (documented in docs/architecture.md):
   cpu-model.kopfvirt.io/<model>=true       named models usable for guests here
   cpu-feature.kopfvirt.io/<flag>=true      CPU flags guests can be given here
   pool.kopfvirt.io/<pool>=true             active libvirt storage pools of the node
+  shared-pool.kopfvirt.io/<pool>=true      ... of them, those on shared storage (migration)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import xml.etree.ElementTree as ET
 from .. import GROUP
 
 PREFIXES = (f"{GROUP}/virt-type", f"{GROUP}/kvm-available", f"cpu.{GROUP}/", f"cpu-model.{GROUP}/",
-            f"cpu-feature.{GROUP}/", f"pool.{GROUP}/")
+            f"cpu-feature.{GROUP}/", f"pool.{GROUP}/", f"shared-pool.{GROUP}/")
 _VALID = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -27,10 +28,14 @@ def ours(key: str) -> bool:
 
 
 def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm_available: bool,
-                pools: list[str] = ()) -> dict[str, str]:
+                pools: list[str] = (), shared_pools: list[str] = (), hidden_features: list[str] = ()
+                ) -> dict[str, str]:
+    """`hidden_features`: CPU flags this node must not offer guests (an admin narrowing a
+    newer node to its older peers, so VMs stay migratable between them)."""
     caps, dom = ET.fromstring(capabilities), ET.fromstring(domain_capabilities)
     labels = {f"{GROUP}/virt-type": virt_type, f"{GROUP}/kvm-available": str(kvm_available).lower()}
     labels.update({f"pool.{GROUP}/{p}": "true" for p in pools if _VALID.match(p)})
+    labels.update({f"shared-pool.{GROUP}/{p}": "true" for p in shared_pools if p in pools and _VALID.match(p)})
     host_cpu = caps.find("host/cpu")
     vendor, model = host_cpu.findtext("vendor"), host_cpu.findtext("model")
     if vendor:
@@ -41,7 +46,7 @@ def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm
     host_model = dom.find("cpu/mode[@name='host-model']")
     if host_model is not None and host_model.get("supported") == "yes":
         features |= {f.get("name") for f in host_model.findall("feature") if f.get("policy") != "disable"}
-    for name in sorted(features):
+    for name in sorted(features - set(hidden_features)):
         if name and _VALID.match(name):
             labels[f"cpu-feature.{GROUP}/{name}"] = "true"
     for m in dom.findall("cpu/mode[@name='custom']/model"):
@@ -52,3 +57,14 @@ def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm
 
 def kvm_offered(domain_capabilities_kvm: str | None) -> bool:
     return domain_capabilities_kvm is not None and ET.fromstring(domain_capabilities_kvm).findtext("domain") == "kvm"
+
+
+NETWORK_POOL_TYPES = ("netfs", "iscsi", "iscsi-direct", "rbd", "gluster")
+
+
+def on_shared_storage(pool_type: str, path: str | None, storage_root: str) -> bool:
+    """Network pools are shared; a dir pool is when it lies under the shared storage root."""
+    if pool_type in NETWORK_POOL_TYPES:
+        return True
+    root = storage_root.rstrip("/") + "/"
+    return pool_type == "dir" and bool(path) and (path.rstrip("/") + "/").startswith(root)

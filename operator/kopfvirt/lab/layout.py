@@ -22,6 +22,10 @@ APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 23790
 ETCD_PEER_PORT = 23800
 WEBHOOK_PORT = 19443                          # the controller's admission webhook
+METRICS_PORT = 19080                          # the controller's Prometheus /metrics
+# A narrower CPU for node-2: an older host beside node-1, so the CPU rule of migration
+# has a real pair to judge (sse4a is AMD-only: like moving from an EPYC to a Xeon).
+HIDDEN_CPU_FEATURES = {"node-2": ("sse4a",)}
 
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
                 "/var/log/libvirt", "/var/cache/libvirt")

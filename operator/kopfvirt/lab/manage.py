@@ -18,7 +18,8 @@ from pathlib import Path
 
 from . import controlplane, guest, nodes, procs, tokens
 from .errors import LabError
-from .layout import HOST_IP, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names
+from .layout import (HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab,
+                     node_ip, node_names)
 
 OWNER = RUN_DIR / "owner"
 RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon
@@ -88,19 +89,21 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
                 *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
                 "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type,
                 "--storage-root", str(SHARED_STORAGE), "--vm-network", nodes.VM_NETWORK,
-                "--resync-seconds", str(RESYNC_SECONDS)])
+                "--resync-seconds", str(RESYNC_SECONDS), "--migration-transport", "tcp",
+                "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ()))])
     if not procs.running(lab, "controller"):
         pki = lab.pki
         procs.start(lab, "controller", [
             python, "-m", "kopfvirt", "controller", "--resync-seconds", str(RESYNC_SECONDS),
             "--kubeconfig", str(lab.root / "controller.kubeconfig"), "--webhook-host", HOST_IP,
             "--webhook-port", str(WEBHOOK_PORT), "--webhook-cert", str(pki / "webhook.crt"),
-            "--webhook-key", str(pki / "webhook.key"), "--webhook-ca", str(pki / "ca.crt")])
+            "--webhook-key", str(pki / "webhook.key"), "--webhook-ca", str(pki / "ca.crt"),
+            "--namespace", "kopfvirt-system", "--metrics-port", str(METRICS_PORT)])
 
 
 def _webhook_configuration(lab: Lab) -> None:
     """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL."""
-    from ..controller.handlers import WEBHOOK_PATH  # noqa: PLC0415 (kopf loads only when needed)
+    from ..controller.handlers import EVICTION_PATH, WEBHOOK_PATH  # noqa: PLC0415 (kopf loads only when needed)
     config = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "kopfvirt"},
@@ -114,6 +117,14 @@ def _webhook_configuration(lab: Lab) -> None:
             # Metadata-only writes (finalizers, labels) never wait for the controller.
             "matchConditions": [{"name": "spec-changes-only",
                                  "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}],
+        }, {
+            "name": "evictions.kopfvirt.io", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Fail", "timeoutSeconds": 10,
+            "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{EVICTION_PATH}",
+                             "caBundle": base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/eviction"],
+                       "operations": ["CREATE"]}],
+            "matchConditions": [{"name": "reservation-pods-only", "expression": "request.name.startsWith('kopfvirt-')"}],
         }],
     }
     path = lab.root / "webhook.yaml"
@@ -161,7 +172,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
         controlplane.prepare_pki(lab)
         controlplane.start(lab)
         _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml",
-               lab.repo / "manifests" / "rbac.yaml")
+               lab.repo / "manifests" / "rbac.yaml", lab.repo / "manifests" / "migration-config.yaml")
         subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
                         "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
         nodes.up(lab, names)

@@ -1,0 +1,288 @@
+"""The source side of a migration: the agent of the VM's node moves its domain.
+
+The controller prepares the target (a reservation pod bound by kube-scheduler) and sets
+the Migration to TargetReady; this node's agent claims it (TargetReady -> Running, a
+guarded write, so a cancel and a start never both win), records it in the VM's
+status.migration, and has its libvirtd migrate the domain peer-to-peer to the target's.
+It reports the outcome: on success the VM's status names the target node, and the
+controller hands the VM over (pods, label, finalizer); on failure the VM keeps running
+here. status.migration survives an agent restart: the next reconcile finds out from the
+two libvirtds how the move ended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import libvirt
+from kubernetes.client.rest import ApiException
+
+from ..clients import kube
+from ..core import migration, quantity, vmspec
+from ..reconciling import now, write_migration_status
+
+log = logging.getLogger("kopfvirt.agent.migrator")
+PLURAL = migration.PLURAL
+POLL_SECONDS = 0.5
+
+
+@dataclasses.dataclass
+class Running:
+    """A move this process drives (or watches, after a restart)."""
+
+    migration: str
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    why_aborted: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    results: dict = dataclasses.field(default_factory=dict)
+
+
+def _ms_since(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)
+
+
+class Migrator:
+    def __init__(self, agent):
+        self.agent = agent
+        self.migrations: dict[str, dict] = {}  # uid -> Migration leaving this node
+        self.running: dict[str, Running] = {}  # VM uid -> the move in progress here
+
+    # -- inputs -------------------------------------------------------------------------
+    def observe(self, body: dict, deleted: bool = False) -> None:
+        uid = body["metadata"]["uid"]
+        if deleted:
+            self.migrations.pop(uid, None)
+        else:
+            self.migrations[uid] = body
+        name = body["metadata"]["name"]
+        for run in self.running.values():
+            if run.migration == name and (deleted or body["metadata"].get("deletionTimestamp")):
+                self._abort(run, "Cancelled", "the Migration was deleted")
+        phase = (body.get("status") or {}).get("phase")
+        if not deleted and phase == "TargetReady" and not body["metadata"].get("deletionTimestamp"):
+            threading.Thread(target=self._run_guarded, args=(body,), name=f"migrate-{name}", daemon=True).start()
+
+    def _abort(self, run: Running, reason: str, message: str) -> None:
+        if not run.cancel.is_set():
+            run.why_aborted = (reason, message)
+            run.cancel.set()
+
+    # -- one move -----------------------------------------------------------------------
+    def _run_guarded(self, m: dict) -> None:
+        try:
+            self._run(m)
+        except Exception:
+            log.exception("migration %s/%s failed", m["metadata"]["namespace"], m["metadata"]["name"])
+
+    def _vm_body(self, namespace: str, name: str) -> dict | None:
+        return next((b for b in list(self.agent.vms.values())
+                     if (b["metadata"]["namespace"], b["metadata"]["name"]) == (namespace, name)), None)
+
+    def _run(self, m: dict) -> None:
+        meta, spec, mstatus = m["metadata"], m.get("spec") or {}, m.get("status") or {}
+        ns, name = meta["namespace"], meta["name"]
+        body = self._vm_body(ns, spec.get("vmName", ""))
+        if body is None:
+            write_migration_status(ns, name, {"reason": "VMNotOnSource", "message": (
+                f"VM {spec.get('vmName')} is not on {self.agent.node} any more")}, "Failed", m)
+            return
+        uid = body["metadata"]["uid"]
+        with self.agent.locks[uid]:
+            if uid in self.running:
+                return
+            status = dict(body.get("status") or {})
+            state, _ = self.agent.hv.state_and_reason(uid)
+            if status.get("nodeName") != self.agent.node or state not in ("running", "paused"):
+                write_migration_status(ns, name, {"reason": "VMNotRunning", "message": (
+                    f"VM {body['metadata']['name']} is not running on {self.agent.node}")}, "Failed", m)
+                return
+            try:  # the claim: only from TargetReady, so a cancel that came first wins
+                kube.json_patch(ns, name, [{"op": "test", "path": "/status/phase", "value": "TargetReady"}],
+                                plural=PLURAL, status=True)
+            except ApiException as e:
+                if e.status in (404, 409, 422):
+                    return
+                raise
+            m = write_migration_status(ns, name, {}, "Running", m) or m
+            record = {"name": name, "mode": spec.get("mode", "Live"), "sourceNode": self.agent.node,
+                      "targetNode": mstatus["targetNode"], "targetPod": mstatus["targetPod"], "startTime": now()}
+            self.agent.write_status(body, {**status, "phase": "Migrating", "migration": record})
+            run = self.running[uid] = Running(name)
+        self.agent.event(body, "Migrating", f"{record['mode']} migration {name} to {record['targetNode']} started")
+        log.info("migrating VM %s/%s to %s (%s)", ns, body["metadata"]["name"], record["targetNode"], record["mode"])
+        try:
+            if record["mode"] == "Live":
+                outcome = self._live(body, m, run)
+            else:
+                outcome = self._offline(body, run)
+        except Exception as e:  # anything unforeseen: the VM stays where it is
+            log.exception("migration %s/%s", ns, name)
+            outcome = Outcome(False, "MigrationError", str(e))
+        try:
+            with self.agent.locks[uid]:
+                self.conclude(self.agent.vms.get(uid, body), outcome)
+        finally:
+            self.running.pop(uid, None)
+
+    def _target_uri(self, node: str) -> str:
+        address = kube.node_address(node)
+        if not address:
+            raise RuntimeError(f"node {node} reports no InternalIP to migrate to")
+        return f"qemu+{self.agent.migration_transport}://{address}/system"
+
+    def _live(self, body: dict, m: dict, run: Running) -> Outcome:
+        uid, hv = body["metadata"]["uid"], self.agent.hv
+        options = (m.get("status") or {}).get("options") or {}
+        target = body["status"]["migration"]["targetNode"]
+        uri = self._target_uri(target)
+        try:
+            hv.set_max_downtime(uid, options.get("maxDowntimeMs", 300))
+        except libvirt.libvirtError as e:
+            log.warning("could not set the maximum downtime: %s", e)
+        watcher = threading.Thread(target=self._watch, args=(body, m, run), name=f"watch-{run.migration}",
+                                   daemon=True)
+        watcher.start()
+        try:
+            hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
+                       auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
+                       copy_storage=bool(options.get("copyStorage")),
+                       tls=self.agent.migration_transport == "tls")
+        except libvirt.libvirtError as e:
+            if run.why_aborted:
+                return Outcome(False, *run.why_aborted)
+            return Outcome(False, "LibvirtError", f"libvirt: {e.get_error_message()}")
+        finally:
+            run.done.set()
+        _state, stats = hv.remote(uri, uid)
+        return Outcome(True, results=migration.result(stats))
+
+    def _watch(self, body: dict, m: dict, run: Running) -> None:
+        """Progress into the Migration's status; the timeouts and cancels applied."""
+        uid, ns, name = body["metadata"]["uid"], m["metadata"]["namespace"], m["metadata"]["name"]
+        options = (m.get("status") or {}).get("options") or {}
+        memory = quantity.to_bytes(body["spec"]["memory"]["size"])
+        start = last_progress = time.monotonic()
+        lowest, written, post_copy = None, None, False
+        while not run.done.wait(POLL_SECONDS):
+            if run.cancel.is_set():
+                self.agent.hv.abort_job(uid)
+                return
+            try:
+                stats = self.agent.hv.job_stats(uid)
+            except libvirt.libvirtError:
+                continue
+            if not stats:
+                continue
+            remaining = stats.get("data_remaining")
+            if remaining is not None and (lowest is None or remaining < lowest):
+                lowest, last_progress = remaining, time.monotonic()
+            verdict = None if post_copy else migration.overdue(time.monotonic() - start, memory, options,
+                                                               time.monotonic() - last_progress)
+            if verdict == "post-copy":
+                self.agent.hv.start_post_copy(uid)
+                post_copy = True
+                log.info("migration %s/%s switched to post-copy", ns, name)
+            elif verdict == "abort":
+                self._abort(run, "Timeout", (
+                    f"did not converge: {lowest or 0} bytes still to copy after {time.monotonic() - start:.0f}s "
+                    f"(completionTimeoutPerGiB {options.get('completionTimeoutPerGiB')}, progressTimeoutSeconds "
+                    f"{options.get('progressTimeoutSeconds')}); allow autoConverge or postCopy, or raise the "
+                    f"bandwidth"))
+                self.agent.hv.abort_job(uid)
+                return
+            progress = migration.progress(stats)
+            if post_copy:
+                progress["postCopy"] = True
+            if progress != written:
+                written = progress
+                write_migration_status(ns, name, {"progress": progress})
+
+    def _offline(self, body: dict, run: Running) -> Outcome:
+        """Shut the guest down gracefully here; the target's agent boots it from the same disks."""
+        meta = body["metadata"]
+        vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
+        start = time.monotonic()
+        self.agent._stop_domain(vm)
+        self.agent.hv.remove(vm.uid)
+        return Outcome(True, results={"totalTimeMs": _ms_since(start)})
+
+    # -- endings --------------------------------------------------------------------------
+    def conclude(self, body: dict, outcome: Outcome) -> None:
+        """Write how the move ended: the VM's status, then the Migration's. Called with the
+        VM's lock held."""
+        status = dict(body.get("status") or {})
+        record = status.get("migration") or {}
+        ns = body["metadata"]["namespace"]
+        if outcome.ok:
+            target = record["targetNode"]
+            phase = "Running" if record.get("mode") == "Live" else "Starting"
+            if record.get("mode") == "Live" and status.get("phase") == "Paused":
+                phase = "Paused"
+            write_migration_status(ns, record["name"], outcome.results)
+            self.agent.write_status(body, {**status, "phase": phase, "nodeName": target})
+            self.agent.event(body, "Migrated", f"moved to {target}" + (
+                f" in {outcome.results['totalTimeMs']} ms, downtime {outcome.results['downtimeMs']} ms"
+                if "downtimeMs" in outcome.results else ""))
+            log.info("VM %s/%s moved to %s: %s", ns, body["metadata"]["name"], target, outcome.results)
+            return
+        phase = "Cancelled" if outcome.reason == "Cancelled" else "Failed"
+        current = kube.get_object(ns, record["name"], PLURAL) if record.get("name") else None
+        if current is not None and (current.get("status") or {}).get("phase") not in migration.FINAL_PHASES:
+            write_migration_status(ns, record["name"], {"reason": outcome.reason, "message": outcome.message,
+                                                        "progress": None}, phase, current)
+        state, _ = self.agent.hv.state_and_reason(body["metadata"]["uid"])
+        status.update(migration=None, phase="Paused" if state == "paused" else "Running")
+        self.agent.write_status(body, status)
+        self.agent.event(body, f"Migration{phase}", f"{record.get('name')}: {outcome.message}; the VM stays on "
+                                                    f"{self.agent.node}", warning=True)
+
+    def recover(self, body: dict, status: dict) -> None:
+        """status.migration names this node as source but no move runs here (the agent
+        restarted, or the thread ended before its write): read how it ended."""
+        uid = body["metadata"]["uid"]
+        record = status["migration"]
+        if uid in self.running or status.get("nodeName") != self.agent.node:
+            return  # still moving, or moved and waiting for the controller's hand-off
+        hv = self.agent.hv
+        state, _ = hv.state_and_reason(uid)
+        if state in ("running", "paused") and hv.job_stats(uid):
+            run = self.running[uid] = Running(record["name"])
+            threading.Thread(target=self._await_job, args=(body, run), daemon=True).start()
+            return
+        if state in ("running", "paused"):
+            outcome = Outcome(False, "Interrupted", f"the move was interrupted (the agent on {self.agent.node} "
+                                                    f"restarted) and libvirt did not finish it")
+        elif record.get("mode") == "Offline":
+            outcome = Outcome(True)
+        else:
+            remote_state, stats = hv.remote(self._target_uri(record["targetNode"]), uid)
+            if remote_state in ("running", "paused"):
+                outcome = Outcome(True, results=migration.result(stats))
+            else:
+                outcome = Outcome(False, "GuestLost", f"the guest runs neither on {self.agent.node} nor on "
+                                                      f"{record['targetNode']}")
+        self.conclude(body, outcome)
+
+    def _await_job(self, body: dict, run: Running) -> None:
+        """libvirt still migrates a domain whose agent restarted: wait for it, then recover."""
+        uid = body["metadata"]["uid"]
+        try:
+            while self.agent.hv.job_stats(uid):
+                if run.cancel.is_set():
+                    self.agent.hv.abort_job(uid)
+                time.sleep(POLL_SECONDS)
+        except libvirt.libvirtError:
+            pass
+        finally:
+            self.running.pop(uid, None)
+        self.agent.submit(uid)

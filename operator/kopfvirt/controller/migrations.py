@@ -1,0 +1,350 @@
+"""The controller's side of migrations: preflight, queue, the target's reservation pod,
+the hand-off once the VM runs on the target, cancels, evacuation of drained nodes, and
+metrics. The source node's agent moves the domain itself (agent/migrator.py).
+
+Phases: Pending (preflight, queue) -> Scheduling (target pod created) -> TargetReady
+(kube-scheduler bound it) -> Running (the source agent claimed it) -> Succeeded (handed
+off) | Failed | Cancelled. All Migrations are reconciled under one lock, oldest first,
+so the limits are counted without races; they are few.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import uuid as uuidlib
+
+from kubernetes.client.rest import ApiException
+
+from .. import GROUP, VERSION
+from ..clients import kube
+from ..core import conditions, migration, reservation, vmspec
+from ..core.migration import FINAL_PHASES, PLURAL
+from ..agent.reconciler import NODE_LABEL
+from ..reconciling import older, write_migration_status
+from . import metrics
+
+log = logging.getLogger("kopfvirt.controller.migrations")
+FINALIZER = f"{GROUP}/migration"
+EVACUATION_LABEL = f"{GROUP}/evacuation"  # on Migrations a drain started: the node drained
+CONFIG_MAP = "kopfvirt-migration"
+TARGET_SCHEDULE_SECONDS = 120  # a target pod unbound this long fails the Migration
+
+
+def _age_seconds(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+
+
+class Migrations:
+    def __init__(self, controller, namespace: str):
+        self.c = controller
+        self.namespace = namespace  # where the ConfigMap kopfvirt-migration lives
+        self.migrations: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        self.counted: set[str] = set()  # uids whose end is in the metrics (or ended before we started)
+
+    # -- inputs -------------------------------------------------------------------------
+    def observe(self, body: dict, deleted: bool = False) -> None:
+        uid = body["metadata"]["uid"]
+        cached = self.migrations.get(uid)
+        if deleted:
+            self.migrations.pop(uid, None)
+        elif cached is None or not older(body, cached):  # our own writes may be ahead of the watch
+            self.migrations[uid] = body
+            if cached is None and (body.get("status") or {}).get("phase") in FINAL_PHASES:
+                self.counted.add(uid)  # it ended before this controller started
+        self.kick()
+
+    def kick(self) -> None:
+        self.c.executor.submit(self.reconcile_all)
+
+    def reconcile_all(self) -> None:
+        with self.lock:
+            pending = []
+            for body in sorted(self.migrations.values(), key=lambda b: b["metadata"]["creationTimestamp"]):
+                try:
+                    if self._handle(body):
+                        pending.append(body)
+                except ApiException as e:
+                    if e.status not in (404, 409, 422):
+                        log.exception("migration %s", body["metadata"]["name"])
+                except Exception:
+                    log.exception("migration %s", body["metadata"]["name"])
+            self._admit(pending)
+            metrics.set_running(sum((b.get("status") or {}).get("phase") in migration.ACTIVE_PHASES
+                                    for b in self.migrations.values()))
+
+    # -- one Migration ------------------------------------------------------------------
+    def _handle(self, m: dict) -> bool:
+        """Advance one Migration; True if it passed the preflight and waits for its turn."""
+        meta, st = m["metadata"], m.get("status") or {}
+        phase = st.get("phase")
+        if meta.get("deletionTimestamp"):
+            self._deleting(m)
+            return False
+        if phase in FINAL_PHASES:
+            if meta["uid"] not in self.counted:
+                self.counted.add(meta["uid"])
+                metrics.observe_final(m)
+            self._clean_up(m)
+            return False
+        if FINALIZER not in (meta.get("finalizers") or []):
+            self._remember(m, kube.json_patch(meta["namespace"], meta["name"], [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                {"op": "add", "path": "/metadata/finalizers",
+                 "value": list(meta.get("finalizers") or []) + [FINALIZER]}], plural=PLURAL))
+        vm_body = self._vm(m)
+        if phase in (None, "Pending"):
+            refusal = self._preflight(m, vm_body)
+            if refusal:
+                self._fail(m, *refusal)
+                return False
+            return True
+        vm_status = (vm_body or {}).get("status") or {}
+        moving = (vm_status.get("migration") or {}).get("name") == meta["name"]
+        if not moving and (vm_body is None or vm_status.get("phase") not in ("Running", "Paused")
+                           or vm_status.get("nodeName") != st.get("sourceNode")):
+            if phase != "Running":  # once Running, the source agent says how it ended
+                self._fail(m, "VMNotRunning", f"VM {m['spec']['vmName']} stopped or moved before the migration began")
+            return False
+        if phase == "Scheduling":
+            self._scheduling(m, vm_body)
+        return False
+
+    def _vm(self, m: dict) -> dict | None:
+        """The VM from the cache; from the API when the cache lacks it (it may not be filled yet)."""
+        key = (m["metadata"]["namespace"], m["spec"]["vmName"])
+        cached = next((b for b in list(self.c.vms.values())
+                       if (b["metadata"]["namespace"], b["metadata"]["name"]) == key), None)
+        return cached or kube.get_object(*key)
+
+    def _preflight(self, m: dict, vm_body: dict | None) -> tuple[str, str] | None:
+        ns, spec = m["metadata"]["namespace"], m["spec"]
+        if vm_body is None:
+            return "VMNotFound", f"VirtualMachine {spec['vmName']} does not exist in {ns}"
+        meta = vm_body["metadata"]
+        try:
+            vm = vmspec.parse(ns, meta["name"], meta["uid"], vm_body.get("spec") or {})
+        except vmspec.SpecError as e:
+            return "InvalidVM", f"VirtualMachine {spec['vmName']}: {e}"
+        for other in self.migrations.values():
+            if (other is not m and other["metadata"]["namespace"] == ns and other["spec"]["vmName"] == meta["name"]
+                    and (other.get("status") or {}).get("phase") in migration.ACTIVE_PHASES):
+                return "AlreadyMigrating", f"VM {meta['name']} is already moving (Migration {other['metadata']['name']})"
+        status = vm_body.get("status") or {}
+        source = status.get("nodeName")
+        options = migration.effective_options(spec.get("options"), self._config()[0])
+        source_labels = self.c.nodes[source].labels if source in self.c.nodes else {}
+        refusal = migration.vm_refusal(vm, status, spec.get("mode", "Live"), options, source_labels)
+        if refusal:
+            return refusal
+        verdicts = migration.node_verdicts(vm, source, list(self.c.nodes.values()), spec.get("targetNode"),
+                                           spec.get("nodeSelector"))
+        if not any(v.fit for v in verdicts):
+            unfit = [v for v in verdicts if v.reason != "SourceNode"]
+            reason = unfit[0].reason if len({v.reason for v in unfit}) == 1 else "NoNodeFits"
+            if spec.get("targetNode") == source:
+                reason = "TargetIsSource"
+            return reason, migration.no_fit_message(verdicts)
+        return None
+
+    def _config(self) -> tuple[dict, dict]:
+        return migration.cluster_config(kube.config_map_data(self.namespace, CONFIG_MAP))
+
+    def _admit(self, pending: list[dict]) -> None:
+        """Start what the limits allow, oldest first; the rest wait with a Queued condition."""
+        if not pending:
+            return
+        _, limits = self._config()
+        active = [(b.get("status") or {}).get("sourceNode") for b in self.migrations.values()
+                  if (b.get("status") or {}).get("phase") in migration.ACTIVE_PHASES]
+        sources = {b["metadata"]["uid"]: ((self._vm(b) or {}).get("status") or {}).get("nodeName") for b in pending}
+        start, waiting = migration.admissible([(b["metadata"]["uid"], sources[b["metadata"]["uid"]]) for b in pending],
+                                              active, limits)
+        for b in pending:
+            uid = b["metadata"]["uid"]
+            if uid in start:
+                try:
+                    self._start(b, self._vm(b))
+                except ApiException as e:  # a stale cache (409/422): the next event retries
+                    log.warning("starting migration %s: %s %s", b["metadata"]["name"], e.reason, e.body)
+            else:
+                self._write(b, self._condition(b, "Queued", True, "WaitingForTurn", f"queued: {waiting[uid]}"),
+                            "Pending" if (b.get("status") or {}).get("phase") != "Pending" else None)
+
+    def _start(self, m: dict, vm_body: dict) -> None:
+        meta, spec = m["metadata"], m["spec"]
+        vm_meta = vm_body["metadata"]
+        source = vm_body["status"]["nodeName"]
+        vm = vmspec.parse(meta["namespace"], vm_meta["name"], vm_meta["uid"], vm_body.get("spec") or {})
+        options = migration.effective_options(spec.get("options"), self._config()[0])
+        self._remember(m, kube.json_patch(meta["namespace"], meta["name"], [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+            {"op": "add", "path": "/metadata/labels", "value": {
+                **(meta.get("labels") or {}), migration.SOURCE_NODE_LABEL: source}}], plural=PLURAL))
+        pod = migration.target_pod(vm, meta["name"], meta["uid"], source, spec.get("targetNode"),
+                                   spec.get("nodeSelector"))
+        status = self._condition(m, "Queued", False, "Started", "")
+        self._write(m, {**status, "sourceNode": source, "targetPod": pod["metadata"]["name"], "options": options},
+                    "Scheduling")
+        kube.create_pod(pod)
+        self.c.event(m, "Scheduling", f"target reservation pod {pod['metadata']['name']} created")
+
+    def _target_pod(self, m: dict) -> dict | None:
+        name = (m.get("status") or {}).get("targetPod")
+        for p in self.c.pods_of(m["metadata"]["namespace"], m["spec"]["vmName"], role=migration.TARGET_ROLE):
+            if p["metadata"]["name"] == name:
+                return p
+        return kube.get_pod(m["metadata"]["namespace"], name) if name else None
+
+    def _scheduling(self, m: dict, vm_body: dict) -> None:
+        pod = self._target_pod(m)
+        if pod is None:
+            vm_meta = vm_body["metadata"]
+            vm = vmspec.parse(m["metadata"]["namespace"], vm_meta["name"], vm_meta["uid"], vm_body.get("spec") or {})
+            kube.create_pod(migration.target_pod(vm, m["metadata"]["name"], m["metadata"]["uid"],
+                                                 m["status"]["sourceNode"], m["spec"].get("targetNode"),
+                                                 m["spec"].get("nodeSelector")))
+            return
+        bound = (pod.get("spec") or {}).get("nodeName")
+        if bound:
+            self._write(m, {**self._condition(m, "TargetScheduled", True, "Bound", f"target pod bound to {bound}"),
+                            "targetNode": bound}, "TargetReady")
+            self.c.event(m, "TargetReady", f"target {bound} is ready")
+            return
+        cond = next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"),
+                    None)
+        if cond and cond.get("status") == "False":
+            message = f"kube-scheduler: {cond.get('message', '')}"
+            if _age_seconds(pod["metadata"].get("creationTimestamp")) > TARGET_SCHEDULE_SECONDS:
+                self._fail(m, "TargetUnschedulable", message)
+            else:
+                self._write(m, self._condition(m, "TargetScheduled", False, cond.get("reason") or "Unschedulable",
+                                               message))
+
+    # -- endings ------------------------------------------------------------------------
+    def hand_over(self, vm_body: dict) -> None:
+        """The VM runs on the target (its status says so): make the target's pod its
+        reservation, release the source's, give the VM to the target's agent, and close
+        the Migration. Each step is idempotent; a restart redoes what is left."""
+        meta, status = vm_body["metadata"], vm_body.get("status") or {}
+        record, ns = status["migration"], meta["namespace"]
+        target = record["targetNode"]
+        pods = self.c.pods.get((ns, meta["name"]), {}).values()
+        target_pod = next((p for p in pods if p["metadata"]["name"] == record["targetPod"]), None) \
+            or kube.get_pod(ns, record["targetPod"])
+        if target_pod is not None and (target_pod["metadata"].get("labels") or {}).get(reservation.ROLE_LABEL) \
+                != "reservation":
+            kube.patch_pod_labels(ns, record["targetPod"], {reservation.ROLE_LABEL: "reservation",
+                                                            migration.MIGRATION_LABEL: None})
+        for p in list(pods):
+            if p["metadata"]["name"] != record["targetPod"] and not p["metadata"].get("deletionTimestamp"):
+                kube.delete_pod(ns, p["metadata"]["name"], p["metadata"]["uid"])
+        if (meta.get("labels") or {}).get(NODE_LABEL) != target:
+            self.c.hand_off(vm_body, target)
+        self.c.write_status(vm_body, {**status, "migration": None})
+        with self.lock:
+            m = next((b for b in self.migrations.values()
+                      if b["metadata"]["namespace"] == ns and b["metadata"]["name"] == record["name"]), None)
+            if m is not None and (m.get("status") or {}).get("phase") not in FINAL_PHASES:
+                self._write(m, self._condition(m, "Succeeded", True, "HandedOver", f"the VM runs on {target}"),
+                            "Succeeded")
+                self.c.event(m, "Succeeded", f"VM {meta['name']} moved from {record['sourceNode']} to {target}")
+
+    def _deleting(self, m: dict) -> None:
+        """A deleted Migration is cancelled: before the source agent claimed it, here (a
+        guarded write, so the claim and the cancel never both win); once Running, the agent
+        aborts libvirt's job and writes Cancelled."""
+        meta, phase = m["metadata"], (m.get("status") or {}).get("phase")
+        if phase not in FINAL_PHASES and phase != "Running":
+            try:
+                self._remember(m, kube.json_patch(meta["namespace"], meta["name"], [
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                    {"op": "add", "path": "/status", "value": {
+                        **(m.get("status") or {}), "phase": "Cancelled", "reason": "Cancelled",
+                        "message": "the Migration was deleted before the move began"}}],
+                    plural=PLURAL, status=True))
+            except ApiException as e:
+                if e.status != 422:
+                    raise
+                return  # changed meanwhile: the next event decides
+            phase = "Cancelled"
+        if phase in FINAL_PHASES:
+            self._clean_up(m)
+            finalizers = meta.get("finalizers") or []
+            if FINALIZER in finalizers:
+                kube.json_patch(meta["namespace"], meta["name"], [
+                    {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                    {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers
+                                                                                if f != FINALIZER]}],
+                    plural=PLURAL)
+
+    def _clean_up(self, m: dict) -> None:
+        """A target pod left by a Migration that did not hand over goes."""
+        if (m.get("status") or {}).get("phase") == "Succeeded":
+            return
+        pod = self._target_pod(m)
+        labels = (pod or {}).get("metadata", {}).get("labels") or {}
+        if pod is not None and labels.get(reservation.ROLE_LABEL) == migration.TARGET_ROLE \
+                and not pod["metadata"].get("deletionTimestamp"):
+            kube.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"]["uid"])
+
+    def _fail(self, m: dict, reason: str, message: str) -> None:
+        status = self._condition(m, "Succeeded", False, reason, message)
+        self._write(m, {**status, "reason": reason, "message": message}, "Failed")
+        self.c.event(m, "Failed", message, warning=True)
+        self._clean_up(m)
+
+    # -- evacuation (drain) ---------------------------------------------------------------
+    def evacuate(self, namespace: str, vm_name: str, node: str) -> str:
+        """The Migration that moves a VM off a draining node: the one running, else a new one."""
+        with self.lock:
+            for b in self.migrations.values():
+                if (b["metadata"]["namespace"], b["spec"]["vmName"]) == (namespace, vm_name) and \
+                        (b.get("status") or {}).get("phase") not in FINAL_PHASES:
+                    return b["metadata"]["name"]
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Migration",
+                    "metadata": {"name": f"evacuate-{vm_name}-{uuidlib.uuid4().hex[:5]}", "namespace": namespace,
+                                 "labels": {EVACUATION_LABEL: node}},
+                    "spec": {"vmName": vm_name, "mode": "Live"}}
+            created = kube.create_object(namespace, body, PLURAL)
+            self.migrations[created["metadata"]["uid"]] = created
+        self.kick()
+        return created["metadata"]["name"]
+
+    def node_uncordoned(self, node: str) -> None:
+        """Evacuations of a node that takes pods again and that have not begun are cancelled."""
+        for b in list(self.migrations.values()):
+            if (b["metadata"].get("labels") or {}).get(EVACUATION_LABEL) == node and \
+                    (b.get("status") or {}).get("phase") in (None, "Pending", "Scheduling", "TargetReady"):
+                kube.delete_object(b["metadata"]["namespace"], b["metadata"]["name"], PLURAL)
+
+    # -- writes ---------------------------------------------------------------------------
+    def _condition(self, m: dict, type_: str, status: bool, reason: str, message: str) -> dict:
+        current = dict(m.get("status") or {})
+        current["conditions"] = conditions.set_condition(current.get("conditions"), type_, status, reason, message,
+                                                         m["metadata"].get("generation"))
+        return current
+
+    def _write(self, m: dict, status: dict, phase: str | None = None) -> None:
+        current = m.get("status") or {}
+        changes = {k: v for k, v in status.items() if current.get(k) != v}
+        if phase == current.get("phase"):
+            phase = None
+        if not changes and not phase:
+            return
+        updated = write_migration_status(m["metadata"]["namespace"], m["metadata"]["name"], changes, phase, m)
+        if updated is not None:
+            self._remember(m, updated)
+        if phase:
+            log.info("Migration %s/%s: %s -> %s", m["metadata"]["namespace"], m["metadata"]["name"],
+                     current.get("phase"), phase)
+
+    def _remember(self, m: dict, updated: dict) -> None:
+        m.clear()
+        m.update(updated)
+        self.migrations[updated["metadata"]["uid"]] = m

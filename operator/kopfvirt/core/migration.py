@@ -1,0 +1,212 @@
+"""Migration rules (pure): what may move where, the options in effect, the target's
+reservation pod, the queue, and how libvirt's job statistics read in our status.
+
+The seed's rule: a VM on shared storage is bound to its host only by the CPU flags it
+was given; it can move to any node whose CPU offers its CPU model and every feature it
+requires. A host device binds it for good (offline migration only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .. import GROUP
+from . import reservation
+from .vmspec import VM
+
+PLURAL = "migrations"
+MIGRATION_LABEL = f"{GROUP}/migration"      # on the target pod: the Migration's name
+SOURCE_NODE_LABEL = f"{GROUP}/source-node"  # on a Migration: the node whose agent moves it
+TARGET_ROLE = "migration-target"            # reservation.ROLE_LABEL of a target pod until hand-off
+SHARED_POOL_PREFIX = f"shared-pool.{GROUP}/"
+
+# Built-in defaults of spec.options; the ConfigMap kopfvirt-migration overrides them.
+DEFAULT_OPTIONS = {
+    "bandwidthMiBps": 0, "maxDowntimeMs": 300, "completionTimeoutPerGiB": 150,
+    "progressTimeoutSeconds": 150, "autoConverge": False, "postCopy": False, "copyStorage": False,
+}
+DEFAULT_LIMITS = {"parallelMigrationsPerCluster": 5, "parallelOutboundMigrationsPerNode": 2}
+ACTIVE_PHASES = ("Scheduling", "TargetReady", "Running")
+FINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """What the preflight needs of a node: its labels and whether it takes new pods."""
+
+    name: str
+    labels: dict[str, str]
+    schedulable: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    node: str
+    fit: bool
+    reason: str
+    message: str
+
+
+def _parse_value(key: str, raw: str):
+    if key in ("autoConverge", "postCopy", "copyStorage"):
+        return raw.strip().lower() in ("true", "1", "yes")
+    return int(raw) if raw.strip() else None
+
+
+def cluster_config(config_map_data: dict[str, str] | None) -> tuple[dict, dict]:
+    """(default options, limits) from the ConfigMap's data; unknown keys are ignored."""
+    options, limits = dict(DEFAULT_OPTIONS), dict(DEFAULT_LIMITS)
+    for key, raw in (config_map_data or {}).items():
+        if key in options:
+            options[key] = _parse_value(key, raw)
+        elif key in limits:
+            limits[key] = int(raw)
+    return options, limits
+
+
+def effective_options(spec_options: dict | None, defaults: dict) -> dict:
+    """The spec's options over the cluster defaults; unset ones (None) are left out."""
+    merged = {**defaults, **{k: v for k, v in (spec_options or {}).items() if v is not None}}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def shared_pools(labels: dict[str, str]) -> set[str]:
+    return {k[len(SHARED_POOL_PREFIX):] for k, v in labels.items() if k.startswith(SHARED_POOL_PREFIX) and v == "true"}
+
+
+def vm_refusal(vm: VM, vm_status: dict, mode: str, options: dict, source_labels: dict[str, str],
+               host_devices: list[str] = ()) -> tuple[str, str] | None:
+    """Why the VM cannot move at all, whatever the target: (reason, message) or None."""
+    phase = vm_status.get("phase")
+    if vm_status.get("migration"):
+        return "AlreadyMigrating", f"VM {vm.name} is already moving (Migration {vm_status['migration']['name']})"
+    if phase not in ("Running", "Paused") or not vm_status.get("nodeName"):
+        return "VMNotRunning", f"VM {vm.name} is {phase or 'not started'}: only a running VM can migrate"
+    if host_devices and mode == "Live":
+        return "HostDevice", (f"VM {vm.name} holds host device(s) {', '.join(host_devices)}: a passed-through "
+                              f"device cannot move live; use mode Offline")
+    if not options.get("copyStorage"):
+        shared = shared_pools(source_labels)
+        for d in vm.spec.disks:
+            if d.pool and d.pool.pool not in shared and (not d.pool.define or d.pool.define.type == "dir"):
+                return "DiskNotShared", (f"disk {d.name} is in pool {d.pool.pool}, which is not on shared storage; "
+                                         f"set spec.options.copyStorage to copy it")
+    return None
+
+
+def node_verdicts(vm: VM, source: str, nodes: list[Node], target_node: str | None = None,
+                  node_selector: dict[str, str] | None = None) -> list[Verdict]:
+    """Each node's fitness as a target, with the reason a user can act on. Capacity is
+    judged by kube-scheduler when it binds the target pod."""
+    requirements = reservation.node_requirements(vm)
+    wanted = {**vm.spec.node_selector, **(node_selector or {})}
+    out = []
+    for n in sorted(nodes, key=lambda n: n.name):
+        if n.name == source:
+            out.append(Verdict(n.name, False, "SourceNode", "the VM runs here"))
+            continue
+        if target_node and n.name != target_node:
+            out.append(Verdict(n.name, False, "NotTarget", f"spec.targetNode is {target_node}"))
+            continue
+        if not n.schedulable:
+            out.append(Verdict(n.name, False, "NodeUnschedulable", "the node is cordoned or not ready"))
+            continue
+        mismatched = sorted(k for k, v in wanted.items() if n.labels.get(k) != v)
+        if mismatched:
+            out.append(Verdict(n.name, False, "NodeSelectorMismatch",
+                               "lacks the label(s) " + ", ".join(f"{k}={wanted[k]}" for k in mismatched)))
+            continue
+        missing = [k for k in requirements if n.labels.get(k) != "true"]
+        models = [k.split("/", 1)[1] for k in missing if k.startswith("cpu-model.")]
+        features = [k.split("/", 1)[1] for k in missing if k.startswith("cpu-feature.")]
+        pools = [k.split("/", 1)[1] for k in missing if k.startswith("pool.")]
+        if models or features:
+            what = ([f"CPU model {models[0]}"] if models else []) + \
+                   ([f"CPU features {', '.join(features)}"] if features else [])
+            out.append(Verdict(n.name, False, "CPUIncompatible", f"the node's CPU lacks {' and '.join(what)}"))
+        elif pools:
+            out.append(Verdict(n.name, False, "StoragePoolMissing", f"the node lacks storage pool(s) {', '.join(pools)}"))
+        else:
+            out.append(Verdict(n.name, True, "Fit", "CPU, storage and labels fit"))
+    if target_node and not any(n.name == target_node for n in nodes):
+        out.append(Verdict(target_node, False, "NodeNotFound", f"no node is named {target_node}"))
+    return out
+
+
+def no_fit_message(verdicts: list[Verdict]) -> str:
+    return "no node fits: " + "; ".join(f"{v.node}: {v.message}" for v in verdicts if not v.fit)
+
+
+def target_pod_name(vm_name: str, migration_uid: str) -> str:
+    return f"{reservation.pod_name(vm_name)}-{migration_uid[:8]}"
+
+
+def target_pod(vm: VM, migration: str, migration_uid: str, source: str, target_node: str | None,
+               node_selector: dict[str, str] | None) -> dict:
+    """The VM's reservation pod, placed away from the source (and on the target, when named),
+    and marked as a migration target: no agent runs the VM on it until the hand-off."""
+    pod = reservation.reservation_pod(vm)
+    meta, spec = pod["metadata"], pod["spec"]
+    meta["name"] = target_pod_name(vm.name, migration_uid)
+    meta["labels"] = {**meta["labels"], reservation.ROLE_LABEL: TARGET_ROLE, MIGRATION_LABEL: migration}
+    if node_selector:
+        spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **node_selector}
+    fields = [{"key": "metadata.name", "operator": "NotIn", "values": [source]}]
+    if target_node:
+        fields.append({"key": "metadata.name", "operator": "In", "values": [target_node]})
+    affinity = dict(spec.get("affinity") or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = [dict(t) for t in required.get("nodeSelectorTerms") or [{}]]
+    for t in terms:  # terms are ORed: each one gets our fields
+        t["matchFields"] = list(t.get("matchFields") or []) + fields
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": terms}
+    affinity["nodeAffinity"] = node_affinity
+    spec["affinity"] = affinity
+    return pod
+
+
+def admissible(pending: list[tuple[str, str]], active_sources: list[str], limits: dict) -> tuple[set[str], dict]:
+    """Which pending migrations (name, source node), oldest first, may start now; and for
+    the others why they wait."""
+    running = list(active_sources)
+    start, waiting = set(), {}
+    cluster, per_node = limits["parallelMigrationsPerCluster"], limits["parallelOutboundMigrationsPerNode"]
+    for name, source in pending:
+        if len(running) >= cluster:
+            waiting[name] = f"{len(running)} migrations run in the cluster (limit {cluster})"
+        elif running.count(source) >= per_node:
+            waiting[name] = f"{running.count(source)} migrations leave {source} (limit {per_node})"
+        else:
+            start.add(name)
+            running.append(source)
+    return start, waiting
+
+
+def progress(stats: dict) -> dict:
+    """libvirt's virDomainGetJobStats of a running migration, as status.progress."""
+    out = {"dataTotalBytes": stats.get("data_total"), "dataProcessedBytes": stats.get("data_processed"),
+           "dataRemainingBytes": stats.get("data_remaining"),
+           "dirtyRateBytesPerSecond": (stats["memory_dirty_rate"] * stats.get("memory_page_size", 4096)
+                                       if stats.get("memory_dirty_rate") is not None else None),
+           "iteration": stats.get("memory_iteration")}
+    if stats.get("memory_postcopy_requests") is not None or stats.get("postcopy"):
+        out["postCopy"] = True
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def result(stats: dict) -> dict:
+    """libvirt's completed-job statistics as the Migration's measured outcome."""
+    out = {"totalTimeMs": stats.get("time_elapsed"), "downtimeMs": stats.get("downtime"),
+           "dataTransferredBytes": stats.get("data_processed")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def overdue(elapsed: float, memory_bytes: int, options: dict, since_progress: float) -> str | None:
+    """What the timeouts say now: 'post-copy', 'abort' or None."""
+    allowed = options.get("completionTimeoutPerGiB", 150) * max(memory_bytes / 2**30, 1 / 16)
+    if elapsed > allowed:
+        return "post-copy" if options.get("postCopy") else "abort"
+    if since_progress > options.get("progressTimeoutSeconds", 150):
+        return "abort"
+    return None
