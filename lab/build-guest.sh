@@ -2,12 +2,14 @@
 # Build the lab guest from Debian packages: the cloud kernel plus a busybox initramfs
 # whose /init prints "kopfvirt-heartbeat N" on the serial console once a second and
 # powers off on ACPI power button (so graceful shutdown works), or by itself after N
-# heartbeats when the kernel command line says kopfvirt.poweroff_after=N.
+# heartbeats when the kernel command line says kopfvirt.poweroff_after=N, and rewrites
+# N MiB of memory with non-zero data every second with kopfvirt.dirty_mibps=N (a load
+# that live migration must keep re-sending; zeros would be sent cheaply).
 # Cached under $HOME; a second run builds nothing. Bump GUEST_VERSION when /init changes.
 set -euo pipefail
 
 CACHE="${KOPFVIRT_CACHE:-$HOME/.cache/kopfvirt}"
-GUEST_VERSION=3
+GUEST_VERSION=4
 OUT="$CACHE/guest-v$GUEST_VERSION"
 [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && { echo "lab guest: cached in $OUT"; exit 0; }
 
@@ -40,6 +42,16 @@ insmod /lib/modules/button.ko 2>/dev/null
 acpid -c /etc/acpi -l /dev/null
 echo "kopfvirt lab guest up: $(uname -r)"
 limit=$(sed -n 's/.*kopfvirt.poweroff_after=\([0-9]*\).*/\1/p' /proc/cmdline)
+dirty=$(sed -n 's/.*kopfvirt.dirty_mibps=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$dirty" ] && [ "$dirty" -gt 0 ]; then
+  mkdir -p /run/dirty && mount -t tmpfs tmpfs /run/dirty
+  dd if=/dev/urandom of=/run/dirty/seed bs=1M count="$dirty" 2>/dev/null
+  echo "kopfvirt lab guest: dirtying $dirty MiB/s"
+  (while true; do
+     dd if=/run/dirty/seed of=/run/dirty/target bs=1M count="$dirty" conv=notrunc 2>/dev/null
+     sleep 1
+   done) &
+fi
 i=0
 while true; do
   i=$((i + 1))

@@ -19,16 +19,19 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from . import GROUP, VERSION
-from .core import lifecycle
+from .core import lifecycle, migration, vmspec
 
 PLURAL = "virtualmachines"
 AGENT_NAMESPACE = "kopfvirt-system"
+MIGRATION_CONFIG = "kopfvirt-migration"
 AGENT_SELECTOR = "app.kubernetes.io/name=kopfvirt,app.kubernetes.io/component=agent"
 LAB_NODE_LABEL = f"{GROUP}/lab-node"
 
 
 class PluginError(RuntimeError):
-    pass
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 def _now() -> str:
@@ -89,6 +92,59 @@ def pause(vms: VMs, name: str, paused: bool = True) -> str:
     return "paused" if paused else "unpaused"
 
 
+def _nodes() -> list[migration.Node]:
+    out = []
+    for n in client.CoreV1Api().list_node().items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+        out.append(migration.Node(n.metadata.name, dict(n.metadata.labels or {}),
+                                  schedulable=ready and not n.spec.unschedulable))
+    return out
+
+
+def _cluster_options() -> dict:
+    """The cluster's migration defaults; the built-in ones when the ConfigMap is not readable."""
+    try:
+        data = client.CoreV1Api().read_namespaced_config_map(MIGRATION_CONFIG, AGENT_NAMESPACE).data
+    except ApiException:
+        data = None
+    return migration.cluster_config(data)[0]
+
+
+def migrate(vms: VMs, name: str, offline: bool = False, target: str | None = None, dry_run: bool = False) -> str:
+    vm_body = vms.get(name)
+    spec = {"vmName": name, "mode": "Offline" if offline else "Live", **({"targetNode": target} if target else {})}
+    if dry_run:
+        meta = vm_body["metadata"]
+        vm = vmspec.parse(meta["namespace"], name, meta["uid"], vm_body.get("spec") or {})
+        refusal, verdicts = migration.preflight(vm, vm_body.get("status") or {}, spec, _cluster_options(), _nodes())
+        lines = [f"{spec['mode']} migration of {vms.namespace}/{name} from "
+                 f"{(vm_body.get('status') or {}).get('nodeName') or '(not running)'}:",
+                 f"  {'refused: ' + refusal[0] + ': ' + refusal[1] if refusal else 'would start'}",
+                 f"{'NODE':<20} {'FIT':<4} {'REASON':<22} DETAIL"]
+        lines += [f"{v.node:<20} {'yes' if v.fit else 'no':<4} {v.reason:<22} {v.message}" for v in verdicts]
+        if refusal:
+            raise PluginError("\n".join(lines), code=2)
+        return "\n".join(lines)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Migration",
+            "metadata": {"generateName": f"{name}-migration-", "namespace": vms.namespace}, "spec": spec}
+    created = vms.api.create_namespaced_custom_object(GROUP, VERSION, vms.namespace, "migrations", body)
+    return f"migration {created['metadata']['name']} created ({spec['mode']})"
+
+
+def migrate_cancel(vms: VMs, name: str) -> str:
+    """Deletes the VM's unfinished Migrations: a deleted Migration is cancelled."""
+    vms.get(name)
+    cancelled = []
+    for m in vms.api.list_namespaced_custom_object(GROUP, VERSION, vms.namespace, "migrations")["items"]:
+        if m["spec"]["vmName"] == name and (m.get("status") or {}).get("phase") not in migration.FINAL_PHASES:
+            vms.api.delete_namespaced_custom_object(GROUP, VERSION, vms.namespace, "migrations",
+                                                    m["metadata"]["name"])
+            cancelled.append(m["metadata"]["name"])
+    if not cancelled:
+        raise PluginError(f"virtualmachine {vms.namespace}/{name} has no unfinished migration")
+    return "cancelling " + ", ".join(cancelled)
+
+
 def _on_node(vms: VMs, name: str, virsh_args: list[str], interactive: bool = False) -> int:
     """Run virsh against the VM's node: through the agent pod, or in the lab its namespaces."""
     vm = vms.get(name)
@@ -128,6 +184,13 @@ def main(argv: list[str] | None = None) -> None:
         c.add_argument("name")
         if command == "xml":
             c.add_argument("--inactive", action="store_true", help="the persistent definition, not the live XML")
+    c = sub.add_parser("migrate", help="move a running VM to another node (a Migration object)")
+    c.add_argument("name")
+    c.add_argument("--offline", action="store_true", help="shut down here, boot there (default: live)")
+    c.add_argument("--target", metavar="NODE", help="the node to move to (default: kube-scheduler picks)")
+    c.add_argument("--dry-run", action="store_true", help="only show each node's verdict; exit 2 if refused")
+    c = sub.add_parser("migrate-cancel", help="cancel the VM's unfinished migration (the VM stays put)")
+    c.add_argument("name")
     args = p.parse_args(argv)
     try:
         vms = VMs(args.namespace, args.context, args.kubeconfig)
@@ -135,9 +198,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(_on_node(vms, args.name, ["console", "--force"], interactive=True))
         if args.command == "xml":
             sys.exit(_on_node(vms, args.name, ["dumpxml", *(["--inactive"] if args.inactive else [])]))
-        action = {"start": start, "stop": stop, "restart": restart, "pause": pause,
+        if args.command == "migrate":
+            print(migrate(vms, args.name, args.offline, args.target, args.dry_run))
+            return
+        action = {"start": start, "stop": stop, "restart": restart, "pause": pause, "migrate-cancel": migrate_cancel,
                   "unpause": lambda v, n: pause(v, n, paused=False)}[args.command]
         print(f"virtualmachine {vms.namespace}/{args.name}: {action(vms, args.name)}")
     except PluginError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        print(f"error: {e}" if e.code == 1 else str(e), file=sys.stderr if e.code == 1 else sys.stdout)
+        sys.exit(e.code)

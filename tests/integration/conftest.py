@@ -129,9 +129,9 @@ class VMs:
         return wait_for(f"VM {name} condition {type_} with reason {reason}",
                         lambda: (c := self.condition(name, type_)).get("reason") == reason and c, timeout)
 
-    def plugin(self, *args: str) -> subprocess.CompletedProcess:
+    def plugin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run(str(Path(sys.executable).parent / "kubectl-kopfvirt"), "--kubeconfig", str(KUBECONFIG),
-                   "-n", self.namespace, *args)
+                   "-n", self.namespace, *args, check=check)
 
     def domain(self, name: str) -> str:
         return f"{self.namespace}_{name}"

@@ -135,22 +135,9 @@ class Migrations:
             if (other is not m and other["metadata"]["namespace"] == ns and other["spec"]["vmName"] == meta["name"]
                     and (other.get("status") or {}).get("phase") in migration.ACTIVE_PHASES):
                 return "AlreadyMigrating", f"VM {meta['name']} is already moving (Migration {other['metadata']['name']})"
-        status = vm_body.get("status") or {}
-        source = status.get("nodeName")
         options = migration.effective_options(spec.get("options"), self._config()[0])
-        source_labels = self.c.nodes[source].labels if source in self.c.nodes else {}
-        refusal = migration.vm_refusal(vm, status, spec.get("mode", "Live"), options, source_labels)
-        if refusal:
-            return refusal
-        verdicts = migration.node_verdicts(vm, source, list(self.c.nodes.values()), spec.get("targetNode"),
-                                           spec.get("nodeSelector"))
-        if not any(v.fit for v in verdicts):
-            unfit = [v for v in verdicts if v.reason != "SourceNode"]
-            reason = unfit[0].reason if len({v.reason for v in unfit}) == 1 else "NoNodeFits"
-            if spec.get("targetNode") == source:
-                reason = "TargetIsSource"
-            return reason, migration.no_fit_message(verdicts)
-        return None
+        refusal, _ = migration.preflight(vm, vm_body.get("status") or {}, spec, options, list(self.c.nodes.values()))
+        return refusal
 
     def _config(self) -> tuple[dict, dict]:
         return migration.cluster_config(kube.config_map_data(self.namespace, CONFIG_MAP))
@@ -188,7 +175,8 @@ class Migrations:
                 **(meta.get("labels") or {}), migration.SOURCE_NODE_LABEL: source}}], plural=PLURAL))
         pod = migration.target_pod(vm, meta["name"], meta["uid"], source, spec.get("targetNode"),
                                    spec.get("nodeSelector"))
-        status = self._condition(m, "Queued", False, "Started", "")
+        queued = conditions.get((m.get("status") or {}).get("conditions"), "Queued")
+        status = self._condition(m, "Queued", False, "Started", "its turn came") if queued else dict(m.get("status") or {})
         self._write(m, {**status, "sourceNode": source, "targetPod": pod["metadata"]["name"], "options": options},
                     "Scheduling")
         kube.create_pod(pod)

@@ -133,8 +133,20 @@ def node_verdicts(vm: VM, source: str, nodes: list[Node], target_node: str | Non
     return out
 
 
-def no_fit_message(verdicts: list[Verdict]) -> str:
-    return "no node fits: " + "; ".join(f"{v.node}: {v.message}" for v in verdicts if not v.fit)
+def preflight(vm: VM, vm_status: dict, spec: dict, options: dict,
+              nodes: list[Node]) -> tuple[tuple[str, str] | None, list[Verdict]]:
+    """The whole preflight of a Migration spec: (refusal or None, each node's verdict)."""
+    source = vm_status.get("nodeName")
+    source_labels = next((n.labels for n in nodes if n.name == source), {})
+    refusal = vm_refusal(vm, vm_status, spec.get("mode", "Live"), options, source_labels)
+    verdicts = node_verdicts(vm, source, nodes, spec.get("targetNode"), spec.get("nodeSelector"))
+    if refusal is None and not any(v.fit for v in verdicts):
+        unfit = [v for v in verdicts if v.reason not in ("SourceNode", "NotTarget")]
+        reason = unfit[0].reason if len({v.reason for v in unfit}) == 1 else "NoNodeFits"
+        if spec.get("targetNode") and spec.get("targetNode") == source:
+            reason = "TargetIsSource"
+        refusal = (reason, "no node fits: " + "; ".join(f"{v.node}: {v.message}" for v in verdicts if not v.fit))
+    return refusal, verdicts
 
 
 def target_pod_name(vm_name: str, migration_uid: str) -> str:
@@ -190,8 +202,6 @@ def progress(stats: dict) -> dict:
            "dirtyRateBytesPerSecond": (stats["memory_dirty_rate"] * stats.get("memory_page_size", 4096)
                                        if stats.get("memory_dirty_rate") is not None else None),
            "iteration": stats.get("memory_iteration")}
-    if stats.get("memory_postcopy_requests") is not None or stats.get("postcopy"):
-        out["postCopy"] = True
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -1,0 +1,253 @@
+"""Migration in the lab: live and offline moves between node-1 and node-2, the preflight's
+refusals, cancels, timeouts, drain, and faults of the controller and agents mid-move.
+
+node-2 hides the CPU feature sse4a (lab/layout.py): a VM that requires it can live only
+on node-1, and its migration must be refused naming the feature.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from .conftest import KOPFVIRT, KUBECONFIG, domains_of, heartbeat, kubectl, kubectl_json, lab_guest, run, wait_for
+
+OTHER = {"node-1": "node-2", "node-2": "node-1"}
+METRICS_URL = "http://127.0.0.1:19080/metrics"  # the lab controller's (lab/layout.py METRICS_PORT)
+
+
+class Migrations:
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+
+    def create(self, name: str, vm: str, **spec) -> None:
+        body = {"apiVersion": "kopfvirt.io/v1alpha1", "kind": "Migration", "metadata": {"name": name},
+                "spec": {"vmName": vm, **spec}}
+        kubectl("-n", self.namespace, "apply", "-f", "-", stdin=yaml.safe_dump(body))
+
+    def get(self, name: str) -> dict | None:
+        result = kubectl("-n", self.namespace, "get", "migration", name, "-o", "json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 90) -> dict:
+        return wait_for(f"Migration {name} in phase {phases}",
+                        lambda: (m := self.get(name)) and (m.get("status") or {}).get("phase") in phases and m,
+                        timeout, interval=0.3)
+
+    def delete(self, name: str, wait: bool = True) -> None:
+        kubectl("-n", self.namespace, "delete", "migration", name, f"--wait={str(wait).lower()}", "--timeout=90s",
+                check=False)
+
+
+@pytest.fixture(scope="module")
+def migrations(namespace):
+    return Migrations(namespace)
+
+
+def running_vm(vms, name: str, cmdline: str = "", **spec) -> tuple[str, str]:
+    """Start a lab guest and wait for its heartbeat; (node, uid)."""
+    result = vms.apply(lab_guest(name, cmdline, **spec))
+    assert result.returncode == 0, result.stderr
+    vm = vms.wait_phase(name, "Running")
+    node = vm["status"]["nodeName"]
+    wait_for(f"{name}'s heartbeat", lambda: heartbeat(node, vms.domain(name)), timeout=60)
+    return node, vm["metadata"]["uid"]
+
+
+def assert_on_one_node(uid: str, node: str) -> None:
+    found = domains_of(uid)
+    assert found == {node: "running"}, f"domain {uid} should run on {node} only: {found}"
+
+
+def assert_keeps_counting(vms, name: str, node: str, before: int) -> int:
+    """The guest on `node` goes on from `before`: it was never restarted."""
+    after = wait_for(f"{name}'s heartbeat on {node} past {before}",
+                     lambda: (n := heartbeat(node, vms.domain(name))) and n > before and n)
+    assert after > before
+    return after
+
+
+def test_live_migration_there_and_back_keeps_the_guest_running(vms, migrations):
+    source, uid = running_vm(vms, "mig-live")
+    target = OTHER[source]
+    for step, (frm, to) in enumerate(((source, target), (target, source))):
+        before = heartbeat(frm, vms.domain("mig-live"))
+        migrations.create(f"mig-live-{step}", "mig-live")
+        m = migrations.wait_phase(f"mig-live-{step}", "Succeeded", "Failed")
+        st = m["status"]
+        assert st["phase"] == "Succeeded", st
+        assert (st["sourceNode"], st["targetNode"]) == (frm, to)
+        assert st["totalTimeMs"] > 0 and 0 <= st["downtimeMs"] < 5000 and st["dataTransferredBytes"] > 0
+        assert [t["phase"] for t in st["phaseTransitions"]] == ["Scheduling", "TargetReady", "Running", "Succeeded"]
+        vm = vms.wait_phase("mig-live", "Running")
+        assert vm["status"]["nodeName"] == to and "migration" not in vm["status"]
+        assert vm["metadata"]["labels"]["kopfvirt.io/node"] == to
+        assert f"agent.kopfvirt.io/{to}" in vm["metadata"]["finalizers"]
+        assert_on_one_node(uid, to)
+        assert_keeps_counting(vms, "mig-live", to, before)
+        pods = kubectl_json("-n", vms.namespace, "get", "pods", "-l", "kopfvirt.io/vm=mig-live")["items"]
+        wait_for("one reservation pod, on the target", lambda: [
+            (p["spec"].get("nodeName"), p["metadata"]["labels"]["kopfvirt.io/role"]) for p in kubectl_json(
+                "-n", vms.namespace, "get", "pods", "-l", "kopfvirt.io/vm=mig-live")["items"]] == [(to, "reservation")])
+    events = kubectl("-n", vms.namespace, "get", "events", "--field-selector", "involvedObject.name=mig-live-0",
+                     "-o", "jsonpath={.items[*].reason}").stdout.split()
+    assert {"Scheduling", "TargetReady", "Succeeded"} <= set(events), events
+    assert pods
+    vms.delete("mig-live")
+
+
+def test_offline_migration_boots_the_guest_on_the_target(vms, migrations):
+    source, uid = running_vm(vms, "mig-off")
+    migrations.create("mig-off", "mig-off", mode="Offline")
+    m = migrations.wait_phase("mig-off", "Succeeded", "Failed")
+    assert m["status"]["phase"] == "Succeeded", m["status"]
+    vm = vms.wait_phase("mig-off", "Running")
+    target = vm["status"]["nodeName"]
+    assert target == OTHER[source]
+    assert_on_one_node(uid, target)
+    wait_for("a heartbeat on the target", lambda: heartbeat(target, vms.domain("mig-off")), timeout=60)
+    vms.delete("mig-off")
+
+
+def test_preflight_names_the_cpu_feature_the_target_lacks(vms, migrations):
+    """node-2 hides sse4a: a VM requiring it runs on node-1 and cannot move."""
+    node, uid = running_vm(vms, "mig-cpu", cpu={"cores": 1, "features": [{"name": "sse4a", "policy": "require"}]})
+    assert node == "node-1"
+    dry = vms.plugin("migrate", "mig-cpu", "--dry-run", check=False)
+    assert dry.returncode == 2, dry.stdout + dry.stderr
+    assert "node-2" in dry.stdout and "CPUIncompatible" in dry.stdout and "sse4a" in dry.stdout
+    migrations.create("mig-cpu", "mig-cpu")
+    m = migrations.wait_phase("mig-cpu", "Failed")
+    assert m["status"]["reason"] == "CPUIncompatible"
+    assert "sse4a" in m["status"]["message"] and "node-2" in m["status"]["message"]
+    assert_on_one_node(uid, "node-1")
+    assert kubectl_json("-n", vms.namespace, "get", "pods", "-l", "kopfvirt.io/role=migration-target")["items"] == []
+    vms.delete("mig-cpu")
+
+
+def test_refusals_fail_fast_with_a_reason(vms, migrations):
+    migrations.create("mig-nothing", "no-such-vm")
+    m = migrations.wait_phase("mig-nothing", "Failed", timeout=20)
+    assert m["status"]["reason"] == "VMNotFound" and "no-such-vm" in m["status"]["message"]
+
+    assert vms.apply(lab_guest("mig-stopped", runStrategy="Halted")).returncode == 0
+    vms.wait_phase("mig-stopped", "Stopped")
+    migrations.create("mig-stopped", "mig-stopped")
+    assert migrations.wait_phase("mig-stopped", "Failed", timeout=20)["status"]["reason"] == "VMNotRunning"
+
+    source, uid = running_vm(vms, "mig-bad")
+    migrations.create("mig-bad-target", "mig-bad", targetNode="node-9")
+    m = migrations.wait_phase("mig-bad-target", "Failed", timeout=20)
+    assert m["status"]["reason"] == "NodeNotFound" and "node-9" in m["status"]["message"]
+    migrations.create("mig-self", "mig-bad", targetNode=source)
+    assert migrations.wait_phase("mig-self", "Failed", timeout=20)["status"]["reason"] == "TargetIsSource"
+    migrations.create("mig-selector", "mig-bad", nodeSelector={"example.com/gpu": "true"})
+    m = migrations.wait_phase("mig-selector", "Failed", timeout=20)
+    assert m["status"]["reason"] == "NodeSelectorMismatch" and "example.com/gpu=true" in m["status"]["message"]
+    assert_on_one_node(uid, source)
+    assert kubectl_json("-n", vms.namespace, "get", "pods", "-l", "kopfvirt.io/role=migration-target")["items"] == []
+    for name in ("mig-stopped", "mig-bad"):
+        vms.delete(name)
+
+
+def test_a_second_migration_of_a_moving_vm_is_refused(vms, migrations):
+    """A slow move (bandwidth-limited, memory dirtied) keeps the first one running."""
+    source, uid = running_vm(vms, "mig-twice", "kopfvirt.dirty_mibps=8")
+    migrations.create("mig-twice-1", "mig-twice", options={"bandwidthMiBps": 2})
+    migrations.wait_phase("mig-twice-1", "Running")
+    migrations.create("mig-twice-2", "mig-twice")
+    m = migrations.wait_phase("mig-twice-2", "Failed", timeout=20)
+    assert m["status"]["reason"] == "AlreadyMigrating" and "mig-twice-1" in m["status"]["message"]
+    # Deleting the running Migration cancels it: the guest stays on the source.
+    before = heartbeat(source, vms.domain("mig-twice"))
+    migrations.delete("mig-twice-1", wait=False)
+    wait_for("the cancelled Migration to go", lambda: migrations.get("mig-twice-1") is None, timeout=60)
+    vm = vms.wait_phase("mig-twice", "Running")
+    assert vm["status"]["nodeName"] == source and "migration" not in vm["status"]
+    assert_on_one_node(uid, source)
+    assert_keeps_counting(vms, "mig-twice", source, before)
+    wait_for("the target pod to go", lambda: kubectl_json(
+        "-n", vms.namespace, "get", "pods", "-l", "kopfvirt.io/role=migration-target")["items"] == [])
+    vms.delete("mig-twice")
+
+
+def test_a_migration_that_cannot_converge_is_aborted_and_the_guest_stays(vms, migrations):
+    source, uid = running_vm(vms, "mig-slow", "kopfvirt.dirty_mibps=16")
+    before = heartbeat(source, vms.domain("mig-slow"))
+    migrations.create("mig-slow", "mig-slow", options={"bandwidthMiBps": 1, "completionTimeoutPerGiB": 40,
+                                                       "maxDowntimeMs": 10})
+    m = migrations.wait_phase("mig-slow", "Failed", "Succeeded", timeout=60)
+    assert m["status"]["phase"] == "Failed" and m["status"]["reason"] == "Timeout", m["status"]
+    assert "did not converge" in m["status"]["message"]
+    assert m["status"]["progress"]["dataRemainingBytes"] > 0
+    vm = vms.wait_phase("mig-slow", "Running")
+    assert vm["status"]["nodeName"] == source
+    assert_on_one_node(uid, source)
+    assert_keeps_counting(vms, "mig-slow", source, before)
+    # With auto-converge the same guest moves: its vCPUs are throttled until the copy catches up.
+    migrations.create("mig-slow-2", "mig-slow", options={"autoConverge": True, "bandwidthMiBps": 64})
+    m = migrations.wait_phase("mig-slow-2", "Succeeded", "Failed", timeout=120)
+    assert m["status"]["phase"] == "Succeeded", m["status"]
+    assert_on_one_node(uid, OTHER[source])
+    vms.delete("mig-slow")
+
+
+@pytest.mark.parametrize("victim", ["controller", "source-agent", "target-agent"])
+def test_a_killed_part_mid_migration_leaves_the_vm_on_one_node(vms, migrations, victim):
+    name = f"mig-kill-{victim.split('-')[0]}"
+    source, uid = running_vm(vms, name, "kopfvirt.dirty_mibps=4")
+    target = OTHER[source]
+    migrations.create(name, name, options={"bandwidthMiBps": 8})
+    migrations.wait_phase(name, "Running")
+    process = {"controller": "controller", "source-agent": f"agent-{source}", "target-agent": f"agent-{target}"}
+    run("pkill", "-9", "-f", {"controller": "kopfvirt controller",
+                              "source-agent": f"agent --node-name {source}",
+                              "target-agent": f"agent --node-name {target}"}[victim])
+    assert process[victim]
+    time.sleep(2)
+    run(*KOPFVIRT, "lab", "up", timeout=300)
+    m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)
+    vm = wait_for("the VM settled", lambda: (v := vms.get(name)) and v["status"].get("phase") == "Running"
+                  and "migration" not in v["status"] and v, timeout=60)
+    node = vm["status"]["nodeName"]
+    assert node == (target if m["status"]["phase"] == "Succeeded" else source), (m["status"], vm["status"])
+    assert_on_one_node(uid, node)
+    assert_keeps_counting(vms, name, node, 3)
+    counts = heartbeat(node, vms.domain(name))
+    assert counts and counts > 5  # never restarted: the counter did not start over
+    vms.delete(name)
+
+
+def test_drain_moves_live_migratable_vms_and_stops_the_others(vms, migrations):
+    moving_node, moving_uid = running_vm(vms, "mig-drain-live", evictionStrategy="LiveMigrate")
+    staying = lab_guest("mig-drain-stop", evictionStrategy="Stop",
+                        nodeSelector={"kubernetes.io/hostname": moving_node})
+    assert vms.apply(staying).returncode == 0
+    stop_uid = vms.wait_phase("mig-drain-stop", "Running")["metadata"]["uid"]
+    try:
+        result = run("kubectl", "--kubeconfig", str(KUBECONFIG), "drain", moving_node, "--ignore-daemonsets",
+                     "--pod-selector", "kopfvirt.io/vm", "--timeout=150s", check=False, timeout=200)
+        assert result.returncode == 0, result.stdout + result.stderr
+        vm = vms.wait_phase("mig-drain-live", "Running")
+        assert vm["status"]["nodeName"] == OTHER[moving_node]
+        assert_on_one_node(moving_uid, OTHER[moving_node])
+        evacuations = [m for m in kubectl_json("-n", vms.namespace, "get", "migrations")["items"]
+                       if m["metadata"].get("labels", {}).get("kopfvirt.io/evacuation") == moving_node]
+        assert [m["status"]["phase"] for m in evacuations] == ["Succeeded"]
+        # The Stop VM may not run anywhere else (its nodeSelector): it stays stopped, evicted.
+        stopped = vms.wait_phase("mig-drain-stop", "Pending", timeout=60)
+        assert domains_of(stop_uid) == {} or "running" not in domains_of(stop_uid).values()
+        assert stopped["status"].get("stopReason") == "Evicted"
+    finally:
+        kubectl("uncordon", moving_node)
+    vms.wait_phase("mig-drain-stop", "Running")
+    metrics = urllib.request.urlopen(METRICS_URL, timeout=10).read().decode()
+    assert 'kopfvirt_migrations_total{mode="Live",phase="Succeeded"}' in metrics
+    assert "kopfvirt_migration_downtime_seconds_count" in metrics
+    for name in ("mig-drain-live", "mig-drain-stop"):
+        vms.delete(name)
+
