@@ -238,8 +238,8 @@ class Migrator:
         phase = "Cancelled" if outcome.reason == "Cancelled" else "Failed"
         current = kube.get_object(ns, record["name"], PLURAL) if record.get("name") else None
         if current is not None and (current.get("status") or {}).get("phase") not in migration.FINAL_PHASES:
-            write_migration_status(ns, record["name"], {"reason": outcome.reason, "message": outcome.message,
-                                                        "progress": None}, phase, current)
+            write_migration_status(ns, record["name"], {"reason": outcome.reason, "message": outcome.message},
+                                   phase, current)
         state, _ = self.agent.hv.state_and_reason(body["metadata"]["uid"])
         status.update(migration=None, phase="Paused" if state == "paused" else "Running")
         self.agent.write_status(body, status)
