@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Live migration: a Migration object against raw `virsh migrate --live --p2p`, alternating,
+in the same run, between the same two lab nodes.
+
+    .venv/bin/python bench/migration.py [--runs 3] [--rates 0,4,16]
+
+The same guest (the lab guest, 128 MiB, rewriting N MiB of memory with non-zero data each
+second: kopfvirt.dirty_mibps=N) runs twice: as a VirtualMachine, and as a plain libvirt
+domain of the same XML that kopfvirt does not manage. Each round moves each of them once,
+alternating which goes first, and back and forth between the nodes.
+
+  total: wall time as a user sees it. kopfvirt: creating the Migration to phase Succeeded
+         (target pod scheduling, the move, the hand-off); raw: the virsh command.
+  job:   libvirt's own time for the move (completed job statistics on the target).
+  downtime: the guest's pause at the switch-over (the same statistics).
+After each move the guest's heartbeat must go on on the target (`survived`).
+Writes bench/results/migration.json and migration.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import libvirt
+from kubernetes import client, config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
+from kopfvirt.lab.layout import node_ip  # noqa: E402
+
+NODES = ("node-1", "node-2")
+NAMESPACE = "bench-migration"
+GUEST = "/var/lib/kopfvirt/storage/images/lab-guest"
+RESULTS = ROOT / "bench" / "results"
+KUBECONFIG = ROOT / ".lab" / "kubeconfig"
+GROUP, VERSION = "kopfvirt.io", "v1alpha1"
+
+
+def spec(rate: int) -> dict:
+    return {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": {"size": "128Mi"},
+            "terminationGracePeriodSeconds": 0,
+            "kernelBoot": {"kernel": f"{GUEST}/vmlinuz", "initrd": f"{GUEST}/initrd.img",
+                           "cmdline": f"console=ttyS0 quiet kopfvirt.dirty_mibps={rate}"}}
+
+
+def uri(node: str) -> str:
+    return f"qemu+tcp://{node_ip(NODES.index(node) + 1)}/system"
+
+
+def heartbeat(node: str, domain: str) -> int | None:
+    out = subprocess.run([sys.executable, "-m", "kopfvirt", "lab", "exec", node, "--", "tail", "-n", "5",
+                          f"/var/log/libvirt/qemu/{domain}-serial.log"], capture_output=True, text=True).stdout
+    counts = re.findall(r"kopfvirt-heartbeat (\d+)", out)
+    return int(counts[-1]) if counts else None
+
+
+def survived(node: str, domain: str, before: int | None) -> bool:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = heartbeat(node, domain)
+        if now is not None and before is not None and now > before:
+            return True
+        time.sleep(1)
+    return False
+
+
+def completed_stats(node: str, uuid_: str) -> dict:
+    conn = libvirt.open(uri(node))
+    try:
+        return conn.lookupByUUIDString(uuid_).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    finally:
+        conn.close()
+
+
+class Raw:
+    """The baseline: a domain kopfvirt does not manage, moved by virsh."""
+
+    def __init__(self, rate: int):
+        self.uid = str(uuid.uuid4())
+        vm = vmspec.parse("bench", f"raw-{rate}", self.uid, spec(rate))
+        self.domain = vm.domain_name
+        xml = domainxml.domain_xml(vm, disks.plan(vm, "/var/lib/kopfvirt/storage"), "qemu", {"default": "kopfvirt"})
+        self.node = NODES[0]
+        conn = libvirt.open(uri(self.node))
+        conn.defineXML(xml).create()
+        conn.close()
+
+    def move(self) -> dict:
+        target = NODES[1 - NODES.index(self.node)]
+        before = heartbeat(self.node, self.domain)
+        t0 = time.monotonic()
+        subprocess.run(["virsh", "-c", uri(self.node), "migrate", "--live", "--p2p", "--persistent",
+                        "--undefinesource", self.domain, uri(target)], check=True, capture_output=True)
+        total = time.monotonic() - t0
+        stats = completed_stats(target, self.uid)
+        self.node = target
+        return {"total_s": total, "job_s": stats["time_elapsed"] / 1000, "downtime_ms": stats["downtime"],
+                "survived": survived(target, self.domain, before)}
+
+    def remove(self) -> None:
+        conn = libvirt.open(uri(self.node))
+        dom = conn.lookupByUUIDString(self.uid)
+        dom.destroy()
+        dom.undefine()
+        conn.close()
+
+
+class Ours:
+    """The same guest as a VirtualMachine, moved by Migration objects."""
+
+    def __init__(self, rate: int):
+        self.api = client.CustomObjectsApi()
+        self.name = f"mig-{rate}"
+        self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "virtualmachines", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "metadata": {"name": self.name},
+            "spec": spec(rate)})
+        vm = self.wait(lambda v: (v.get("status") or {}).get("phase") == "Running")
+        self.domain = f"{NAMESPACE}_{self.name}"
+        self.node = vm["status"]["nodeName"]
+        while heartbeat(self.node, self.domain) is None:
+            time.sleep(0.5)
+
+    def wait(self, done, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            vm = self.api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "virtualmachines", self.name)
+            if done(vm):
+                return vm
+            time.sleep(0.05)
+        raise TimeoutError(self.name)
+
+    def move(self) -> dict:
+        before = heartbeat(self.node, self.domain)
+        name = f"{self.name}-{uuid.uuid4().hex[:6]}"
+        t0 = time.monotonic()
+        self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "migrations", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Migration", "metadata": {"name": name},
+            "spec": {"vmName": self.name}})
+        while True:
+            m = self.api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "migrations", name)
+            phase = (m.get("status") or {}).get("phase")
+            if phase in ("Succeeded", "Failed", "Cancelled"):
+                break
+            time.sleep(0.05)
+        total = time.monotonic() - t0
+        if phase != "Succeeded":
+            raise RuntimeError(f"Migration {name} {phase}: {m['status'].get('message')}")
+        st = m["status"]
+        self.node = st["targetNode"]
+        return {"total_s": total, "job_s": st["totalTimeMs"] / 1000, "downtime_ms": st["downtimeMs"],
+                "survived": survived(self.node, self.domain, before)}
+
+
+def median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def plot(result: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    rates = [str(r) for r in result["rates"]]
+    x = range(len(rates))
+    for offset, path, color in ((-0.2, "raw", "#888888"), (0.2, "kopfvirt", "#1f77b4")):
+        s = result["summary"]
+        a1.bar([i + offset for i in x], [s[r][path]["total_s_median"] for r in rates], 0.4, color=color,
+               label=f"{path} total")
+        a1.bar([i + offset for i in x], [s[r][path]["job_s_median"] for r in rates], 0.4, color="none",
+               edgecolor="black", hatch="//", label="libvirt job" if path == "raw" else None)
+        a2.bar([i + offset for i in x], [s[r][path]["downtime_ms_median"] for r in rates], 0.4, color=color,
+               label=path)
+    for ax, label in ((a1, "median time (s)"), (a2, "median guest downtime (ms)")):
+        ax.set_xticks(list(x), [f"{r} MiB/s" for r in rates])
+        ax.set_xlabel("guest dirty rate")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(f"live migration, 128 MiB TCG guest, {result['runs']} moves per path and rate")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "migration.png", dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--rates", default="0,4,16")
+    args = p.parse_args()
+    rates = [int(r) for r in args.rates.split(",")]
+    config.load_kube_config(str(KUBECONFIG))
+    try:
+        client.CoreV1Api().create_namespace({"metadata": {"name": NAMESPACE}})
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+    rows: dict[int, dict[str, list[dict]]] = {}
+    for rate in rates:
+        raw, ours = Raw(rate), Ours(rate)
+        rows[rate] = {"raw": [], "kopfvirt": []}
+        try:
+            for run in range(args.runs):
+                order = (("raw", raw), ("kopfvirt", ours)) if run % 2 == 0 else (("kopfvirt", ours), ("raw", raw))
+                for path, subject in order:
+                    rows[rate][path].append(subject.move())
+                    time.sleep(1)
+                print(f"rate {rate} run {run + 1}: " + "; ".join(
+                    f"{k} total {v[-1]['total_s']:.2f}s job {v[-1]['job_s']:.2f}s downtime {v[-1]['downtime_ms']}ms"
+                    for k, v in rows[rate].items()), flush=True)
+        finally:
+            raw.remove()
+            client.CustomObjectsApi().delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "virtualmachines",
+                                                                     ours.name)
+    summary = {}
+    for rate, paths in rows.items():
+        s = {path: {"total_s_median": median(r, "total_s"), "job_s_median": median(r, "job_s"),
+                    "downtime_ms_median": median(r, "downtime_ms"), "survived": sum(x["survived"] for x in r),
+                    "moves": len(r)} for path, r in paths.items()}
+        s["total_ratio"] = s["kopfvirt"]["total_s_median"] / s["raw"]["total_s_median"]
+        s["job_ratio"] = s["kopfvirt"]["job_s_median"] / s["raw"]["job_s_median"]
+        s["downtime_delta_ms"] = s["kopfvirt"]["downtime_ms_median"] - s["raw"]["downtime_ms_median"]
+        summary[str(rate)] = s
+    result = {"runs": args.runs, "rates": rates, "guest_memory": "128Mi", "nodes": list(NODES),
+              "rows": {str(k): v for k, v in rows.items()}, "summary": summary}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "migration.json").write_text(json.dumps(result, indent=1))
+    plot(result)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
