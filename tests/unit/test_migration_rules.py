@@ -1,0 +1,113 @@
+"""The pure migration rules: preflight verdicts, options, the target pod, the queue,
+libvirt's statistics, timeouts."""
+
+from kopfvirt.core import migration, vmspec
+from kopfvirt.core.migration import Node
+
+UID = "11111111-2222-4333-8444-555555555555"
+RUNNING = {"phase": "Running", "nodeName": "node-1"}
+
+
+def vm(**spec):
+    return vmspec.parse("ns", "web", UID, {"memory": {"size": "1Gi"}, **spec})
+
+
+def nodes(**extra):
+    base = {"cpu-feature.kopfvirt.io/sse4a": "true", "cpu-model.kopfvirt.io/EPYC": "true"}
+    return [Node("node-1", dict(base)), Node("node-2", {**base, **extra.get("node2", {})}),
+            Node("node-3", dict(base), schedulable=False)]
+
+
+def test_a_node_lacking_a_required_feature_is_refused_by_name():
+    v = vm(cpu={"features": [{"name": "sse4a"}, {"name": "avx2"}]})
+    n = nodes()
+    n[1] = Node("node-2", {"cpu-feature.kopfvirt.io/avx2": "true"})
+    n[0] = Node("node-1", {"cpu-feature.kopfvirt.io/avx2": "true", "cpu-feature.kopfvirt.io/sse4a": "true"})
+    refusal, verdicts = migration.preflight(v, RUNNING, {}, {}, n)
+    by_node = {x.node: x for x in verdicts}
+    assert by_node["node-1"].reason == "SourceNode"
+    assert by_node["node-2"].reason == "CPUIncompatible" and "sse4a" in by_node["node-2"].message
+    assert "avx2" not in by_node["node-2"].message
+    assert by_node["node-3"].reason == "NodeUnschedulable"
+    assert refusal[0] == "NoNodeFits" and "node-2: the node's CPU lacks CPU features sse4a" in refusal[1]
+
+
+def test_a_fitting_node_passes_and_a_named_target_narrows():
+    refusal, verdicts = migration.preflight(vm(), RUNNING, {}, {}, nodes())
+    assert refusal is None and [v.node for v in verdicts if v.fit] == ["node-2"]
+    refusal, _ = migration.preflight(vm(), RUNNING, {"targetNode": "node-3"}, {}, nodes())
+    assert refusal[0] == "NodeUnschedulable"
+    refusal, _ = migration.preflight(vm(), RUNNING, {"targetNode": "node-1"}, {}, nodes())
+    assert refusal[0] == "TargetIsSource"
+    refusal, _ = migration.preflight(vm(), RUNNING, {"targetNode": "node-7"}, {}, nodes())
+    assert refusal[0] == "NodeNotFound"
+
+
+def test_node_selectors_of_vm_and_migration_both_apply():
+    refusal, _ = migration.preflight(vm(), RUNNING, {"nodeSelector": {"zone": "b"}}, {},
+                                     nodes(node2={"zone": "a"}))
+    assert refusal[0] == "NoNodeFits" and "node-2: lacks the label(s) zone=b" in refusal[1]
+    refusal, _ = migration.preflight(vm(nodeSelector={"zone": "a"}), RUNNING, {}, {}, nodes(node2={"zone": "a"}))
+    assert refusal is None
+
+
+def test_vm_level_refusals():
+    assert migration.vm_refusal(vm(), {"phase": "Stopped"}, "Live", {}, {})[0] == "VMNotRunning"
+    moving = {**RUNNING, "migration": {"name": "m1"}}
+    assert migration.vm_refusal(vm(), moving, "Live", {}, {}) == ("AlreadyMigrating", "VM web is already moving "
+                                                                                       "(Migration m1)")
+    assert migration.vm_refusal(vm(), RUNNING, "Live", {}, {}, host_devices=["0000:3b:00.0"])[0] == "HostDevice"
+    assert migration.vm_refusal(vm(), RUNNING, "Offline", {}, {}, host_devices=["0000:3b:00.0"]) is None
+    local = vm(disks=[{"name": "data", "pool": {"pool": "local", "volume": "v"}}])
+    assert migration.vm_refusal(local, RUNNING, "Live", {}, {})[0] == "DiskNotShared"
+    assert migration.vm_refusal(local, RUNNING, "Live", {"copyStorage": True}, {}) is None
+    assert migration.vm_refusal(local, RUNNING, "Live", {}, {"shared-pool.kopfvirt.io/local": "true"}) is None
+
+
+def test_options_spec_over_cluster_over_builtin():
+    defaults, limits = migration.cluster_config({"bandwidthMiBps": "64", "autoConverge": "true",
+                                                 "parallelMigrationsPerCluster": "3", "unknown": "x"})
+    assert limits == {"parallelMigrationsPerCluster": 3, "parallelOutboundMigrationsPerNode": 2}
+    options = migration.effective_options({"bandwidthMiBps": 8, "postCopy": None}, defaults)
+    assert options["bandwidthMiBps"] == 8 and options["autoConverge"] is True and options["postCopy"] is False
+    assert options["maxDowntimeMs"] == 300
+
+
+def test_target_pod_avoids_the_source_and_keeps_the_vms_affinity():
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}}}
+    pod = migration.target_pod(vm(affinity=affinity), "m1", "abcdef12-0000", "node-1", "node-2", {"ssd": "true"})
+    assert pod["metadata"]["name"] == "kopfvirt-web-abcdef12"
+    assert pod["metadata"]["labels"]["kopfvirt.io/role"] == "migration-target"
+    assert pod["metadata"]["labels"]["kopfvirt.io/migration"] == "m1"
+    assert pod["spec"]["nodeSelector"]["ssd"] == "true"
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms) == 2
+    for t in terms:
+        assert t["matchExpressions"] and {"key": "metadata.name", "operator": "NotIn", "values": ["node-1"]} in \
+            t["matchFields"] and {"key": "metadata.name", "operator": "In", "values": ["node-2"]} in t["matchFields"]
+
+
+def test_queue_respects_cluster_and_per_node_limits_oldest_first():
+    limits = {"parallelMigrationsPerCluster": 3, "parallelOutboundMigrationsPerNode": 2}
+    start, waiting = migration.admissible([("a", "n1"), ("b", "n1"), ("c", "n2"), ("d", "n3")], ["n1"], limits)
+    assert start == {"a", "c"}
+    assert "leave n1" in waiting["b"] and "in the cluster" in waiting["d"]
+
+
+def test_job_statistics_read_as_status():
+    stats = {"type": 2, "time_elapsed": 643, "downtime": 193, "data_total": 1000, "data_processed": 900,
+             "data_remaining": 100, "memory_dirty_rate": 10, "memory_page_size": 4096, "memory_iteration": 3,
+             "memory_postcopy_requests": 0}
+    assert migration.progress(stats) == {"dataTotalBytes": 1000, "dataProcessedBytes": 900, "dataRemainingBytes": 100,
+                                         "dirtyRateBytesPerSecond": 40960, "iteration": 3}
+    assert migration.result(stats) == {"totalTimeMs": 643, "downtimeMs": 193, "dataTransferredBytes": 900}
+
+
+def test_timeouts():
+    options = {"completionTimeoutPerGiB": 10, "progressTimeoutSeconds": 5}
+    assert migration.overdue(9, 2**30, options, 1) is None
+    assert migration.overdue(11, 2**30, options, 1) == "abort"
+    assert migration.overdue(11, 2**30, {**options, "postCopy": True}, 1) == "post-copy"
+    assert migration.overdue(3, 2**30, options, 6) == "abort"
