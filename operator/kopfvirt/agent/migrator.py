@@ -100,20 +100,23 @@ class Migrator:
         with self.agent.locks[uid]:
             if uid in self.running:
                 return
+            transitions = list(mstatus.get("phaseTransitions") or []) + [{"phase": "Running", "time": now()}]
+            try:  # the claim, one guarded write: a cancel (or a stale event) and a start never both win
+                m = kube.json_patch(ns, name, [
+                    {"op": "test", "path": "/status/phase", "value": "TargetReady"},
+                    {"op": "replace", "path": "/status/phase", "value": "Running"},
+                    {"op": "add", "path": "/status/phaseTransitions", "value": transitions}],
+                    plural=PLURAL, status=True)
+            except ApiException as e:
+                if e.status in (404, 409, 422):
+                    return
+                raise
             status = dict(body.get("status") or {})
             state, _ = self.agent.hv.state_and_reason(uid)
             if status.get("nodeName") != self.agent.node or state not in ("running", "paused"):
                 write_migration_status(ns, name, {"reason": "VMNotRunning", "message": (
                     f"VM {body['metadata']['name']} is not running on {self.agent.node}")}, "Failed", m)
                 return
-            try:  # the claim: only from TargetReady, so a cancel that came first wins
-                kube.json_patch(ns, name, [{"op": "test", "path": "/status/phase", "value": "TargetReady"}],
-                                plural=PLURAL, status=True)
-            except ApiException as e:
-                if e.status in (404, 409, 422):
-                    return
-                raise
-            m = write_migration_status(ns, name, {}, "Running", m) or m
             record = {"name": name, "mode": spec.get("mode", "Live"), "sourceNode": self.agent.node,
                       "targetNode": mstatus["targetNode"], "targetPod": mstatus["targetPod"], "startTime": now()}
             self.agent.write_status(body, {**status, "phase": "Migrating", "migration": record})
