@@ -93,14 +93,12 @@ def test_live_migration_there_and_back_keeps_the_guest_running(vms, migrations):
         assert f"agent.kopfvirt.io/{to}" in vm["metadata"]["finalizers"]
         assert_on_one_node(uid, to)
         assert_keeps_counting(vms, "mig-live", to, before)
-        pods = kubectl_json("-n", vms.namespace, "get", "pods", "-l", "kopfvirt.io/vm=mig-live")["items"]
         wait_for("one reservation pod, on the target", lambda: [
             (p["spec"].get("nodeName"), p["metadata"]["labels"]["kopfvirt.io/role"]) for p in kubectl_json(
                 "-n", vms.namespace, "get", "pods", "-l", "kopfvirt.io/vm=mig-live")["items"]] == [(to, "reservation")])
     events = kubectl("-n", vms.namespace, "get", "events", "--field-selector", "involvedObject.name=mig-live-0",
                      "-o", "jsonpath={.items[*].reason}").stdout.split()
     assert {"Scheduling", "TargetReady", "Succeeded"} <= set(events), events
-    assert pods
     vms.delete("mig-live")
 
 
@@ -207,11 +205,9 @@ def test_a_killed_part_mid_migration_leaves_the_vm_on_one_node(vms, migrations, 
     target = OTHER[source]
     migrations.create(name, name, options={"bandwidthMiBps": 6})  # about 20 s for 128 MiB
     migrations.wait_phase(name, "Running")
-    process = {"controller": "controller", "source-agent": f"agent-{source}", "target-agent": f"agent-{target}"}
     run("pkill", "-9", "-f", {"controller": "kopfvirt controller",
                               "source-agent": f"agent --node-name {source}",
                               "target-agent": f"agent --node-name {target}"}[victim])
-    assert process[victim]
     time.sleep(2)
     run(*KOPFVIRT, "lab", "up", timeout=300)
     m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)
