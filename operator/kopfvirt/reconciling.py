@@ -110,8 +110,13 @@ class Reconciler:
     def submit(self, uid: str) -> None:
         self.executor.submit(self.reconcile, uid)
 
+    def vm_named(self, namespace: str, name: str) -> dict | None:
+        """The cached VM of that namespace and name."""
+        return next((b for b in list(self.vms.values())
+                     if (b["metadata"]["namespace"], b["metadata"]["name"]) == (namespace, name)), None)
+
     def submit_named(self, namespace: str, name: str) -> None:
-        for uid, body in list(self.vms.items()):
+        for uid, body in list(self.vms.items()):  # every UID: a re-created VM's predecessor may still be going
             if (body["metadata"]["namespace"], body["metadata"]["name"]) == (namespace, name):
                 self.submit(uid)
 

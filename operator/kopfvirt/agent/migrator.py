@@ -84,14 +84,10 @@ class Migrator:
         except Exception:
             log.exception("migration %s/%s failed", m["metadata"]["namespace"], m["metadata"]["name"])
 
-    def _vm_body(self, namespace: str, name: str) -> dict | None:
-        return next((b for b in list(self.agent.vms.values())
-                     if (b["metadata"]["namespace"], b["metadata"]["name"]) == (namespace, name)), None)
-
     def _run(self, m: dict) -> None:
         meta, spec, mstatus = m["metadata"], m.get("spec") or {}, m.get("status") or {}
         ns, name = meta["namespace"], meta["name"]
-        body = self._vm_body(ns, spec.get("vmName", ""))
+        body = self.agent.vm_named(ns, spec.get("vmName", ""))
         if body is None:
             write_migration_status(ns, name, {"reason": "VMNotOnSource", "message": (
                 f"VM {spec.get('vmName')} is not on {self.agent.node} any more")}, "Failed", m)

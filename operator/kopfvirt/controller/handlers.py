@@ -87,8 +87,7 @@ def eviction_refusal(controller: Controller, namespace: str, pod_name: str, star
     if labels.get(reservation.ROLE_LABEL) != "reservation":
         return None
     vm_name = labels.get(reservation.VM_LABEL)
-    vm = next((b for b in list(controller.vms.values())
-               if (b["metadata"]["namespace"], b["metadata"]["name"]) == (namespace, vm_name)), None)
+    vm = controller.vm_named(namespace, vm_name)
     if vm is None:
         return None
     strategy = (vm.get("spec") or {}).get("evictionStrategy", "Stop")

@@ -118,9 +118,7 @@ class Migrations:
     def _vm(self, m: dict) -> dict | None:
         """The VM from the cache; from the API when the cache lacks it (it may not be filled yet)."""
         key = (m["metadata"]["namespace"], m["spec"]["vmName"])
-        cached = next((b for b in list(self.c.vms.values())
-                       if (b["metadata"]["namespace"], b["metadata"]["name"]) == key), None)
-        return cached or kube.get_object(*key)
+        return self.c.vm_named(*key) or kube.get_object(*key)
 
     def _preflight(self, m: dict, vm_body: dict | None) -> tuple[str, str] | None:
         ns, spec = m["metadata"]["namespace"], m["spec"]
