@@ -23,12 +23,17 @@ CASES = {
         "interfaces": [{"name": "eth0"}, {"name": "eth1", "model": "e1000e", "macAddress": "52:54:00:aa:bb:cc"}]},
     "host-model": {"memory": {"size": "256Mi"}, "cpu": {"model": "host-model"}},
     "host-passthrough": {"memory": {"size": "256Mi"}, "cpu": {"model": "host-passthrough"}},
+    "host-devices": {"memory": {"size": "1Gi"}, "kernelBoot": KERNEL,
+                     "hostDevices": [{"name": "gpu", "resourceName": "nvidia.com/H100"},
+                                     {"name": "vf", "device": "node-1-0000-3b-00-2"}]},
 }
+HOSTDEVS = {"host-devices": [("gpu", "0000:01:00.0"), ("vf", "0000:3b:00.2")]}
 
 
 def _xml(case, virt_type="qemu"):
     vm = vmspec.parse("default", case, UID, CASES[case])
-    return domainxml.domain_xml(vm, disks.plan(vm, "/var/lib/kopfvirt/storage"), virt_type, {"default": "kopfvirt"})
+    return domainxml.domain_xml(vm, disks.plan(vm, "/var/lib/kopfvirt/storage"), virt_type, {"default": "kopfvirt"},
+                                HOSTDEVS.get(case, ()))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -64,3 +69,11 @@ def test_disks_land_where_the_plan_says():
 def test_unknown_virt_type_refused():
     with pytest.raises(ValueError, match="virt_type"):
         _xml("minimal", "xen")
+
+
+def test_host_devices_are_unmanaged_hostdevs_and_read_back():
+    xml = _xml("host-devices")
+    hostdevs = ET.fromstring(xml).findall("devices/hostdev")
+    assert [h.get("managed") for h in hostdevs] == ["no", "no"]  # the agent binds, not libvirt
+    assert domainxml.hostdev_addresses(xml) == {"0000:01:00.0", "0000:3b:00.2"}
+    assert domainxml.hostdev_addresses(_xml("minimal")) == set()

@@ -16,6 +16,7 @@ import yaml
 from .. import GROUP, VERSION
 from . import schema
 from .migration import MigrationSpec, MigrationStatus
+from .passthroughdevice import PassthroughDeviceSpec, PassthroughDeviceStatus
 from .virtualmachine import VirtualMachineSpec, VirtualMachineStatus
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,6 +32,7 @@ class Kind:
     status: type
     description: str
     columns: tuple[tuple[str, str, str], ...]
+    scope: str = "Namespaced"
 
 
 KINDS = (
@@ -46,6 +48,15 @@ KINDS = (
          (("VM", "string", ".spec.vmName"), ("Mode", "string", ".spec.mode"), ("Phase", "string", ".status.phase"),
           ("Source", "string", ".status.sourceNode"), ("Target", "string", ".status.targetNode"),
           ("Downtime-ms", "integer", ".status.downtimeMs"), ("Age", "date", ".metadata.creationTimestamp"))),
+    Kind("PassthroughDevice", "passthroughdevices", ("kvdev",), PassthroughDeviceSpec, PassthroughDeviceStatus,
+         "One PCI function of a node, published by its node agent, that VMs may be given through VFIO "
+         "once permitted.",
+         (("Node", "string", ".status.node"), ("Address", "string", ".status.address"),
+          ("Device", "string", ".status.deviceName"), ("Driver", "string", ".status.driver"),
+          ("Resource", "string", ".status.resourceName"), ("Permitted", "boolean", ".status.permitted"),
+          ("Assignable", "boolean", ".status.assignable"), ("Reason", "string", ".status.reason"),
+          ("Holder", "string", ".status.holder.name"), ("Age", "date", ".metadata.creationTimestamp")),
+         scope="Cluster"),
 )
 
 
@@ -56,7 +67,7 @@ def crd(k: Kind) -> dict:
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{k.plural}.{GROUP}"},
         "spec": {
-            "group": GROUP, "scope": "Namespaced",
+            "group": GROUP, "scope": k.scope,
             "names": {"kind": k.kind, "listKind": f"{k.kind}List", "plural": k.plural,
                       "singular": k.kind.lower(), "shortNames": list(k.short_names), "categories": ["kopfvirt"]},
             "versions": [{

@@ -167,6 +167,21 @@ class Interface:
 
 
 @dataclasses.dataclass(kw_only=True)
+class HostDevice:
+    """A PCI device passed through to the guest (VFIO): one of a resource, or a named one."""
+
+    name: str = field(pattern=DNS_LABEL, max_length=63, description="Name of the request, unique in the VM.")
+    resource_name: str | None = field(None, min_length=1, max_length=253, description=(
+        "Any free PassthroughDevices of this resource name (e.g. nvidia.com/H100), `count` of them."))
+    count: int = field(1, minimum=1, maximum=16, description="How many devices of resourceName.")
+    device: str | None = field(None, min_length=1, max_length=253, description=(
+        "One specific PassthroughDevice, by its name (node and PCI address)."))
+
+    __schema__ = {"rules": [("has(self.resourceName) != has(self.device)", "needs exactly one of resourceName or device"),
+                            ("!has(self.device) || self.count == 1", "count applies to resourceName only")]}
+
+
+@dataclasses.dataclass(kw_only=True)
 class Console:
     """How a human reaches the guest."""
 
@@ -191,6 +206,9 @@ class VirtualMachineSpec:
         "two disks have the same target"),))
     interfaces: list[Interface] = field([], max_items=8, list_map_keys=("name",),
                                         description="Network interfaces.")
+    host_devices: list[HostDevice] = field([], max_items=16, list_map_keys=("name",), description=(
+        "PCI devices passed through to the guest; the VM runs where the controller finds them free. "
+        "A VM with host devices cannot migrate."))
     console: Console = field(Console, description="Serial console (always) and VNC.")
     guest_agent: bool = field(False, description="Add the QEMU guest agent channel.")
     node_selector: dict[str, str] = field({}, description="Node labels the VM's node must have.")
@@ -222,6 +240,16 @@ class InterfaceStatus:
 
 
 @dataclasses.dataclass(kw_only=True)
+class HostDeviceStatus:
+    """A device the controller gave the VM (held while the VM should run)."""
+
+    name: str = field(description="The spec.hostDevices request it answers.")
+    device: str = field(description="The PassthroughDevice.")
+    node: str = field(description="Its node.")
+    address: str = field(description="Its PCI address on that node.")
+
+
+@dataclasses.dataclass(kw_only=True)
 class MigrationState:
     """The migration the VM is in, as its source agent records it (it survives an agent restart)."""
 
@@ -249,3 +277,4 @@ class VirtualMachineStatus:
     conditions: list[Condition] = field([], list_map_keys=("type",), description="Kubernetes-style conditions.")
     interfaces: list[InterfaceStatus] = field([], description="The guest's interfaces and their addresses.")
     migration: MigrationState | None = field(None, description="The migration in progress, while one runs.")
+    host_devices: list[HostDeviceStatus] = field([], description="The PassthroughDevices allocated to the VM.")

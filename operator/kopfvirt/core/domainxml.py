@@ -74,11 +74,35 @@ def _disk(devices: ET.Element, d: PlannedDisk) -> None:
     _sub(disk, "alias", name=f"ua-disk-{d.name}")
 
 
+def _pci_address(parent: ET.Element, address: str) -> None:
+    domain, bus, rest = address.split(":")
+    slot, function = rest.split(".")
+    _sub(parent, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+
+
+def _hostdev(devices: ET.Element, name: str, address: str) -> None:
+    # managed='no': the agent binds the IOMMU group to vfio-pci before the start and gives
+    # it back after the stop; libvirt must not rebind drivers behind it.
+    hostdev = _sub(devices, "hostdev", mode="subsystem", type="pci", managed="no")
+    _pci_address(_sub(hostdev, "source"), address)
+    _sub(hostdev, "alias", name=f"ua-hostdev-{name}")
+
+
+def hostdev_addresses(xml: str) -> set[str]:
+    """The host PCI addresses a domain's XML passes through."""
+    out = set()
+    for a in ET.fromstring(xml).iterfind("devices/hostdev[@type='pci']/source/address"):
+        out.add(f"{int(a.get('domain'), 16):04x}:{int(a.get('bus'), 16):02x}:"
+                f"{int(a.get('slot'), 16):02x}.{int(a.get('function'), 16):x}")
+    return out
+
+
 def domain_xml(vm: VM, plan: list[PlannedDisk], virt_type: str = "qemu",
-               networks: dict[str, str] | None = None) -> str:
+               networks: dict[str, str] | None = None, hostdevs: list[tuple[str, str]] = ()) -> str:
     """The domain for `vm`; its UUID is the VM object's UID, which ties the two for adoption.
 
-    `networks` maps the spec's network names to the node's libvirt networks.
+    `networks` maps the spec's network names to the node's libvirt networks; `hostdevs`
+    are the (request name, PCI address) pairs the controller allocated.
     """
     if virt_type not in VIRT_TYPES:
         raise ValueError(f"virt_type must be one of {VIRT_TYPES}, not {virt_type!r}")
@@ -116,6 +140,8 @@ def domain_xml(vm: VM, plan: list[PlannedDisk], virt_type: str = "qemu",
         _sub(iface, "source", network=networks.get(i.network, i.network))
         _sub(iface, "model", type=i.model)
         _sub(iface, "alias", name=f"ua-net-{i.name}")
+    for i, (name, address) in enumerate(hostdevs):
+        _hostdev(devices, f"{name}-{i}", address)
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=serial_log_path(vm), append="on")
     _sub(serial, "target", port="0")

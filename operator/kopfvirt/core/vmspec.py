@@ -109,5 +109,14 @@ def parse(namespace: str, name: str, uid: str, spec: dict) -> VM:
                 raise SpecError(f"spec.disks[{i}].empty.size", str(e)) from None
     if len({d.name for d in typed.disks}) != len(typed.disks):
         raise SpecError("spec.disks", "two disks have the same name")
+    named: set[str] = set()
+    for i, h in enumerate(typed.host_devices):
+        if (h.resource_name is None) == (h.device is None):
+            raise SpecError(f"spec.hostDevices[{i}]", "needs exactly one of resourceName or device")
+        if h.device in named:
+            raise SpecError(f"spec.hostDevices[{i}].device", f"{h.device} is asked for twice")
+        named.add(h.device)
+    if len({h.name for h in typed.host_devices}) != len(typed.host_devices):
+        raise SpecError("spec.hostDevices", "two host devices have the same name")
     return VM(namespace=namespace, name=name, uid=uid, spec=typed, memory_bytes=memory,
               targets=_assign_targets(typed.disks))

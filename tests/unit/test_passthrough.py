@@ -1,0 +1,162 @@
+"""Discovery, assignability, driver moves and allocation of PCI devices, on sysfs trees
+built like real hosts' (lab/pcitree.py) with the PCI core's bind semantics played."""
+
+from pathlib import Path
+
+import pytest
+
+from kopfvirt.api.schema import SpecError
+from kopfvirt.clients import sysfs
+from kopfvirt.core import passthrough, pci, pciids, vmspec
+from kopfvirt.lab import pcitree
+
+IDS = pciids.parse(Path(pciids.SEARCH_PATHS[0]).read_text())
+
+
+@pytest.fixture
+def tree(tmp_path):
+    pcitree.build(tmp_path)
+    kernel = pcitree.Kernel(tmp_path).start()
+    yield tmp_path
+    kernel.stop()
+
+
+def verdicts(root, permitted=()):
+    functions = sysfs.scan(root)
+    return {a: pci.assess(f, functions, set(permitted), sysfs.vfio_loaded(root), "node-x")
+            for a, f in functions.items()}
+
+
+def test_names_come_from_the_pci_ids_database():
+    assert IDS.vendor("10DE") == "NVIDIA Corporation"
+    assert IDS.device("10de", "2204") == "GA102 [GeForce RTX 3090]"
+    assert IDS.device("1af4", "1041") == "Virtio 1.0 network device"
+    assert IDS.class_name("030200") == "3D controller"
+    assert IDS.class_name("0c0330") == "USB controller"
+    tiny = pciids.parse("# c\n1234  Acme\n\t0001  Widget\n\t\t1234 0002  Sub\nC 02  Network\n\t00  Ethernet\n")
+    assert (tiny.vendor("1234"), tiny.device("1234", "0001"), tiny.class_name("020000")) == \
+        ("Acme", "Widget", "Ethernet")
+
+
+def test_discovery_reads_ids_drivers_groups_numa_and_sriov(tree):
+    fns = sysfs.scan(tree)
+    assert set(fns) == {f.address for f in pcitree.LAB}
+    gpu = fns[pcitree.GPU.address]
+    assert (gpu.vendor_id, gpu.device_id, gpu.class_id, gpu.driver, gpu.numa_node, gpu.iommu_group) == \
+        ("10de", "2204", "030000", "nvidia", 0, 12)
+    assert [f.address for f in pci.group_of(gpu, fns)] == ["0000:01:00.0", "0000:01:00.1"]
+    assert fns["0000:3b:00.0"].virtual_functions == ("0000:3b:00.2", "0000:3b:00.3")
+    assert fns["0000:3b:00.3"].physical_function == "0000:3b:00.0"
+    assert fns["0000:06:00.0"].interfaces_up == ("enp6s0",)
+    assert fns["0000:00:00.0"].numa_node is None and sysfs.vfio_loaded(tree)
+
+
+def test_a_gpu_is_assignable_only_with_its_audio_function_permitted(tree):
+    alone = verdicts(tree, permitted=[pcitree.GPU.address])[pcitree.GPU.address]
+    assert (alone.assignable, alone.reason) == (False, "GroupShared")
+    assert "0000:01:00.1" in alone.message and "snd_hda_intel" in alone.message
+    both = verdicts(tree, permitted=[pcitree.GPU.address, pcitree.GPU_AUDIO.address])
+    assert both[pcitree.GPU.address].assignable and both[pcitree.GPU_AUDIO.address].assignable
+
+
+def test_a_group_shared_with_a_host_nic_in_use_is_refused_even_when_permitted(tree):
+    v = verdicts(tree, permitted=[pcitree.USB.address, pcitree.HOST_NIC.address])
+    assert (v[pcitree.USB.address].reason, v[pcitree.HOST_NIC.address].reason) == ("GroupShared", "InUseByHost")
+    assert "enp6s0 is up" in v[pcitree.USB.address].message
+
+
+def test_sriov_virtual_functions_are_assignable_their_physical_function_is_not(tree):
+    v = verdicts(tree)
+    assert v["0000:3b:00.0"].reason == "SRIOVPhysicalFunction" and "2 virtual functions" in v["0000:3b:00.0"].message
+    assert v["0000:3b:00.2"].assignable and v["0000:3b:00.3"].assignable
+    assert v["0000:00:00.0"].reason == "Bridge"
+
+
+def test_without_iommu_or_vfio_nothing_is_assignable(tmp_path):
+    pcitree.build(tmp_path, pcitree.without_iommu(pcitree.LAB))
+    assert {v.reason for v in verdicts(tmp_path).values()} == {"NoIOMMU", "Bridge"}
+    pcitree.build(tmp_path, vfio=False)
+    assert verdicts(tmp_path, permitted=[pcitree.GPU.address, pcitree.GPU_AUDIO.address])[
+        pcitree.GPU.address].reason == "NoVFIO"
+
+
+def test_bind_moves_a_group_to_vfio_and_restore_gives_the_host_drivers_back(tree):
+    group = [pcitree.GPU, pcitree.GPU_AUDIO]
+    for fn in group:
+        sysfs.to_vfio(tree, fn.address)
+    assert {sysfs.scan(tree)[fn.address].driver for fn in group} == {"vfio-pci"}
+    sysfs.to_vfio(tree, pcitree.GPU.address)  # idempotent
+    for fn in group:
+        sysfs.to_host(tree, fn.address, fn.driver)
+    fns = sysfs.scan(tree)
+    assert [fns[fn.address].driver for fn in group] == ["nvidia", "snd_hda_intel"]
+    assert (tree / "bus/pci/devices/0000:01:00.0/driver_override").read_text().strip() == ""
+
+
+def test_a_vf_binds_and_restores_and_a_vanished_device_fails_clearly(tree):
+    vf = pcitree.SRIOV_VFS[0]
+    sysfs.to_vfio(tree, vf.address)
+    sysfs.to_host(tree, vf.address, "mlx5_core")
+    assert sysfs.scan(tree)[vf.address].driver == "mlx5_core"
+    pcitree.remove(tree, vf.address)
+    assert vf.address not in sysfs.scan(tree)
+    with pytest.raises(sysfs.BindError, match=vf.address):
+        sysfs.to_vfio(tree, vf.address)
+
+
+def test_rules_permit_by_vendor_device_or_class_and_the_spec_wins():
+    rules = passthrough.parse_rules("- {vendorDevice: 10DE:2204, resourceName: nvidia.com/RTX3090}\n"
+                                    "- {class: '0403'}\n")
+    assert passthrough.effective({}, "10de", "2204", "030000", rules) == (True, "rules[0]", "nvidia.com/RTX3090")
+    assert passthrough.effective({}, "10de", "1aef", "040300", rules) == (True, "rules[1]", "10de:1aef")
+    assert passthrough.effective({}, "8086", "1533", "020000", rules) == (False, "default", "8086:1533")
+    assert passthrough.effective({"permitted": False}, "10de", "2204", "030000", rules)[:2] == (False, "spec")
+    assert passthrough.effective({"resourceName": "x/y"}, "10de", "2204", "030000", rules)[2] == "x/y"
+    with pytest.raises(SpecError, match=r"rules\[0\].vendorDevice"):
+        passthrough.parse_rules("- {vendorDevice: nvidia}")
+    with pytest.raises(SpecError, match=r"rules\[0\]: needs"):
+        passthrough.parse_rules("- {resourceName: a/b}")
+
+
+def dev(name, node="node-1", resource="gpu", group=None, holder=None, permitted=True, assignable=True):
+    return passthrough.Device(name, node, "0000:00:00." + name[-1], resource, permitted, assignable,
+                              "" if assignable else "NoIOMMU", group, holder)
+
+
+def vm(*requests, uid="u1"):
+    return vmspec.parse("default", "v", uid, {"memory": {"size": "64Mi"}, "hostDevices": list(requests)})
+
+
+def test_allocation_takes_free_devices_of_a_resource_on_one_node_with_their_group_mates():
+    devices = [dev("a1", group=1, holder=("default", "w", "u2")), dev("a2", group=2), dev("a3", group=2,
+               resource="audio"), dev("b1", node="node-2", group=5), dev("b2", node="node-2", group=6)]
+    got = passthrough.allocate(vm({"name": "g", "resourceName": "gpu", "count": 2}), devices, ["node-1", "node-2"])
+    assert (got.node, got.assignments, got.hold) == ("node-2", [("g", "b1"), ("g", "b2")], ["b1", "b2"])
+    got = passthrough.allocate(vm({"name": "g", "resourceName": "gpu"}), devices, ["node-1"])
+    assert (got.assignments, got.hold) == ([("g", "a2")], ["a2", "a3"])
+    with pytest.raises(passthrough.Refusal, match=r"2 x gpu wanted, 1 free on node-1 \(a1 is held by VM default/w\)"):
+        passthrough.allocate(vm({"name": "g", "resourceName": "gpu", "count": 2}), devices, ["node-1"])
+
+
+def test_allocation_refusals_name_the_request_and_the_device():
+    devices = [dev("a1", group=1, holder=("default", "w", "u2")), dev("a2", group=1), dev("a3", permitted=False),
+               dev("a4", assignable=False)]
+    cases = {"nope": ("DeviceNotFound", "PassthroughDevice nope does not exist"),
+             "a1": ("DeviceHeld", "a1 is held by VM default/w"),
+             "a2": ("DeviceHeld", "a2 shares IOMMU group 1 with a1, held by VM default/w"),
+             "a3": ("DeviceNotPermitted", "a3 is not permitted"), "a4": ("DeviceNotAssignable", "NoIOMMU")}
+    for name, (reason, words) in cases.items():
+        with pytest.raises(passthrough.Refusal, match=r"spec.hostDevices\[0\].device: .*" + words) as e:
+            passthrough.allocate(vm({"name": "d", "device": name}), devices, ["node-1"])
+        assert e.value.reason == reason
+    with pytest.raises(passthrough.Refusal, match="no PassthroughDevice has resource name tpu"):
+        passthrough.allocate(vm({"name": "t", "resourceName": "tpu"}), devices, ["node-1"])
+    held = passthrough.allocate(vm({"name": "d", "device": "a1"}, uid="u2"), devices, ["node-1"])
+    assert held.hold == ["a1", "a2"]  # its own holder keeps it
+
+
+def test_host_device_requests_are_checked_in_the_spec():
+    with pytest.raises(SpecError, match=r"spec.hostDevices\[1\].device: x is asked for twice"):
+        vm({"name": "a", "device": "x"}, {"name": "b", "device": "x"})
+    with pytest.raises(SpecError, match=r"spec.hostDevices\[0\]: needs exactly one"):
+        vm({"name": "a", "device": "x", "resourceName": "y"})
