@@ -9,9 +9,10 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-# The agent uses qemu-img and genisoimage for disks; the plugin reaches virsh through it.
+# The agent uses qemu-img and genisoimage for disks, and pci.ids for device names; the plugin
+# reaches virsh through it.
 FROM python:3.11-slim-bookworm AS operator
-RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 libvirt-clients qemu-utils genisoimage \
+RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 libvirt-clients qemu-utils genisoimage pci.ids \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

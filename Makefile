@@ -11,7 +11,7 @@ export KOPFVIRT_HELM := $(HELM)
 
 APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev \
 	pkg-config gcc etcd-server busybox-static cpio iproute2 util-linux genisoimage libxml2-utils \
-	dmidecode ovmf
+	dmidecode ovmf pci.ids
 APT_TOOLS := libvirtd virsh qemu-system-x86_64 qemu-img pkg-config gcc etcd cpio ip nsenter \
 	virt-xml-validate dmidecode
 
@@ -46,7 +46,7 @@ $(HELM):
 
 # manifests/ is rendered from the chart (one source); tests/unit/test_chart.py checks they agree.
 manifests: $(HELM)
-	for t in rbac controller migration-config agent libvirt webhook; do \
+	for t in rbac controller migration-config passthrough-config agent libvirt webhook; do \
 	  { echo "# Rendered from charts/kopfvirt by \`make manifests\`; do not edit."; \
 	    $(HELM) template kopfvirt charts/kopfvirt --namespace kopfvirt-system --kube-version 1.36.3 --show-only templates/$$t.yaml; \
 	  } > manifests/$$t.yaml; done
@@ -54,7 +54,7 @@ manifests: $(HELM)
 
 lab-deps:
 	@missing=0; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
-	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing=1; \
+	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing=1; [ -e /usr/share/misc/pci.ids ] || missing=1; \
 	if [ $$missing = 1 ]; then \
 	  [ "$$(id -u)" = 0 ] || { echo "error: installing Debian packages needs root"; exit 2; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--migration-transport", choices=("tls", "tcp"), default="tls",
                    help="how libvirtd reaches the target's libvirtd: tls (certificates the controller issues), "
                         "or tcp, for the lab only")
+    a.add_argument("--sysfs-root", default="/sys", help="where the node's sysfs is (a built tree in tests and the lab)")
+    a.add_argument("--pci-ids", help="the pci.ids database (default: where Debian's pci.ids or hwdata puts it)")
+    a.add_argument("--device-scan-seconds", type=float, default=10, help="period of the PCI device scan")
+    a.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
+                   help="the operator's namespace (its ConfigMaps)")
+    a.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
 
     lab = sub.add_parser("lab", help="the lab: a real control plane and libvirt nodes on this machine")
     lsub = lab.add_subparsers(dest="lab_command", required=True)
@@ -81,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.storage_root, args.vm_network,
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
-            args.migration_transport)
+            args.migration_transport, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
+            args.metrics_port)
     else:
         sys.exit(_lab(args))
 

@@ -93,19 +93,19 @@ class Reconciler:
 
     def start_resync(self, seconds: float, also=None) -> None:
         """A slow pass over every VM: catches missed events and retries failed reconciles."""
+        self.start_periodic(seconds, also, self.resync)
+
+    def start_periodic(self, seconds: float, *tasks) -> None:
+        """Run each task every `seconds`, in a thread of its own; a failure is logged."""
         def loop():
             while True:
                 time.sleep(seconds)
-                try:
-                    if also:
-                        also()
-                except Exception:
-                    self.log.exception("periodic task failed")
-                try:
-                    self.resync()
-                except Exception:
-                    self.log.exception("resync failed")
-        threading.Thread(target=loop, name="resync", daemon=True).start()
+                for task in filter(None, tasks):
+                    try:
+                        task()
+                    except Exception:
+                        self.log.exception("periodic task %s failed", getattr(task, "__name__", task))
+        threading.Thread(target=loop, name="periodic", daemon=True).start()
 
     def submit(self, uid: str) -> None:
         self.executor.submit(self.reconcile, uid)

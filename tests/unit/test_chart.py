@@ -41,7 +41,7 @@ def test_libvirt_daemonset_can_be_left_out(helm):
     assert "kopfvirt-libvirt" not in out and "kopfvirt-agent" in out
 
 
-@pytest.mark.parametrize("template", ["rbac", "controller", "migration-config", "agent", "libvirt", "webhook"])
+@pytest.mark.parametrize("template", ["rbac", "controller", "migration-config", "passthrough-config", "agent", "libvirt", "webhook"])
 def test_manifests_are_rendered_from_the_chart(helm, template):
     rendered = _helm(helm, "template", "kopfvirt", str(CHART), "--namespace", "kopfvirt-system", *KUBE,
                      "--show-only", f"templates/{template}.yaml").stdout

@@ -56,8 +56,11 @@ def test_vm_level_refusals():
     moving = {**RUNNING, "migration": {"name": "m1"}}
     assert migration.vm_refusal(vm(), moving, "Live", {}, {}) == ("AlreadyMigrating", "VM web is already moving "
                                                                                        "(Migration m1)")
-    assert migration.vm_refusal(vm(), RUNNING, "Live", {}, {}, host_devices=["0000:3b:00.0"])[0] == "HostDevice"
-    assert migration.vm_refusal(vm(), RUNNING, "Offline", {}, {}, host_devices=["0000:3b:00.0"]) is None
+    gpu = vm(hostDevices=[{"name": "gpu", "resourceName": "nvidia.com/H100"}])
+    held = {**RUNNING, "hostDevices": [{"name": "gpu", "device": "node-1-0000-01-00-0"}]}
+    for mode in ("Live", "Offline"):
+        reason, message = migration.vm_refusal(gpu, held, mode, {}, {})
+        assert reason == "HostDevice" and "node-1-0000-01-00-0" in message
     local = vm(disks=[{"name": "data", "pool": {"pool": "local", "volume": "v"}}])
     assert migration.vm_refusal(local, RUNNING, "Live", {}, {})[0] == "DiskNotShared"
     assert migration.vm_refusal(local, RUNNING, "Live", {"copyStorage": True}, {}) is None

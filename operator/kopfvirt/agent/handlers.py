@@ -17,6 +17,7 @@ from ..clients import kube
 from ..core import nodelabels, reservation
 from ..core.migration import SOURCE_NODE_LABEL
 from ..runtime import registry_with_settings, watch_vms_and_pods
+from .devices import PLURAL as DEVICES
 from .reconciler import NODE_LABEL, Agent
 
 log = logging.getLogger("kopfvirt.agent")
@@ -45,7 +46,7 @@ def label_node(agent: Agent) -> None:
                  list(pools))
 
 
-def build_registry(agent: Agent, resync_seconds: float = 30) -> kopf.OperatorRegistry:
+def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds: float = 10) -> kopf.OperatorRegistry:
     registry = registry_with_settings("agent", vm_selector=f"{NODE_LABEL}={agent.node}",
                                       pod_selector=(f"{reservation.ROLE_LABEL}=reservation",
                                                     f"spec.nodeName={agent.node}"))
@@ -53,8 +54,18 @@ def build_registry(agent: Agent, resync_seconds: float = 30) -> kopf.OperatorReg
     @kopf.on.startup(registry=registry)
     def start(settings: kopf.OperatorSettings, **_):
         settings.watching.label_selectors[GROUP, "migrations"] = f"{SOURCE_NODE_LABEL}={agent.node}"
+        settings.watching.label_selectors[GROUP, DEVICES] = f"{NODE_LABEL}={agent.node}"
         label_node(agent)
+        agent.devices.objects = {o["metadata"]["name"]: o for o in kube.list_objects(DEVICES)
+                                 if (o.get("metadata", {}).get("labels") or {}).get(NODE_LABEL) == agent.node}
+        agent.devices.publish()  # also gives back groups a crash left on vfio-pci
         agent.start_resync(resync_seconds, also=lambda: label_node(agent))
+        agent.start_periodic(device_scan_seconds, agent.devices.publish)
+
+    @kopf.on.event(GROUP, VERSION, DEVICES, registry=registry)
+    def device_event(type, body, **_):
+        if agent.devices.observe(dict(body), deleted=type == "DELETED"):
+            agent.executor.submit(agent.devices.publish)
 
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
     def migration_event(type, body, **_):

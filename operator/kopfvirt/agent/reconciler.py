@@ -19,6 +19,7 @@ from ..clients.libvirt import DomainConflict, Hypervisor
 from ..core import conditions, disks, domainxml, lifecycle, pools, reservation, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
+from .devices import DeviceUnavailable, Devices, load_pci_ids
 from .migrator import Migrator
 
 log = logging.getLogger("kopfvirt.agent")
@@ -38,7 +39,8 @@ class NotReady(Exception):
 
 class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, storage_root: str, networks: dict[str, str],
-                 hidden_cpu_features: tuple[str, ...] = (), migration_transport: str = "tls"):
+                 hidden_cpu_features: tuple[str, ...] = (), migration_transport: str = "tls",
+                 sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system"):
         super().__init__(log)
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.storage_root, self.networks = node, virt_type, storage_root, networks
@@ -49,6 +51,7 @@ class Agent(Reconciler):
         self.stopping: dict[str, float] = {}           # domains we stop ourselves -> until when
         self.guest_stops: dict[str, tuple[str, str]] = {}  # uid -> (reason, time), not yet written
         self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
+        self.devices = Devices(node, sysfs_root, load_pci_ids(pci_ids), namespace, self.hv, self.event)
 
     # -- inputs -------------------------------------------------------------------------
     def _domain_event(self, uuid: str, event: str, detail: str) -> None:
@@ -132,7 +135,7 @@ class Agent(Reconciler):
             self.event(body, "Restarting", "restart requested")
         if state not in ACTIVE:
             try:
-                self._prepare_and_start(vm)
+                self._prepare_and_start(vm, body, status.get("hostDevices") or [])
             except NotReady as e:
                 status["phase"] = "Pending"
                 status["conditions"] = conditions.set_condition(status.get("conditions"), "Ready", False,
@@ -155,15 +158,20 @@ class Agent(Reconciler):
                                          "Paused" if paused else "DomainRunning",
                                          "the guest is paused" if paused else f"the guest runs on {self.node}",
                                          generation)
-        status["conditions"] = conditions.set_condition(conds, "Paused", paused, "Paused" if paused else "NotPaused",
-                                                        "spec.paused is true" if paused else "", generation)
+        conds = conditions.set_condition(conds, "Paused", paused, "Paused" if paused else "NotPaused",
+                                         "spec.paused is true" if paused else "", generation)
+        devices = [h["device"] for h in status.get("hostDevices") or []]
+        status["conditions"] = conditions.set_condition(
+            conds, "Migratable", not devices, "HostDevice" if devices else "Migratable",
+            f"passed-through device(s) {', '.join(devices)} cannot move with the guest" if devices
+            else "a Migration's preflight judges each target", generation)
         macs = self.hv.interface_addresses(uid)
         status["interfaces"] = [{"name": i.name, "macAddress": vm.mac_address(i.name),
                                  "ipAddresses": macs.get(vm.mac_address(i.name), [])}
                                 for i in vm.spec.interfaces]
         return status
 
-    def _prepare_and_start(self, vm: vmspec.VM) -> None:
+    def _prepare_and_start(self, vm: vmspec.VM, body: dict, allocated: list[dict]) -> None:
         plan = disks.plan(vm, self.storage_root)
         for spec_disk in vm.spec.disks:
             if spec_disk.pool and spec_disk.pool.define and not self.hv.pool_exists(spec_disk.pool.pool):
@@ -194,11 +202,41 @@ class Agent(Reconciler):
             images.ensure(plan, directory, cloud_init)
         except images.DiskError as e:
             raise NotReady("DiskError", str(e)) from None
+        if vm.spec.host_devices:
+            return self._start_with_devices(vm, body, plan, allocated)
         xml = domainxml.domain_xml(vm, plan, self.virt_type, self.networks)
         try:
             self.hv.ensure_running(vm.domain_name, vm.uid, xml)
         except DomainConflict as e:
             raise NotReady("DomainConflict", str(e)) from None
+
+    def _start_with_devices(self, vm: vmspec.VM, body: dict, plan: list, allocated: list[dict]) -> None:
+        """Bind the allocated devices' groups, start, and give them back if the start fails."""
+        here = [h for h in allocated if h.get("node") == self.node]
+        wanted = sum(1 if h.device else h.count for h in vm.spec.host_devices)
+        if len(here) < wanted:
+            raise NotReady("DevicesNotAllocated", f"{len(here)} of {wanted} host devices allocated on {self.node}")
+        with self.devices.lock:
+            try:
+                pairs = self.devices.bind(vm.uid, here)
+            except DeviceUnavailable as e:
+                self.event(body, e.reason, str(e), warning=True)
+                raise NotReady(e.reason, str(e)) from None
+            self.event(body, "DevicesBound", f"IOMMU groups of {', '.join(a for _, a in pairs)} bound to vfio-pci "
+                                             f"on {self.node}")
+            xml = domainxml.domain_xml(vm, plan, self.virt_type, self.networks, pairs)
+            try:
+                self.hv.ensure_running(vm.domain_name, vm.uid, xml)
+            except (DomainConflict, libvirt.libvirtError) as e:
+                self.hv.remove(vm.uid)
+                self._devices_released(body)
+                raise NotReady("DomainStartFailed", f"the domain with host devices did not start: {e}") from None
+
+    def _devices_released(self, body: dict) -> None:
+        restored = self.devices.repair()
+        if restored:
+            self.event(body, "DevicesRestored", f"{', '.join(restored)} given back to their host drivers "
+                                                f"on {self.node}")
 
     def _stop_domain(self, vm: vmspec.VM) -> None:
         grace = vm.spec.termination_grace_period_seconds
@@ -213,6 +251,8 @@ class Agent(Reconciler):
                 status.update(stopReason=lifecycle.REQUESTED, stopTime=now())
             self.event(body, "Stopped", f"guest stopped on {self.node}")
         self.hv.remove(vm.uid)
+        if status.get("hostDevices"):
+            self._devices_released(body)
         generation = body["metadata"].get("generation")
         status.update(phase="Stopped", nodeName=None, interfaces=None, observedGeneration=generation)
         conds = conditions.set_condition(status.get("conditions"), "Ready", False, "Stopped",
@@ -224,6 +264,8 @@ class Agent(Reconciler):
         meta = body["metadata"]
         self.stopping[meta["uid"]] = time.monotonic() + STOP_EVENT_WINDOW
         self.hv.remove(meta["uid"])
+        if (body.get("status") or {}).get("hostDevices"):
+            self._devices_released(body)
         images.remove(disks.vm_dir(self.storage_root, meta["namespace"], meta["name"], meta["uid"]))
         finalizers = meta.get("finalizers") or []
         if self.finalizer in finalizers:

@@ -30,14 +30,21 @@ def _custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi()
 
 
-def patch_status(namespace: str, name: str, status: dict, plural: str = PLURAL) -> dict:
+def patch_status(namespace: str | None, name: str, status: dict, plural: str = PLURAL) -> dict:
+    """A merge patch of status; namespace None: a cluster-scoped object."""
+    if namespace is None:
+        return _custom().patch_cluster_custom_object_status(GROUP, VERSION, plural, name, {"status": status})
     return _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
                                                            {"status": status})
 
 
-def json_patch(namespace: str, name: str, ops: list[dict], plural: str = PLURAL, status: bool = False) -> dict:
+def json_patch(namespace: str | None, name: str, ops: list[dict], plural: str = PLURAL, status: bool = False) -> dict:
     """A JSON patch; callers lead with a `test` op so a concurrent change fails it (422)."""
-    call = _custom().patch_namespaced_custom_object_status if status else _custom().patch_namespaced_custom_object
+    api = _custom()
+    if namespace is None:
+        call = api.patch_cluster_custom_object_status if status else api.patch_cluster_custom_object
+        return call(GROUP, VERSION, plural, name, ops, _content_type="application/json-patch+json")
+    call = api.patch_namespaced_custom_object_status if status else api.patch_namespaced_custom_object
     return call(GROUP, VERSION, namespace, plural, name, ops, _content_type="application/json-patch+json")
 
 
@@ -50,13 +57,18 @@ def get_object(namespace: str, name: str, plural: str = PLURAL) -> dict | None:
         raise
 
 
-def create_object(namespace: str, body: dict, plural: str) -> dict:
+def create_object(namespace: str | None, body: dict, plural: str) -> dict:
+    if namespace is None:
+        return _custom().create_cluster_custom_object(GROUP, VERSION, plural, body)
     return _custom().create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
 
 
-def delete_object(namespace: str, name: str, plural: str) -> None:
+def delete_object(namespace: str | None, name: str, plural: str) -> None:
     try:
-        _custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        if namespace is None:
+            _custom().delete_cluster_custom_object(GROUP, VERSION, plural, name)
+        else:
+            _custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     except ApiException as e:
         if e.status != 404:
             raise
@@ -125,8 +137,10 @@ def secret_exists(namespace: str, name: str) -> bool:
 
 
 def post_event(body: dict, reason: str, message: str, warning: bool = False, component: str = "kopfvirt") -> None:
-    """An Event on the object, as `kubectl describe` shows them. Never raises."""
-    meta = body["metadata"]
+    """An Event on the object, as `kubectl describe` shows them (those of cluster-scoped
+    objects live in the default namespace). Never raises."""
+    meta = dict(body["metadata"])
+    meta["namespace"] = meta.get("namespace") or "default"
     now = datetime.datetime.now(datetime.timezone.utc)
     event = client.CoreV1Event(
         metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),

@@ -173,6 +173,10 @@ class Hypervisor:
             log.info("started domain %s", dom.name())
         return self.info(dom)
 
+    def active_domain_xmls(self) -> list[str]:
+        """The XML of every running domain of this libvirtd (ours or not)."""
+        return [d.XMLDesc(0) for d in self.conn().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]
+
     def _clear_stale_namesake(self, name: str, uuid: str) -> None:
         """A stopped definition left by an earlier VM of the same name (another UID) goes;
         a running one is never touched: that is an error for a human to look at."""

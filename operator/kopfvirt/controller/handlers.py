@@ -69,6 +69,10 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
             if refusal:
                 raise kopf.AdmissionError(refusal, code=429)  # kubectl drain retries on 429
 
+    @kopf.on.event(GROUP, VERSION, "passthroughdevices", registry=registry)
+    def device_event(type, body, **_):
+        controller.devices.observe(dict(body), deleted=type == "DELETED")
+
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
     def migration_event(type, body, **_):
         controller.migrations.observe(dict(body), deleted=type == "DELETED")

@@ -21,6 +21,8 @@ DATA = Histogram("kopfvirt_migration_data_transferred_bytes", "Data sent by a su
                  buckets=_BYTES)
 DIRTY_RATE = Histogram("kopfvirt_migration_dirty_rate_bytes_per_second",
                        "The guest's memory dirty rate last seen during a live migration.", buckets=_BYTES)
+DEVICE_REFUSALS = Counter("kopfvirt_device_allocation_refusals", "VM starts held back for want of host devices.",
+                          ["reason"])
 
 
 def serve(port: int) -> None:

@@ -11,13 +11,18 @@ import logging
 
 from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
-from ..core import lifecycle, migration, reservation, vmspec
+from ..core import lifecycle, migration, passthrough, reservation, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler
+from .devices import Allocator
 from .migrations import Migrations
 
 log = logging.getLogger("kopfvirt.controller")
 ACTIVE_PHASES = ("Starting", "Running", "Paused", "Stopping", "Migrating")
+
+
+def vm_has_devices(body: dict) -> bool:
+    return bool((body.get("spec") or {}).get("hostDevices") or (body.get("status") or {}).get("hostDevices"))
 
 
 class Controller(Reconciler):
@@ -27,11 +32,13 @@ class Controller(Reconciler):
         super().__init__(log)
         self.nodes: dict[str, migration.Node] = {}
         self.migrations = Migrations(self, namespace)
+        self.devices = Allocator(self)
 
     def observe_node(self, node: dict, deleted: bool = False) -> None:
         name = node["metadata"]["name"]
         before = self.nodes.pop(name, None)
         if deleted:
+            self.devices.node_deleted(name)
             return
         ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                     for c in (node.get("status") or {}).get("conditions") or [])
@@ -42,6 +49,8 @@ class Controller(Reconciler):
 
     def observe_vm(self, body: dict, deleted: bool = False) -> None:
         super().observe_vm(body, deleted)
+        if deleted and vm_has_devices(body):
+            self.executor.submit(self.devices.release, body["metadata"]["uid"])
         self.migrations.kick()
 
     def observe_pod(self, pod: dict, deleted: bool = False) -> None:
@@ -52,6 +61,8 @@ class Controller(Reconciler):
     def resync(self) -> None:
         super().resync()
         self.migrations.reconcile_all()
+        self.devices.reclaim()
+        self.devices.release_orphans()
 
     def handle(self, body: dict) -> None:
         meta, status = body["metadata"], dict(body.get("status") or {})
@@ -78,22 +89,25 @@ class Controller(Reconciler):
 
         problem = self._precheck(vm)
         if problem:
-            reason, message = problem
-            status = self.with_condition(body, "Ready", False, reason, message)
-            status = self.with_condition(body, "Scheduled", False, reason, message, base=status)
-            self.write_status(body, {**status, "phase": "Pending", "observedGeneration": meta.get("generation")})
-            return
+            return self._pending(body, status, *problem)
         if pod is None:
+            node = None
+            if vm.spec.host_devices:
+                try:
+                    alloc = self.devices.allocate(vm)
+                except passthrough.Refusal as e:
+                    return self._pending(body, status, e.reason, str(e))
+                status["hostDevices"], node = self.devices.status_of(alloc), alloc.node
             # Ready=False before the pod exists, so it never lands after the binding's "Starting".
             status = self.with_condition(body, "Ready", False, "Scheduling",
-                                         "waiting for the reservation pod to be scheduled")
+                                         "waiting for the reservation pod to be scheduled", base=status)
             status = self.with_condition(body, "Scheduled", False, "Pending", "reservation pod created",
                                          base=status)
             status = self.with_condition(body, "Reconciling", True, "Scheduling", "placing the VM", base=status)
             if status.get("phase") not in ACTIVE_PHASES:
                 status["phase"] = "Scheduling"
             self.write_status(body, {**status, "observedGeneration": meta.get("generation")})
-            if kube.create_pod(reservation.reservation_pod(vm)):
+            if kube.create_pod(reservation.reservation_pod(vm, node)):
                 self.event(body, "Scheduling", f"reservation pod {reservation.pod_name(name)} created")
             return
         if pod["metadata"].get("deletionTimestamp"):
@@ -109,6 +123,18 @@ class Controller(Reconciler):
             self.hand_off(body, bound)
             self.event(body, "Scheduled", f"placed on {bound}")
         # Once handed off, the status is the agent's to write.
+
+    def _pending(self, body: dict, status: dict, reason: str, message: str) -> None:
+        """Held back before any pod exists: Pending, with the reason on Ready and Scheduled."""
+        before = next((c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), {})
+        if vm_has_devices(body):
+            self.devices.release(body["metadata"]["uid"])
+        status = self.with_condition(body, "Ready", False, reason, message)
+        status = self.with_condition(body, "Scheduled", False, reason, message, base=status)
+        if self.write_status(body, {**status, "phase": "Pending", "hostDevices": None,
+                                    "observedGeneration": body["metadata"].get("generation")}) \
+                and before.get("message") != message:
+            self.event(body, reason, message, warning=True)
 
     def _starting(self, body: dict, node: str) -> None:
         status = self.with_condition(body, "Scheduled", True, "ReservationBound", f"reservation pod bound to {node}")
@@ -143,9 +169,11 @@ class Controller(Reconciler):
             return  # its agent is stopping it
         if pod is not None and not pod["metadata"].get("deletionTimestamp"):
             kube.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"].get("uid"))
-        if status.get("phase") != "Stopped":
+        if vm_has_devices(body):
+            self.devices.release(body["metadata"]["uid"])
+        if status.get("phase") != "Stopped" or status.get("hostDevices"):
             status = self.with_condition(body, "Ready", False, "Stopped", "the VM is not supposed to run")
-            self.write_status(body, {**status, "phase": "Stopped", "nodeName": None,
+            self.write_status(body, {**status, "phase": "Stopped", "nodeName": None, "hostDevices": None,
                                      "observedGeneration": body["metadata"].get("generation")})
 
     def _unoffered(self, vm: vmspec.VM) -> dict[str, list[str]]:

@@ -74,17 +74,18 @@ def shared_pools(labels: dict[str, str]) -> set[str]:
     return {k[len(SHARED_POOL_PREFIX):] for k, v in labels.items() if k.startswith(SHARED_POOL_PREFIX) and v == "true"}
 
 
-def vm_refusal(vm: VM, vm_status: dict, mode: str, options: dict, source_labels: dict[str, str],
-               host_devices: list[str] = ()) -> tuple[str, str] | None:
+def vm_refusal(vm: VM, vm_status: dict, mode: str, options: dict,
+               source_labels: dict[str, str]) -> tuple[str, str] | None:
     """Why the VM cannot move at all, whatever the target: (reason, message) or None."""
     phase = vm_status.get("phase")
     if vm_status.get("migration"):
         return "AlreadyMigrating", f"VM {vm.name} is already moving (Migration {vm_status['migration']['name']})"
     if phase not in ("Running", "Paused") or not vm_status.get("nodeName"):
         return "VMNotRunning", f"VM {vm.name} is {phase or 'not started'}: only a running VM can migrate"
-    if host_devices and mode == "Live":
-        return "HostDevice", (f"VM {vm.name} holds host device(s) {', '.join(host_devices)}: a passed-through "
-                              f"device cannot move live; use mode Offline")
+    if vm.spec.host_devices:  # its devices stay on the node; offline, they would need allocating anew
+        held = [h["device"] for h in vm_status.get("hostDevices") or []] or [h.name for h in vm.spec.host_devices]
+        return "HostDevice", (f"VM {vm.name} has host device(s) {', '.join(held)}: a passed-through device cannot "
+                              f"move; stop the VM and start it where its devices are")
     if not options.get("copyStorage"):
         shared = shared_pools(source_labels)
         for d in vm.spec.disks:
@@ -158,23 +159,15 @@ def target_pod(vm: VM, migration: str, migration_uid: str, source: str, target_n
     """The VM's reservation pod, placed away from the source (and on the target, when named),
     and marked as a migration target: no agent runs the VM on it until the hand-off."""
     pod = reservation.reservation_pod(vm)
-    meta, spec = pod["metadata"], pod["spec"]
+    meta = pod["metadata"]
     meta["name"] = target_pod_name(vm.name, migration_uid)
     meta["labels"] = {**meta["labels"], reservation.ROLE_LABEL: TARGET_ROLE, MIGRATION_LABEL: migration}
     if node_selector:
-        spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **node_selector}
+        pod["spec"]["nodeSelector"] = {**pod["spec"].get("nodeSelector", {}), **node_selector}
     fields = [{"key": "metadata.name", "operator": "NotIn", "values": [source]}]
     if target_node:
         fields.append({"key": "metadata.name", "operator": "In", "values": [target_node]})
-    affinity = dict(spec.get("affinity") or {})
-    node_affinity = dict(affinity.get("nodeAffinity") or {})
-    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
-    terms = [dict(t) for t in required.get("nodeSelectorTerms") or [{}]]
-    for t in terms:  # terms are ORed: each one gets our fields
-        t["matchFields"] = list(t.get("matchFields") or []) + fields
-    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": terms}
-    affinity["nodeAffinity"] = node_affinity
-    spec["affinity"] = affinity
+    reservation.require_node_fields(pod, fields)
     return pod
 
 

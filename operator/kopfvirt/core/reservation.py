@@ -38,7 +38,23 @@ def node_requirements(vm: VM) -> dict[str, str]:
     return out
 
 
-def reservation_pod(vm: VM) -> dict:
+def require_node_fields(pod: dict, fields: list[dict]) -> None:
+    """AND node field requirements (metadata.name In/NotIn) into the pod's required node
+    affinity: added to each of its terms, which Kubernetes ORs."""
+    spec = pod["spec"]
+    affinity = dict(spec.get("affinity") or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = [dict(t) for t in required.get("nodeSelectorTerms") or [{}]]
+    for t in terms:
+        t["matchFields"] = list(t.get("matchFields") or []) + fields
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": terms}
+    affinity["nodeAffinity"] = node_affinity
+    spec["affinity"] = affinity
+
+
+def reservation_pod(vm: VM, node: str | None = None) -> dict:
+    """`node`: where the VM's host devices are; the pod may only go there."""
     spec = vm.spec
     mib = -(-vm.memory_bytes // 2**20) + overhead_mib(vm)
     resources = {"cpu": str(vm.vcpus), "memory": f"{mib}Mi"}
@@ -63,7 +79,7 @@ def reservation_pod(vm: VM) -> dict:
         pod_spec["tolerations"] = list(spec.tolerations)
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
-    return {
+    pod = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": pod_name(vm.name), "namespace": vm.namespace,
@@ -75,3 +91,6 @@ def reservation_pod(vm: VM) -> dict:
         },
         "spec": pod_spec,
     }
+    if node:
+        require_node_fields(pod, [{"key": "metadata.name", "operator": "In", "values": [node]}])
+    return pod

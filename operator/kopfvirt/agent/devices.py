@@ -1,0 +1,219 @@
+"""The node agent's PCI devices: publish them as PassthroughDevices, bind a VM's IOMMU
+groups to vfio-pci before its domain starts, and give every function back to its host
+driver once no running domain uses it.
+
+The give-back is level-based (`repair`): after a stop, after a failed start, on the
+agent's start and on every scan, any function on vfio-pci that has a recorded host
+driver and is in no running domain's XML goes back. A crash between bind and start, or
+between stop and restore, is so repaired by the next pass. One lock orders binds,
+starts and repairs, so a repair never takes a group from a domain being started.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from prometheus_client import Counter
+from kubernetes.client.rest import ApiException
+
+from .. import GROUP
+from ..api.schema import SpecError
+from ..clients import kube, sysfs
+from ..core import domainxml, passthrough, pci, pciids
+from ..core.pci import VFIO_DRIVER
+
+log = logging.getLogger("kopfvirt.agent.devices")
+PLURAL = "passthroughdevices"
+NODE_LABEL = f"{GROUP}/node"
+OPERATIONS = Counter("kopfvirt_device_operations", "Driver moves of PCI functions by the agent.",
+                     ["node", "operation", "result"])
+
+
+class DeviceUnavailable(Exception):
+    """A device the VM was given cannot be bound here; reported on the VM, nothing bound."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def load_pci_ids(path: str | None) -> pciids.PciIds:
+    for candidate in [path] if path else pciids.SEARCH_PATHS:
+        try:
+            return pciids.parse(Path(candidate).read_text(errors="replace"))
+        except OSError:
+            continue
+    log.warning("no pci.ids database found (%s): devices are published without names",
+                path or ", ".join(pciids.SEARCH_PATHS))
+    return pciids.EMPTY
+
+
+class Devices:
+    def __init__(self, node: str, sysfs_root: str, ids: pciids.PciIds, namespace: str, hv, post_event):
+        self.node, self.root, self.ids, self.namespace = node, sysfs_root, ids, namespace
+        self.hv, self.post_event = hv, post_event
+        self.objects: dict[str, dict] = {}          # name -> this node's PassthroughDevice
+        self.functions: dict[str, pci.Function] = {}
+        self.lock = threading.RLock()
+
+    # -- inputs -------------------------------------------------------------------------
+    def observe(self, obj: dict, deleted: bool = False) -> bool:
+        """Cache a watch event; True when the pass should run again (a spec edit or a deletion)."""
+        name = obj["metadata"]["name"]
+        before = self.objects.pop(name, None)
+        if deleted:
+            return True
+        self.objects[name] = obj
+        return before is None or before["metadata"].get("generation") != obj["metadata"].get("generation")
+
+    def _rules(self) -> list[passthrough.Rule]:
+        try:
+            return passthrough.parse_rules((kube.config_map_data(self.namespace, passthrough.CONFIG_MAP) or {})
+                                           .get("rules"))
+        except SpecError as e:
+            log.error("ConfigMap %s/%s: %s; no device is permitted by rule", self.namespace,
+                      passthrough.CONFIG_MAP, e)
+            return []
+
+    # -- publishing ---------------------------------------------------------------------
+    def publish(self) -> None:
+        """One pass: scan sysfs, write what changed, remove what vanished, then repair."""
+        with self.lock:
+            self.functions = sysfs.scan(self.root)
+            vfio = sysfs.vfio_loaded(self.root)
+            rules = self._rules()
+            objects = {pci.object_name(self.node, a): a for a in self.functions}
+            decided = {}
+            for name, address in objects.items():
+                fn, spec = self.functions[address], (self.objects.get(name) or {}).get("spec") or {}
+                decided[address] = passthrough.effective(spec, fn.vendor_id, fn.device_id, fn.class_id, rules)
+            permitted = {a for a, (ok, _, _) in decided.items() if ok}
+            for name, address in objects.items():
+                fn = self.functions[address]
+                verdict = pci.assess(fn, self.functions, permitted, vfio, self.node)
+                self._write(name, self._status(fn, decided[address], verdict, self.objects.get(name)))
+            for name, obj in list(self.objects.items()):
+                if name not in objects and (obj.get("status") or {}).get("node") == self.node:
+                    log.warning("PCI function %s is gone from %s", obj["status"].get("address"), self.node)
+                    kube.delete_object(None, name, PLURAL)
+                    self.objects.pop(name, None)
+            self.repair()
+
+    def _status(self, fn: pci.Function, decided: tuple[bool, str, str], verdict: pci.Verdict,
+                obj: dict | None) -> dict:
+        previous = (obj or {}).get("status") or {}
+        host_driver = fn.driver if fn.driver not in (None, VFIO_DRIVER) else previous.get("hostDriver")
+        return {
+            "node": self.node, "address": fn.address,
+            "vendorID": fn.vendor_id, "vendorName": self.ids.vendor(fn.vendor_id),
+            "deviceID": fn.device_id, "deviceName": self.ids.device(fn.vendor_id, fn.device_id),
+            "classID": fn.class_id, "className": self.ids.class_name(fn.class_id),
+            "driver": fn.driver, "hostDriver": host_driver, "numaNode": fn.numa_node,
+            "iommuGroup": fn.iommu_group,
+            "iommuGroupMembers": [m.address for m in pci.group_of(fn, self.functions) if m.address != fn.address]
+            if fn.iommu_group is not None else [],
+            "physicalFunction": fn.physical_function, "virtualFunctions": list(fn.virtual_functions),
+            "permitted": decided[0], "permittedBy": decided[1], "resourceName": decided[2],
+            "assignable": verdict.assignable, "reason": verdict.reason, "message": verdict.message,
+        }
+
+    def _write(self, name: str, status: dict) -> None:
+        obj = self.objects.get(name)
+        if obj is None:
+            try:
+                obj = kube.create_object(None, {
+                    "apiVersion": f"{GROUP}/v1alpha1", "kind": "PassthroughDevice",
+                    "metadata": {"name": name, "labels": {NODE_LABEL: self.node}}, "spec": {}}, PLURAL)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                obj = kube.get_object(None, name, PLURAL)
+            log.info("published PassthroughDevice %s (%s)", name, status["address"])
+        current = obj.get("status") or {}
+        changes = {k: v for k, v in status.items() if current.get(k) != v and not (v is None and k not in current)}
+        if changes:
+            obj = kube.patch_status(None, name, changes, plural=PLURAL)
+        self.objects[name] = obj
+
+    # -- binding ------------------------------------------------------------------------
+    def _hostdevs_in_use(self) -> set[str]:
+        return set().union(*(domainxml.hostdev_addresses(x) for x in self.hv.active_domain_xmls()))
+
+    def repair(self) -> list[str]:
+        """Give back every function on vfio-pci with a recorded host driver that no running
+        domain uses; the addresses given back."""
+        with self.lock:
+            used = self._hostdevs_in_use()
+            restored = []
+            for name, obj in list(self.objects.items()):
+                s = obj.get("status") or {}
+                address, host_driver = s.get("address"), s.get("hostDriver")
+                fn = self.functions.get(address)
+                if fn is None or fn.driver != VFIO_DRIVER or not host_driver or address in used:
+                    continue
+                try:
+                    sysfs.to_host(self.root, address, host_driver)
+                except sysfs.BindError as e:
+                    OPERATIONS.labels(self.node, "restore", "failed").inc()
+                    log.error("giving %s back to %s failed: %s", address, host_driver, e)
+                    self.post_event(obj, "RestoreFailed", f"giving {address} back to {host_driver} failed: {e}",
+                                    True)
+                    continue
+                OPERATIONS.labels(self.node, "restore", "ok").inc()
+                restored.append(address)
+                log.info("gave %s back to %s", address, host_driver)
+                self.post_event(obj, "Restored", f"{address} given back to the host driver {host_driver}", False)
+            if restored:
+                self.functions = sysfs.scan(self.root)
+                for name, obj in list(self.objects.items()):
+                    fn = self.functions.get((obj.get("status") or {}).get("address"))
+                    if fn is not None:
+                        self._write(name, {**obj["status"], "driver": fn.driver})
+            return restored
+
+    def bind(self, vm_uid: str, allocated: list[dict]) -> list[tuple[str, str]]:
+        """Bind the IOMMU groups of the VM's devices on this node to vfio-pci: the
+        (request name, address) pairs for the domain XML. Call with `lock` held through
+        the domain's start. Raises DeviceUnavailable with nothing left bound."""
+        self.functions = sysfs.scan(self.root)
+        vfio = sysfs.vfio_loaded(self.root)
+        permitted = {(o.get("status") or {}).get("address") for o in self.objects.values()
+                     if (o.get("status") or {}).get("permitted")}
+        group: dict[str, pci.Function] = {}
+        pairs = []
+        for h in allocated:
+            obj, fn = self.objects.get(h["device"]), self.functions.get(h["address"])
+            if obj is None or fn is None:
+                raise DeviceUnavailable("DeviceVanished", f"PassthroughDevice {h['device']} ({h['address']}) "
+                                                          f"is gone from {self.node}")
+            holder = (obj.get("status") or {}).get("holder") or {}
+            if holder.get("uid") != vm_uid:
+                raise DeviceUnavailable("DeviceNotHeld", f"PassthroughDevice {h['device']} is not held by this VM")
+            verdict = pci.assess(fn, self.functions, permitted, vfio, self.node)
+            if not verdict.assignable:
+                raise DeviceUnavailable("DeviceNotAssignable", f"{h['device']}: {verdict.message}")
+            group.update({m.address: m for m in pci.group_of(fn, self.functions)})
+            pairs.append((h["name"], h["address"]))
+        moved = []
+        try:
+            for address, fn in sorted(group.items()):
+                if fn.driver != VFIO_DRIVER:
+                    self._record_host_driver(address, fn.driver)
+                    sysfs.to_vfio(self.root, address)
+                    moved.append(address)
+        except sysfs.BindError as e:
+            OPERATIONS.labels(self.node, "bind", "failed").inc()
+            for address in moved:
+                sysfs.to_host(self.root, address, group[address].driver)
+            raise DeviceUnavailable("DeviceBindFailed", f"binding to {VFIO_DRIVER} failed: {e}") from None
+        OPERATIONS.labels(self.node, "bind", "ok").inc(len(moved))
+        return pairs
+
+    def _record_host_driver(self, address: str, driver: str | None) -> None:
+        """Before a move: the host driver is on the object, so a crash after it can be repaired."""
+        name = pci.object_name(self.node, address)
+        obj = self.objects.get(name)
+        if obj is not None and driver and (obj.get("status") or {}).get("hostDriver") != driver:
+            self.objects[name] = kube.patch_status(None, name, {"hostDriver": driver}, plural=PLURAL)
