@@ -160,3 +160,11 @@ def test_host_device_requests_are_checked_in_the_spec():
         vm({"name": "a", "device": "x"}, {"name": "b", "device": "x"})
     with pytest.raises(SpecError, match=r"spec.hostDevices\[0\]: needs exactly one"):
         vm({"name": "a", "device": "x", "resourceName": "y"})
+
+
+def test_a_virtual_function_that_vanishes_and_returns_keeps_its_physical_function_consistent(tree):
+    vf = pcitree.SRIOV_VFS[0]
+    pcitree.remove(tree, vf.address)
+    assert sysfs.scan(tree)[pcitree.SRIOV_PF.address].virtual_functions == (pcitree.SRIOV_VFS[1].address,)
+    pcitree.add(tree, vf)
+    assert sysfs.scan(tree)[pcitree.SRIOV_PF.address].virtual_functions == tuple(f.address for f in pcitree.SRIOV_VFS)

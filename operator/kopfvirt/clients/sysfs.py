@@ -7,6 +7,7 @@ the old driver's unbind, drivers_probe; each is checked by reading the driver li
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -62,11 +63,22 @@ def vfio_loaded(root: str | Path) -> bool:
 
 
 def _write(path: Path, value: str) -> None:
-    try:
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError as e:
-        raise BindError(f"writing {value.strip() or 'an empty line'} to {path}: {e.strerror}") from None
+    """Non-blocking, so a FIFO without its reader (a test tree's kernel not running) fails
+    instead of hanging the agent."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_TRUNC)  # as `echo >` opens it
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+            return
+        except OSError as e:
+            if e.errno == errno.ENXIO and time.monotonic() < deadline:  # its reader is between two reads
+                time.sleep(0.02)
+                continue
+            raise BindError(f"writing {value.strip() or 'an empty line'} to {path}: {e.strerror}") from None
 
 
 def _await_driver(root: Path, address: str, want: str | None) -> None:

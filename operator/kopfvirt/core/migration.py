@@ -80,12 +80,12 @@ def vm_refusal(vm: VM, vm_status: dict, mode: str, options: dict,
     phase = vm_status.get("phase")
     if vm_status.get("migration"):
         return "AlreadyMigrating", f"VM {vm.name} is already moving (Migration {vm_status['migration']['name']})"
-    if phase not in ("Running", "Paused") or not vm_status.get("nodeName"):
-        return "VMNotRunning", f"VM {vm.name} is {phase or 'not started'}: only a running VM can migrate"
     if vm.spec.host_devices:  # its devices stay on the node; offline, they would need allocating anew
         held = [h["device"] for h in vm_status.get("hostDevices") or []] or [h.name for h in vm.spec.host_devices]
         return "HostDevice", (f"VM {vm.name} has host device(s) {', '.join(held)}: a passed-through device cannot "
                               f"move; stop the VM and start it where its devices are")
+    if phase not in ("Running", "Paused") or not vm_status.get("nodeName"):
+        return "VMNotRunning", f"VM {vm.name} is {phase or 'not started'}: only a running VM can migrate"
     if not options.get("copyStorage"):
         shared = shared_pools(source_labels)
         for d in vm.spec.disks:

@@ -76,7 +76,7 @@ class Device:
     resource_name: str
     permitted: bool
     assignable: bool
-    reason: str
+    reason: str                          # why (not) assignable: "Reason: message"
     iommu_group: int | None
     holder: tuple[str, str, str] | None    # (namespace, name, uid)
 
@@ -84,8 +84,9 @@ class Device:
     def of(cls, obj: dict) -> Device:
         s = obj.get("status") or {}
         h = s.get("holder")
+        why = ": ".join(filter(None, (s.get("reason"), s.get("message"))))
         return cls(obj["metadata"]["name"], s.get("node", ""), s.get("address", ""), s.get("resourceName", ""),
-                   bool(s.get("permitted")), bool(s.get("assignable")), s.get("reason") or "",
+                   bool(s.get("permitted")), bool(s.get("assignable")), why,
                    s.get("iommuGroup"), (h["namespace"], h["name"], h["uid"]) if h else None)
 
 
@@ -114,7 +115,7 @@ def _why_not(d: Device, devices: list[Device], uid: str) -> tuple[str, str] | No
         return "DeviceNotPermitted", f"{d.name} is not permitted for VMs (spec.permitted or a passthrough rule)"
     if not d.assignable:
         return "DeviceNotAssignable", f"{d.name} cannot be passed through: {d.reason}"
-    for m in _group(d, devices):
+    for m in sorted(_group(d, devices), key=lambda m: m.name != d.name):  # itself first
         if m.holder and m.holder[2] != uid:
             whose = f"VM {m.holder[0]}/{m.holder[1]}"
             if m.name == d.name:
@@ -141,6 +142,10 @@ def allocate(vm: VM, devices: list[Device], nodes: list[str]) -> Allocation:
                 raise Refusal("DeviceNodeUnavailable", f"spec.hostDevices[{i}].device: {d.name} is on {d.node}, "
                                                        f"where the VM cannot run (not Ready, cordoned or not selected)")
             candidates = [d.node]
+    wanted = {r.resource_name for r in vm.spec.host_devices if r.resource_name}
+    # Nodes with the most devices of the wanted kinds first: the likeliest fit, and the
+    # refusal a user learns most from when none fits.
+    candidates.sort(key=lambda n: -sum(d.node == n and d.resource_name in wanted for d in devices))
     best: tuple[str, str] | None = None
     for node in candidates:
         try:

@@ -26,6 +26,9 @@ METRICS_PORT = 19080                          # the controller's Prometheus /met
 # A narrower CPU for node-2: an older host beside node-1, so the CPU rule of migration
 # has a real pair to judge (sse4a is AMD-only: like moving from an EPYC to a Xeon).
 HIDDEN_CPU_FEATURES = {"node-2": ("sse4a",)}
+# node-1's agent reads the machine's own /sys (virtio devices, no IOMMU); node-2's a built
+# tree of a GPU server (lab/pcitree.py), whose kernel side a lab process plays.
+PCI_TREE_NODES = ("node-2",)
 
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
                 "/var/log/libvirt", "/var/cache/libvirt")
@@ -69,6 +72,9 @@ class Lab:
     @property
     def state_file(self) -> Path:
         return self.root / "state.json"
+
+    def sysfs_root(self, node: str) -> Path:
+        return self.root / "sysfs" / node
 
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from . import controlplane, guest, nodes, procs, tokens
 from .errors import LabError
-from .layout import (HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab,
-                     node_ip, node_names)
+from .layout import (HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE,
+                     WEBHOOK_PORT, Lab, node_ip, node_names)
 
 OWNER = RUN_DIR / "owner"
 RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon
@@ -84,13 +84,24 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
             procs.start(lab, f"kubelet-{node}", [
                 *nodes.enter(node), python, "-m", "kopfvirt", "lab", "kubelet", "--node", node,
                 "--ip", node_ip(index), "--kubeconfig", str(lab.kubeconfig), "--cpu", cpu, "--memory", memory])
+        sysfs_root = "/sys"
+        if node in PCI_TREE_NODES:
+            sysfs_root = str(lab.sysfs_root(node))
+            if not procs.running(lab, f"pcitree-{node}"):
+                procs.start(lab, f"pcitree-{node}", [python, "-m", "kopfvirt.lab.pcitree", "serve", sysfs_root])
+                deadline = time.monotonic() + 15
+                while not (lab.sysfs_root(node) / "native.json").exists():
+                    if time.monotonic() > deadline:
+                        raise LabError(f"the PCI tree of {node} was not built; see {lab.logs}/pcitree-{node}.log")
+                    time.sleep(0.1)
         if not procs.running(lab, f"agent-{node}"):
             procs.start(lab, f"agent-{node}", [
                 *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
                 "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type,
                 "--storage-root", str(SHARED_STORAGE), "--vm-network", nodes.VM_NETWORK,
                 "--resync-seconds", str(RESYNC_SECONDS), "--migration-transport", "tcp",
-                "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ()))])
+                "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ())),
+                "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system"])
     if not procs.running(lab, "controller"):
         pki = lab.pki
         procs.start(lab, "controller", [
@@ -172,7 +183,8 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
         controlplane.prepare_pki(lab)
         controlplane.start(lab)
         _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml",
-               lab.repo / "manifests" / "rbac.yaml", lab.repo / "manifests" / "migration-config.yaml")
+               lab.repo / "manifests" / "rbac.yaml", lab.repo / "manifests" / "migration-config.yaml",
+               lab.repo / "manifests" / "passthrough-config.yaml")
         subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
                         "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
         nodes.up(lab, names)
@@ -236,7 +248,8 @@ def status(lab: Lab) -> int:
         healthy &= "running" in state
         print(f"  {node:26} {state}")
     print("kopfvirt and node stand-ins:")
-    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("agent", "kubelet")]:
+    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("agent", "kubelet")] + \
+            [f"pcitree-{n}" for n in names if n in PCI_TREE_NODES]:
         pid = procs.running(lab, name)
         healthy &= pid is not None
         print(f"  {name:26} {'running (pid %d)' % pid if pid else 'stopped'}")

@@ -95,9 +95,9 @@ def add(root: Path, fn: Fn) -> None:
     if fn.physfn:
         pf = root / "bus" / "pci" / "devices" / fn.physfn
         _symlink(dev / "physfn", pf)
-        index = len(list(pf.glob("virtfn*")))
+        index = next(i for i in range(256) if not (pf / f"virtfn{i}").is_symlink())
         _symlink(pf / f"virtfn{index}", dev)
-        (pf / "sriov_numvfs").write_text(f"{index + 1}\n")
+        (pf / "sriov_numvfs").write_text(f"{len(list(pf.glob('virtfn*')))}\n")
     for interface, state in fn.net.items():
         (dev / "net" / interface).mkdir(parents=True, exist_ok=True)
         (dev / "net" / interface / "operstate").write_text(state + "\n")
@@ -109,6 +109,12 @@ def remove(root: Path, address: str) -> None:
     group = dev / "iommu_group"
     if group.is_symlink():
         (group.resolve() / "devices" / address).unlink(missing_ok=True)
+    if (dev / "physfn").is_symlink():
+        pf = (dev / "physfn").resolve()
+        for link in pf.glob("virtfn*"):
+            if link.resolve() == dev.resolve():
+                link.unlink()
+        (pf / "sriov_numvfs").write_text(f"{len(list(pf.glob('virtfn*')))}\n")
     shutil.rmtree(dev, ignore_errors=True)
 
 

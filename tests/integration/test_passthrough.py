@@ -1,0 +1,209 @@
+"""PCI passthrough in the lab: node-1's agent reads this machine's own /sys (virtio, no
+IOMMU); node-2's reads a built tree of a GPU server (lab/pcitree.py) whose bind, unbind
+and drivers_probe a lab process answers as the kernel does. Devices are published,
+permitted, allocated, bound and given back by the real agent and controller; a domain
+with a tree device cannot start (its /dev/vfio group does not exist), which the VM
+reports, and its devices go back to their host drivers."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kopfvirt.lab import pcitree
+
+from .conftest import REPO, kubectl, kubectl_json, lab_guest, wait_for
+
+TREE = REPO / ".lab" / "sysfs" / "node-2"
+GPU, AUDIO, USB, VF2, VF3 = ("node-2-0000-01-00-0", "node-2-0000-01-00-1", "node-2-0000-05-00-0",
+                             "node-2-0000-3b-00-2", "node-2-0000-3b-00-3")
+
+
+def device(name: str) -> dict:
+    result = kubectl("get", "passthroughdevice", name, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else {}
+
+
+def status(name: str) -> dict:
+    return device(name).get("status") or {}
+
+
+def set_rules(rules: list) -> None:
+    kubectl("-n", "kopfvirt-system", "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kopfvirt-passthrough"},
+        "data": {"rules": yaml.safe_dump(rules)}}))
+
+
+def permit(name: str, permitted: bool | None) -> None:
+    kubectl("patch", "passthroughdevice", name, "--type", "merge", "-p", json.dumps({"spec": {"permitted": permitted}}))
+
+
+def events(vms, name: str) -> list[str]:
+    items = kubectl_json("-n", vms.namespace, "get", "events", "--field-selector",
+                         f"involvedObject.name={name},involvedObject.kind=VirtualMachine")["items"]
+    return [e["reason"] for e in items]
+
+
+def tree_driver(address: str) -> str | None:
+    link = TREE / "bus" / "pci" / "devices" / address / "driver"
+    return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+
+@pytest.fixture
+def rules(lab):
+    yield set_rules
+    set_rules([])
+    for name in (GPU, AUDIO, USB, VF2, VF3, "node-1-0000-00-03-0"):
+        if device(name):
+            permit(name, None)
+
+
+def test_lab_nodes_publish_their_real_pci_devices_as_not_assignable(lab):
+    real = sorted(p.name for p in Path("/sys/bus/pci/devices").iterdir())
+    published = wait_for("node-1's devices", lambda: (items := [
+        d for d in kubectl_json("get", "passthroughdevices", "-l", "kopfvirt.io/node=node-1")["items"]])
+        and len(items) == len(real) and items)
+    assert sorted(d["status"]["address"] for d in published) == real
+    for d in published:
+        s = d["status"]
+        sysfs_vendor = (Path("/sys/bus/pci/devices") / s["address"] / "vendor").read_text().strip()
+        assert s["vendorID"] == sysfs_vendor.removeprefix("0x")
+        assert s["assignable"] is False and s["reason"] in ("NoIOMMU", "Bridge")
+        if s["reason"] == "NoIOMMU":
+            assert "node-1 has no IOMMU groups" in s["message"] and s.get("iommuGroup") is None
+    virtio = [d["status"] for d in published if d["status"]["vendorID"] == "1af4"]
+    assert virtio and all(s["vendorName"] == "Red Hat, Inc." and s["deviceName"].startswith("Virtio")
+                          and s["driver"] == "virtio-pci" for s in virtio)
+    printed = kubectl("get", "passthroughdevices", "-l", "kopfvirt.io/node=node-1").stdout
+    assert "NoIOMMU" in printed and "Virtio" in printed
+
+
+def test_the_tree_node_publishes_groups_sriov_and_reasons(lab):
+    gpu = wait_for("the GPU of node-2", lambda: status(GPU).get("iommuGroup") is not None and status(GPU))
+    assert (gpu["deviceName"], gpu["className"], gpu["numaNode"], gpu["iommuGroupMembers"]) == \
+        ("GA102 [GeForce RTX 3090]", "VGA compatible controller", 0, ["0000:01:00.1"])
+    assert gpu["permitted"] is False and gpu["permittedBy"] == "default"
+    pf = status("node-2-0000-3b-00-0")
+    assert pf["reason"] == "SRIOVPhysicalFunction" and pf["virtualFunctions"] == ["0000:3b:00.2", "0000:3b:00.3"]
+    assert status(VF2)["physicalFunction"] == "0000:3b:00.0" and status(VF2)["assignable"] is True
+    assert status("node-2-0000-06-00-0")["reason"] == "InUseByHost"
+
+
+def test_a_gpu_is_allocated_bound_given_back_and_held_against_others(vms, rules):
+    rules([{"vendorDevice": "10de:2204", "resourceName": "example.com/rtx3090"}, {"class": "0403"}])
+    wait_for("the GPU permitted and assignable", lambda: status(GPU).get("assignable") and status(GPU))
+    assert status(GPU)["permittedBy"] == "rules[0]" and status(AUDIO)["permittedBy"] == "rules[1]"
+    vms.apply(lab_guest("gpu-a", hostDevices=[{"name": "gpu", "resourceName": "example.com/rtx3090"}]))
+    held = wait_for("gpu-a holding the GPU", lambda: (vms.get("gpu-a") or {}).get("status", {}).get("hostDevices"))
+    assert held == [{"name": "gpu", "device": GPU, "node": "node-2", "address": "0000:01:00.0"}]
+    pod = kubectl_json("-n", vms.namespace, "get", "pod", "kopfvirt-gpu-a")
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"] == [
+        {"key": "metadata.name", "operator": "In", "values": ["node-2"]}]
+    for name in (GPU, AUDIO):  # the audio function goes with its group
+        assert status(name)["holder"]["name"] == "gpu-a"
+
+    # The agent binds the group, libvirt cannot open the tree's group, the group goes back.
+    failed = vms.wait_condition("gpu-a", "Ready", "DomainStartFailed", timeout=60)
+    assert "did not start" in failed["message"]
+    wait_for("DevicesBound and DevicesRestored events",
+             lambda: {"DevicesBound", "DevicesRestored"} <= set(events(vms, "gpu-a")))
+    wait_for("the host drivers back", lambda: (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1"))
+             == ("nvidia", "snd_hda_intel"))
+    assert status(GPU)["hostDriver"] == "nvidia"
+    assert vms.get("gpu-a")["status"]["phase"] == "Pending"
+
+    # Held: by name, its group mate, or by resource: another VM waits, with nothing bound.
+    vms.apply(lab_guest("gpu-b", hostDevices=[{"name": "gpu", "device": GPU}]))
+    vms.apply(lab_guest("gpu-c", hostDevices=[{"name": "audio", "device": AUDIO}]))
+    vms.apply(lab_guest("gpu-d", hostDevices=[{"name": "gpu", "resourceName": "example.com/rtx3090"}]))
+    assert f"{GPU} is held by VM {vms.namespace}/gpu-a" in vms.wait_condition("gpu-b", "Ready", "DeviceHeld")["message"]
+    assert f"{AUDIO} is held by VM {vms.namespace}/gpu-a" in \
+        vms.wait_condition("gpu-c", "Ready", "DeviceHeld")["message"]
+    assert "1 x example.com/rtx3090 wanted, 0 free on node-2" in \
+        vms.wait_condition("gpu-d", "Ready", "InsufficientDevices")["message"]
+    for name in ("gpu-b", "gpu-c", "gpu-d"):
+        assert vms.get(name)["status"]["phase"] == "Pending"
+        assert not vms.get(name)["status"].get("hostDevices")
+        assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
+
+    # Deleting the holder releases the group; the next VM gets it.
+    vms.delete("gpu-a")
+    vms.delete("gpu-c")
+    vms.delete("gpu-d")
+    wait_for("gpu-b holding the GPU", lambda: (vms.get("gpu-b") or {}).get("status", {}).get("hostDevices"))
+    assert status(GPU)["holder"]["name"] == "gpu-b"
+    vms.delete("gpu-b")
+    wait_for("the GPU free", lambda: "holder" not in status(GPU) and "holder" not in status(AUDIO))
+    wait_for("the GPU back on nvidia", lambda: tree_driver("0000:01:00.0") == "nvidia")
+
+
+@pytest.mark.parametrize("ask,reason,words", [
+    ({"device": "node-2-0000-09-00-0"}, "DeviceNotFound", "PassthroughDevice node-2-0000-09-00-0 does not exist"),
+    ({"device": VF3}, "DeviceNotPermitted", f"{VF3} is not permitted"),
+    ({"device": USB}, "DeviceNotAssignable", "IOMMU group 9 also holds 0000:06:00.0: its network interface enp6s0"),
+    ({"device": "node-1-0000-00-03-0"}, "DeviceNotAssignable", "node-1 has no IOMMU groups"),
+    ({"resourceName": "example.com/tpu"}, "ResourceNotFound", "no PassthroughDevice has resource name example.com/tpu"),
+])
+def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held(vms, rules, ask, reason, words):
+    permit(USB, True)
+    permit("node-1-0000-00-03-0", True)
+    name = f"dev-{reason.lower()[:12]}-{abs(hash(words)) % 1000}"
+    vms.apply(lab_guest(name, hostDevices=[{"name": "d", **ask}]))
+    cond = vms.wait_condition(name, "Ready", reason)
+    assert words in cond["message"] and "spec.hostDevices[0]" in cond["message"]
+    vm = vms.get(name)
+    assert vm["status"]["phase"] == "Pending" and not vm["status"].get("hostDevices")
+    assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
+    assert reason in events(vms, name)
+    assert not any((d.get("status") or {}).get("holder", {}).get("name") == name
+                   for d in kubectl_json("get", "passthroughdevices")["items"])
+    vms.delete(name)
+
+
+def test_a_held_device_deleted_or_vanished_is_reported_on_its_vm(vms, rules):
+    permit(VF2, True)
+    permit(VF3, True)
+    vms.apply(lab_guest("vf-a", hostDevices=[{"name": "vf", "device": VF2}]))
+    vms.apply(lab_guest("vf-b", hostDevices=[{"name": "vf", "device": VF3}]))
+    for name, dev in (("vf-a", VF2), ("vf-b", VF3)):
+        wait_for(f"{name} holding {dev}", lambda: status(dev).get("holder", {}).get("name") == name)
+
+    # Deleted by an admin: reported, published again by its agent, held again.
+    kubectl("delete", "passthroughdevice", VF2)
+    wait_for("DeviceDeleted on vf-a", lambda: "DeviceDeleted" in events(vms, "vf-a"))
+    wait_for("VF2 published and held again", lambda: status(VF2).get("holder", {}).get("name") == "vf-a", timeout=60)
+    assert status(VF3)["holder"]["name"] == "vf-b"  # the other device's state is untouched
+
+    # Gone from sysfs: its object goes and the VM says why it cannot start.
+    pcitree.remove(TREE, "0000:3b:00.2")
+    try:
+        wait_for("VF2's object removed", lambda: not device(VF2))
+        cond = vms.wait_condition("vf-a", "Ready", "DeviceVanished", timeout=60)
+        assert "0000:3b:00.2" in cond["message"] and "gone from node-2" in cond["message"]
+        assert status(VF3)["holder"]["name"] == "vf-b" and status(VF3)["assignable"] is True
+        assert status("node-2-0000-3b-00-0")["virtualFunctions"] == ["0000:3b:00.3"]
+    finally:
+        pcitree.add(TREE, pcitree.SRIOV_VFS[0])
+    wait_for("VF2 back", lambda: status(VF2).get("address") == "0000:3b:00.2")
+    vms.delete("vf-a")
+    vms.delete("vf-b")
+    wait_for("the VFs free", lambda: "holder" not in status(VF2) and "holder" not in status(VF3))
+    wait_for("the VFs back on mlx5_core",
+             lambda: (tree_driver("0000:3b:00.2"), tree_driver("0000:3b:00.3")) == ("mlx5_core", "mlx5_core"))
+
+
+def test_a_vm_with_a_host_device_is_not_migratable(vms, rules):
+    permit(VF3, True)
+    vms.apply(lab_guest("vf-mig", hostDevices=[{"name": "vf", "device": VF3}]))
+    wait_for("vf-mig holding VF3", lambda: status(VF3).get("holder", {}).get("name") == "vf-mig")
+    kubectl("-n", vms.namespace, "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "kopfvirt.io/v1alpha1", "kind": "Migration", "metadata": {"name": "vf-mig-move"},
+        "spec": {"vmName": "vf-mig", "mode": "Offline"}}))
+    mig = wait_for("the Migration refused", lambda: (m := kubectl_json("-n", vms.namespace, "get", "migration",
+                                                                        "vf-mig-move")).get("status", {})
+                   .get("phase") == "Failed" and m)
+    assert mig["status"]["reason"] == "HostDevice" and VF3 in mig["status"]["message"]
+    vms.delete("vf-mig")
