@@ -40,3 +40,14 @@ def test_owned_by_the_vm():
 
 def test_host_cpu_modes_need_no_node_labels():
     assert reservation.node_requirements(_vm({"memory": {"size": "1Gi"}, "cpu": {"model": "host-model"}})) == {}
+
+
+def test_a_vm_with_host_devices_is_pinned_to_their_node_within_its_own_affinity():
+    term = {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+    vm = vmspec.parse("ns", "gpu", "u", {"memory": {"size": "64Mi"}, "affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}})
+    terms = reservation.reservation_pod(vm, "node-2")["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{**term, "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-2"]}]}]
+    plain = vmspec.parse("ns", "plain", "u", {"memory": {"size": "64Mi"}})
+    assert "affinity" not in reservation.reservation_pod(plain)["spec"]

@@ -96,7 +96,8 @@ class Controller(Reconciler):
                 try:
                     alloc = self.devices.allocate(vm)
                 except passthrough.Refusal as e:
-                    return self._pending(body, status, e.reason, str(e))
+                    self.devices.release(uid)  # nothing runs yet: hold nothing while waiting
+                    return self._pending(body, {**status, "hostDevices": None}, e.reason, str(e))
                 status["hostDevices"], node = self.devices.status_of(alloc), alloc.node
             # Ready=False before the pod exists, so it never lands after the binding's "Starting".
             status = self.with_condition(body, "Ready", False, "Scheduling",
@@ -127,11 +128,9 @@ class Controller(Reconciler):
     def _pending(self, body: dict, status: dict, reason: str, message: str) -> None:
         """Held back before any pod exists: Pending, with the reason on Ready and Scheduled."""
         before = next((c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), {})
-        if vm_has_devices(body):
-            self.devices.release(body["metadata"]["uid"])
-        status = self.with_condition(body, "Ready", False, reason, message)
+        status = self.with_condition(body, "Ready", False, reason, message, base=status)
         status = self.with_condition(body, "Scheduled", False, reason, message, base=status)
-        if self.write_status(body, {**status, "phase": "Pending", "hostDevices": None,
+        if self.write_status(body, {**status, "phase": "Pending",
                                     "observedGeneration": body["metadata"].get("generation")}) \
                 and before.get("message") != message:
             self.event(body, reason, message, warning=True)
