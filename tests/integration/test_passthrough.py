@@ -7,6 +7,7 @@ reports, and its devices go back to their host drivers."""
 
 import json
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from kopfvirt.lab import pcitree
 from .conftest import REPO, kubectl, kubectl_json, lab_guest, wait_for
 
 TREE = REPO / ".lab" / "sysfs" / "node-2"
+CONTROLLER_METRICS = "http://127.0.0.1:19080/metrics"  # lab/layout.py METRICS_PORT
+NODE_2_METRICS = "http://198.18.0.12:19081/metrics"    # node-2's agent, AGENT_METRICS_PORT
 GPU, AUDIO, USB, VF2, VF3 = ("node-2-0000-01-00-0", "node-2-0000-01-00-1", "node-2-0000-05-00-0",
                              "node-2-0000-3b-00-2", "node-2-0000-3b-00-3")
 
@@ -114,6 +117,9 @@ def test_a_gpu_is_allocated_bound_given_back_and_held_against_others(vms, rules)
              == ("nvidia", "snd_hda_intel"))
     assert status(GPU)["hostDriver"] == "nvidia"
     assert vms.get("gpu-a")["status"]["phase"] == "Pending"
+    agent_metrics = urllib.request.urlopen(NODE_2_METRICS, timeout=10).read().decode()
+    for operation in ("bind", "restore"):
+        assert f'kopfvirt_device_operations_total{{node="node-2",operation="{operation}",result="ok"}}' in agent_metrics
 
     # Held: by name, its group mate, or by resource: another VM waits, with nothing bound.
     vms.apply(lab_guest("gpu-b", hostDevices=[{"name": "gpu", "device": GPU}]))
@@ -158,6 +164,8 @@ def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held
     assert vm["status"]["phase"] == "Pending" and not vm["status"].get("hostDevices")
     assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
     assert reason in events(vms, name)
+    metrics = urllib.request.urlopen(CONTROLLER_METRICS, timeout=10).read().decode()
+    assert f'kopfvirt_device_allocation_refusals_total{{reason="{reason}"}}' in metrics
     assert not any((d.get("status") or {}).get("holder", {}).get("name") == name
                    for d in kubectl_json("get", "passthroughdevices")["items"])
     vms.delete(name)

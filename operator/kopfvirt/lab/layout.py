@@ -23,6 +23,7 @@ ETCD_CLIENT_PORT = 23790
 ETCD_PEER_PORT = 23800
 WEBHOOK_PORT = 19443                          # the controller's admission webhook
 METRICS_PORT = 19080                          # the controller's Prometheus /metrics
+AGENT_METRICS_PORT = 19081                    # each agent's, on its node's address
 # A narrower CPU for node-2: an older host beside node-1, so the CPU rule of migration
 # has a real pair to judge (sse4a is AMD-only: like moving from an EPYC to a Xeon).
 HIDDEN_CPU_FEATURES = {"node-2": ("sse4a",)}

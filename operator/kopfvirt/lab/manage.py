@@ -18,8 +18,8 @@ from pathlib import Path
 
 from . import controlplane, guest, nodes, procs, tokens
 from .errors import LabError
-from .layout import (HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE,
-                     WEBHOOK_PORT, Lab, node_ip, node_names)
+from .layout import (AGENT_METRICS_PORT, HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, PCI_TREE_NODES, RUN_DIR,
+                     SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names)
 
 OWNER = RUN_DIR / "owner"
 RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon
@@ -101,7 +101,8 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
                 "--storage-root", str(SHARED_STORAGE), "--vm-network", nodes.VM_NETWORK,
                 "--resync-seconds", str(RESYNC_SECONDS), "--migration-transport", "tcp",
                 "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ())),
-                "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system"])
+                "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
+                "--metrics-port", str(AGENT_METRICS_PORT)])
     if not procs.running(lab, "controller"):
         pki = lab.pki
         procs.start(lab, "controller", [
