@@ -7,15 +7,18 @@ reports, and its devices go back to their host drivers."""
 
 import json
 import os
+import signal
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from kopfvirt.clients import sysfs
 from kopfvirt.lab import pcitree
 
-from .conftest import REPO, kubectl, kubectl_json, lab_guest, wait_for
+from .conftest import KOPFVIRT, REPO, kubectl, kubectl_json, lab_guest, wait_for
 
 TREE = REPO / ".lab" / "sysfs" / "node-2"
 CONTROLLER_METRICS = "http://127.0.0.1:19080/metrics"  # lab/layout.py METRICS_PORT
@@ -215,3 +218,22 @@ def test_a_vm_with_a_host_device_is_not_migratable(vms, rules):
                    .get("phase") == "Failed" and m)
     assert mig["status"]["reason"] == "HostDevice" and VF3 in mig["status"]["message"]
     vms.delete("vf-mig")
+
+
+def test_a_group_left_on_vfio_by_a_crashed_agent_goes_back_when_it_starts(lab, rules):
+    """The kernel state a crash between bind and start leaves: the GPU's group on vfio-pci,
+    its host driver on the objects. The restarted agent gives it back."""
+    rules([{"vendorDevice": "10de:2204"}, {"class": "0403"}])
+    wait_for("the GPU assignable", lambda: status(GPU).get("assignable"))
+    os.kill(int((lab / "pids" / "agent-node-2.pid").read_text()), signal.SIGKILL)
+    for address in ("0000:01:00.0", "0000:01:00.1"):
+        sysfs.to_vfio(TREE, address)
+    assert (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1")) == ("vfio-pci", "vfio-pci")
+    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    wait_for("the group back on its host drivers",
+             lambda: (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1")) == ("nvidia", "snd_hda_intel"))
+    wait_for("the objects current", lambda: status(GPU).get("driver") == "nvidia"
+             and status(AUDIO).get("driver") == "snd_hda_intel")
+    restored = kubectl_json("-n", "default", "get", "events", "--field-selector",
+                            f"involvedObject.name={GPU},reason=Restored")["items"]
+    assert restored and "given back to the host driver nvidia" in restored[-1]["message"]
