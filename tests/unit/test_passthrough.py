@@ -168,3 +168,25 @@ def test_a_virtual_function_that_vanishes_and_returns_keeps_its_physical_functio
     assert sysfs.scan(tree)[pcitree.SRIOV_PF.address].virtual_functions == (pcitree.SRIOV_VFS[1].address,)
     pcitree.add(tree, vf)
     assert sysfs.scan(tree)[pcitree.SRIOV_PF.address].virtual_functions == tuple(f.address for f in pcitree.SRIOV_VFS)
+
+
+def test_named_devices_are_never_also_given_to_a_resource_request():
+    devices = [dev("a1", group=1), dev("a2", group=2)]
+    got = passthrough.allocate(vm({"name": "any", "resourceName": "gpu"}, {"name": "this", "device": "a1"}),
+                               devices, ["node-1"])
+    assert got.assignments == [("any", "a2"), ("this", "a1")]
+    two = vm({"name": "g", "resourceName": "gpu"}, {"name": "n", "resourceName": "nic"})  # no "asked twice"
+    assert [h.resource_name for h in two.spec.host_devices] == ["gpu", "nic"]
+
+
+def test_restore_leaves_nothing_unbound_after_a_move_cut_short(tree):
+    """An agent killed between unbind and probe leaves the function unbound with the
+    override set; scanning shows it, so repair can finish the give-back."""
+    address = pcitree.GPU.address
+    sysfs._write(tree / "bus/pci/devices" / address / "driver_override", "vfio-pci")
+    sysfs._write(tree / "bus/pci/drivers/nvidia/unbind", address)
+    sysfs._await_driver(tree, address, None)
+    fn = sysfs.scan(tree)[address]
+    assert (fn.driver, fn.driver_override) == (None, "vfio-pci")
+    sysfs.to_host(tree, address, "nvidia")
+    assert sysfs.scan(tree)[address].driver == "nvidia"

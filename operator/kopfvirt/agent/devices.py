@@ -56,16 +56,20 @@ class Devices:
         self.hv, self.post_event = hv, post_event
         self.objects: dict[str, dict] = {}          # name -> this node's PassthroughDevice
         self.functions: dict[str, pci.Function] = {}
+        # address -> the host driver we took it from, also in memory: an object deleted while
+        # its function is on vfio-pci is published again with it.
+        self.host_drivers: dict[str, str] = {}
         self.lock = threading.RLock()
 
     # -- inputs -------------------------------------------------------------------------
     def observe(self, obj: dict, deleted: bool = False) -> bool:
         """Cache a watch event; True when the pass should run again (a spec edit or a deletion)."""
         name = obj["metadata"]["name"]
-        before = self.objects.pop(name, None)
         if deleted:
+            self.objects.pop(name, None)
             return True
-        self.objects[name] = obj
+        before = self.objects.get(name)
+        self.objects[name] = obj  # replaced in place: a pass running meanwhile never misses it
         return before is None or before["metadata"].get("generation") != obj["metadata"].get("generation")
 
     def _rules(self) -> list[passthrough.Rule]:
@@ -104,13 +108,13 @@ class Devices:
     def _status(self, fn: pci.Function, decided: tuple[bool, str, str], verdict: pci.Verdict,
                 obj: dict | None) -> dict:
         previous = (obj or {}).get("status") or {}
-        host_driver = fn.driver if fn.driver not in (None, VFIO_DRIVER) else previous.get("hostDriver")
         return {
             "node": self.node, "address": fn.address,
             "vendorID": fn.vendor_id, "vendorName": self.ids.vendor(fn.vendor_id),
             "deviceID": fn.device_id, "deviceName": self.ids.device(fn.vendor_id, fn.device_id),
             "classID": fn.class_id, "className": self.ids.class_name(fn.class_id),
-            "driver": fn.driver, "hostDriver": host_driver, "numaNode": fn.numa_node,
+            "driver": fn.driver, "hostDriver": previous.get("hostDriver") or self.host_drivers.get(fn.address),
+            "numaNode": fn.numa_node,
             "iommuGroup": fn.iommu_group,
             "iommuGroupMembers": [m.address for m in pci.group_of(fn, self.functions) if m.address != fn.address]
             if fn.iommu_group is not None else [],
@@ -138,20 +142,28 @@ class Devices:
         self.objects[name] = obj
 
     # -- binding ------------------------------------------------------------------------
-    def _hostdevs_in_use(self) -> set[str]:
-        return set().union(*(domainxml.hostdev_addresses(x) for x in self.hv.active_domain_xmls()))
+    def _groups_in_use(self) -> set[str]:
+        """Every function of the IOMMU groups running domains pass through (mates included:
+        VFIO holds the whole group while QEMU runs)."""
+        passed = set().union(*(domainxml.hostdev_addresses(x) for x in self.hv.active_domain_xmls()))
+        return {m.address for a in passed if a in self.functions
+                for m in pci.group_of(self.functions[a], self.functions)} | passed
 
     def repair(self) -> list[str]:
-        """Give back every function on vfio-pci with a recorded host driver that no running
-        domain uses; the addresses given back."""
+        """Give back every function the agent moved to vfio-pci (its host driver is on the
+        object) that no running domain's group holds; the addresses given back."""
         with self.lock:
-            used = self._hostdevs_in_use()
+            self.functions = sysfs.scan(self.root)
+            used = self._groups_in_use()
             restored = []
             for name, obj in list(self.objects.items()):
                 s = obj.get("status") or {}
                 address, host_driver = s.get("address"), s.get("hostDriver")
                 fn = self.functions.get(address)
-                if fn is None or fn.driver != VFIO_DRIVER or not host_driver or address in used:
+                # On vfio-pci, or left unbound by a move cut short (the override still set).
+                ours = fn is not None and (fn.driver == VFIO_DRIVER or
+                                           (fn.driver is None and fn.driver_override == VFIO_DRIVER))
+                if not ours or not host_driver or address in used:
                     continue
                 try:
                     sysfs.to_host(self.root, address, host_driver)
@@ -162,6 +174,7 @@ class Devices:
                                     True)
                     continue
                 OPERATIONS.labels(self.node, "restore", "ok").inc()
+                self.host_drivers.pop(address, None)
                 restored.append(address)
                 log.info("gave %s back to %s", address, host_driver)
                 self.post_event(obj, "Restored", f"{address} given back to the host driver {host_driver}", False)
@@ -169,8 +182,8 @@ class Devices:
                 self.functions = sysfs.scan(self.root)
                 for name, obj in list(self.objects.items()):
                     fn = self.functions.get((obj.get("status") or {}).get("address"))
-                    if fn is not None:
-                        self._write(name, {**obj["status"], "driver": fn.driver})
+                    if fn is not None and fn.address in restored:
+                        self._write(name, {**obj["status"], "driver": fn.driver, "hostDriver": None})
             return restored
 
     def bind(self, vm_uid: str, allocated: list[dict]) -> list[tuple[str, str]]:
@@ -179,7 +192,7 @@ class Devices:
         the domain's start. Raises DeviceUnavailable with nothing left bound."""
         self.functions = sysfs.scan(self.root)
         vfio = sysfs.vfio_loaded(self.root)
-        permitted = {(o.get("status") or {}).get("address") for o in self.objects.values()
+        permitted = {(o.get("status") or {}).get("address") for o in list(self.objects.values())
                      if (o.get("status") or {}).get("permitted")}
         group: dict[str, pci.Function] = {}
         pairs = []
@@ -201,19 +214,26 @@ class Devices:
             for address, fn in sorted(group.items()):
                 if fn.driver != VFIO_DRIVER:
                     self._record_host_driver(address, fn.driver)
-                    sysfs.to_vfio(self.root, address)
                     moved.append(address)
+                    sysfs.to_vfio(self.root, address)
         except sysfs.BindError as e:
             OPERATIONS.labels(self.node, "bind", "failed").inc()
-            for address in moved:
-                sysfs.to_host(self.root, address, group[address].driver)
+            for address in moved:  # the failed one too: it may be left unbound
+                try:
+                    sysfs.to_host(self.root, address, group[address].driver)
+                except sysfs.BindError as again:
+                    log.error("giving %s back after a failed bind failed: %s (repair retries)", address, again)
             raise DeviceUnavailable("DeviceBindFailed", f"binding to {VFIO_DRIVER} failed: {e}") from None
         OPERATIONS.labels(self.node, "bind", "ok").inc(len(moved))
         return pairs
 
     def _record_host_driver(self, address: str, driver: str | None) -> None:
-        """Before a move: the host driver is on the object, so a crash after it can be repaired."""
+        """Before a move: the host driver is on the object, so a crash after it can be
+        repaired; it also marks the function as ours to give back (an admin's own vfio-pci
+        bindings carry none and are left alone)."""
         name = pci.object_name(self.node, address)
         obj = self.objects.get(name)
+        if driver:
+            self.host_drivers[address] = driver
         if obj is not None and driver and (obj.get("status") or {}).get("hostDriver") != driver:
             self.objects[name] = kube.patch_status(None, name, {"hostDriver": driver}, plural=PLURAL)

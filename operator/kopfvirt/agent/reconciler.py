@@ -27,6 +27,7 @@ NODE_LABEL = f"{GROUP}/node"
 FINALIZER_PREFIX = f"agent.{GROUP}/"
 ACTIVE = ("running", "paused", "shuttingdown")  # domain states in which QEMU runs
 STOP_EVENT_WINDOW = 10.0  # seconds within which a stopped event is taken as our own stop's
+DEVICE_RETRY_SECONDS = 20.0  # after a failed start with host devices: no new bind before this
 
 
 class NotReady(Exception):
@@ -50,6 +51,9 @@ class Agent(Reconciler):
         self.finalizer = FINALIZER_PREFIX + node
         self.stopping: dict[str, float] = {}           # domains we stop ourselves -> until when
         self.guest_stops: dict[str, tuple[str, str]] = {}  # uid -> (reason, time), not yet written
+        # uid -> (retry after, the failure): a start with devices that failed is not retried on
+        # the domain events its own define and undefine raise, only after a pause.
+        self.device_failures: dict[str, tuple[float, NotReady]] = {}
         self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
         self.devices = Devices(node, sysfs_root, load_pci_ids(pci_ids), namespace, self.hv, self.event)
 
@@ -212,6 +216,18 @@ class Agent(Reconciler):
 
     def _start_with_devices(self, vm: vmspec.VM, body: dict, plan: list, allocated: list[dict]) -> None:
         """Bind the allocated devices' groups, start, and give them back if the start fails."""
+        failed = self.device_failures.get(vm.uid)
+        if failed and failed[0] > time.monotonic():
+            raise failed[1]
+        try:
+            self._bind_and_start(vm, body, plan, allocated)
+            self.device_failures.pop(vm.uid, None)
+        except NotReady as e:
+            if e.reason != "DevicesNotAllocated":  # that one waits on the controller, not on us
+                self.device_failures[vm.uid] = (time.monotonic() + DEVICE_RETRY_SECONDS, e)
+            raise
+
+    def _bind_and_start(self, vm: vmspec.VM, body: dict, plan: list, allocated: list[dict]) -> None:
         here = [h for h in allocated if h.get("node") == self.node]
         wanted = sum(1 if h.device else h.count for h in vm.spec.host_devices)
         if len(here) < wanted:
@@ -251,6 +267,7 @@ class Agent(Reconciler):
                 status.update(stopReason=lifecycle.REQUESTED, stopTime=now())
             self.event(body, "Stopped", f"guest stopped on {self.node}")
         self.hv.remove(vm.uid)
+        self.device_failures.pop(vm.uid, None)
         if status.get("hostDevices"):
             self._devices_released(body)
         generation = body["metadata"].get("generation")
@@ -264,6 +281,7 @@ class Agent(Reconciler):
         meta = body["metadata"]
         self.stopping[meta["uid"]] = time.monotonic() + STOP_EVENT_WINDOW
         self.hv.remove(meta["uid"])
+        self.device_failures.pop(meta["uid"], None)
         if (body.get("status") or {}).get("hostDevices"):
             self._devices_released(body)
         images.remove(disks.vm_dir(self.storage_root, meta["namespace"], meta["name"], meta["uid"]))

@@ -44,7 +44,8 @@ class PassthroughDeviceStatus:
     class_name: str | None = field(None, description="The class's name from the pci.ids database.")
     driver: str | None = field(None, description="The driver bound now (none: unbound).")
     host_driver: str | None = field(None, description=(
-        "The host's driver for it, restored when a VM gives it back (the last non-VFIO driver seen)."))
+        "While the agent has it on vfio-pci for a VM: the host driver it took it from, given back "
+        "when no running domain uses its group."))
     numa_node: int | None = field(None, description="The NUMA node it is attached to, when the platform says.")
     iommu_group: int | None = field(None, description="Its IOMMU group; none when the node has no IOMMU.")
     iommu_group_members: list[str] = field([], description="The other functions of its IOMMU group.")

@@ -48,8 +48,10 @@ def json_patch(namespace: str | None, name: str, ops: list[dict], plural: str = 
     return call(GROUP, VERSION, namespace, plural, name, ops, _content_type="application/json-patch+json")
 
 
-def get_object(namespace: str, name: str, plural: str = PLURAL) -> dict | None:
+def get_object(namespace: str | None, name: str, plural: str = PLURAL) -> dict | None:
     try:
+        if namespace is None:
+            return _custom().get_cluster_custom_object(GROUP, VERSION, plural, name)
         return _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     except ApiException as e:
         if e.status == 404:

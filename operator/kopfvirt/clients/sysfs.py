@@ -44,12 +44,13 @@ def _function(d: Path) -> Function:
     group = _link_name(d / "iommu_group")
     virtfns = sorted(_link_name(p) for p in d.glob("virtfn*"))
     interfaces = tuple(sorted(n.name for n in (d / "net").glob("*") if _read(n / "operstate") == "up"))
+    override = _read(d / "driver_override")
     return Function(address=d.name, vendor_id=_hex(_read(d / "vendor")), device_id=_hex(_read(d / "device")),
                     class_id=_hex(_read(d / "class")), driver=_link_name(d / "driver"),
                     numa_node=int(numa) if numa and int(numa) >= 0 else None,
                     iommu_group=int(group) if group is not None else None,
                     physical_function=_link_name(d / "physfn"), virtual_functions=tuple(virtfns),
-                    interfaces_up=interfaces)
+                    interfaces_up=interfaces, driver_override=None if override in (None, "", "(null)") else override)
 
 
 def scan(root: str | Path) -> dict[str, Function]:

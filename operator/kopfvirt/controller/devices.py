@@ -32,9 +32,9 @@ class Allocator:
 
     def observe(self, obj: dict, deleted: bool = False) -> None:
         name = obj["metadata"]["name"]
-        self.objects.pop(name, None)
         holder = (obj.get("status") or {}).get("holder")
         if deleted:
+            self.objects.pop(name, None)
             if holder:
                 vm = self.controller.vm_named(holder["namespace"], holder["name"])
                 if vm is not None:
@@ -80,14 +80,14 @@ class Allocator:
         """Claim the VM's devices; raises passthrough.Refusal (nothing new held then)."""
         with self.lock:
             try:
-                alloc = passthrough.allocate(vm, [passthrough.Device.of(o) for o in self.objects.values()],
+                alloc = passthrough.allocate(vm, [passthrough.Device.of(o) for o in list(self.objects.values())],
                                              self._nodes(vm))
             except passthrough.Refusal as e:
                 metrics.DEVICE_REFUSALS.labels(e.reason).inc()
                 raise
             me = {"namespace": vm.namespace, "name": vm.name, "uid": vm.uid}
             for name in alloc.hold:
-                if ((self.objects[name].get("status") or {}).get("holder") or {}).get("uid") != vm.uid:
+                if (((self.objects.get(name) or {}).get("status") or {}).get("holder") or {}).get("uid") != vm.uid:
                     if not self._claim(name, me):
                         self.release(vm.uid)
                         raise passthrough.Refusal("DeviceHeld", f"{name} changed while being allocated; retrying")

@@ -93,11 +93,14 @@ class Controller(Reconciler):
         if pod is None:
             node = None
             if vm.spec.host_devices:
+                if node_label and status.get("nodeName"):
+                    return  # its agent still stops the domain that uses them
                 try:
                     alloc = self.devices.allocate(vm)
                 except passthrough.Refusal as e:
-                    self.devices.release(uid)  # nothing runs yet: hold nothing while waiting
-                    return self._pending(body, {**status, "hostDevices": None}, e.reason, str(e))
+                    self._pending(body, {**status, "hostDevices": None}, e.reason, str(e))
+                    self.devices.release(uid)  # nothing runs: hold nothing while waiting
+                    return
                 status["hostDevices"], node = self.devices.status_of(alloc), alloc.node
             # Ready=False before the pod exists, so it never lands after the binding's "Starting".
             status = self.with_condition(body, "Ready", False, "Scheduling",
@@ -168,12 +171,12 @@ class Controller(Reconciler):
             return  # its agent is stopping it
         if pod is not None and not pod["metadata"].get("deletionTimestamp"):
             kube.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"].get("uid"))
-        if vm_has_devices(body):
-            self.devices.release(body["metadata"]["uid"])
         if status.get("phase") != "Stopped" or status.get("hostDevices"):
             status = self.with_condition(body, "Ready", False, "Stopped", "the VM is not supposed to run")
             self.write_status(body, {**status, "phase": "Stopped", "nodeName": None, "hostDevices": None,
                                      "observedGeneration": body["metadata"].get("generation")})
+        if vm_has_devices(body):  # after status.hostDevices is cleared, so reclaim() cannot re-hold them
+            self.devices.release(body["metadata"]["uid"])
 
     def _unoffered(self, vm: vmspec.VM) -> dict[str, list[str]]:
         """The VM's node requirements that no node's labels offer, by kind: cpu-model,

@@ -158,11 +158,11 @@ def allocate(vm: VM, devices: list[Device], nodes: list[str]) -> Allocation:
 
 
 def _on_node(vm: VM, devices: list[Device], node: str) -> Allocation:
-    taken: list[Device] = []
+    # Named devices first, so a resource request never picks one of them as well.
+    taken: list[Device] = [d for r in vm.spec.host_devices if r.device for d in devices if d.name == r.device]
     assignments = []
     for i, r in enumerate(vm.spec.host_devices):
         if r.device:
-            taken.append(next(d for d in devices if d.name == r.device))
             assignments.append((r.name, r.device))
             continue
         like = [d for d in devices if d.resource_name == r.resource_name]

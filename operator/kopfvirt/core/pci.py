@@ -27,6 +27,7 @@ class Function:
     physical_function: str | None = None        # an SR-IOV VF's PF
     virtual_functions: tuple[str, ...] = ()     # an SR-IOV PF's enabled VFs
     interfaces_up: tuple[str, ...] = ()         # host network interfaces of it that are up
+    driver_override: str | None = None          # the driver the next probe must bind
 
     @property
     def is_bridge(self) -> bool:

@@ -113,7 +113,7 @@ def parse(namespace: str, name: str, uid: str, spec: dict) -> VM:
     for i, h in enumerate(typed.host_devices):
         if (h.resource_name is None) == (h.device is None):
             raise SpecError(f"spec.hostDevices[{i}]", "needs exactly one of resourceName or device")
-        if h.device in named:
+        if h.device and h.device in named:
             raise SpecError(f"spec.hostDevices[{i}].device", f"{h.device} is asked for twice")
         named.add(h.device)
     if len({h.name for h in typed.host_devices}) != len(typed.host_devices):
