@@ -111,6 +111,11 @@ class Agent(Reconciler):
                      and (pod.get("spec") or {}).get("nodeName") == self.node
                      and status.get("nodeName") in (None, self.node))
         if run and not held_here:
+            if state not in ACTIVE and status.get("nodeName") != self.node:
+                # Stopped here and released: the controller places it anew and writes its
+                # status until a node takes it (else the two would overwrite each other's phase).
+                self.hv.remove(uid)
+                return
             if state in ACTIVE:
                 stop = ("Evicted", now())
                 status.update(stopReason="Evicted", stopTime=stop[1])
