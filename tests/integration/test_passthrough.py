@@ -104,7 +104,9 @@ def test_a_gpu_is_allocated_bound_given_back_and_held_against_others(vms, rules)
     vms.apply(lab_guest("gpu-a", hostDevices=[{"name": "gpu", "resourceName": "example.com/rtx3090"}]))
     held = wait_for("gpu-a holding the GPU", lambda: (vms.get("gpu-a") or {}).get("status", {}).get("hostDevices"))
     assert held == [{"name": "gpu", "device": GPU, "node": "node-2", "address": "0000:01:00.0"}]
-    pod = kubectl_json("-n", vms.namespace, "get", "pod", "kopfvirt-gpu-a")
+    pod = wait_for("gpu-a's reservation pod", lambda: (r := kubectl(
+        "-n", vms.namespace, "get", "pod", "kopfvirt-gpu-a", "-o", "json", check=False)).returncode == 0
+        and json.loads(r.stdout))  # created right after the allocation is written
     terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"][0]["matchFields"] == [
         {"key": "metadata.name", "operator": "In", "values": ["node-2"]}]
@@ -149,24 +151,26 @@ def test_a_gpu_is_allocated_bound_given_back_and_held_against_others(vms, rules)
     wait_for("the GPU back on nvidia", lambda: tree_driver("0000:01:00.0") == "nvidia")
 
 
-@pytest.mark.parametrize("ask,reason,words", [
-    ({"device": "node-2-0000-09-00-0"}, "DeviceNotFound", "PassthroughDevice node-2-0000-09-00-0 does not exist"),
-    ({"device": VF3}, "DeviceNotPermitted", f"{VF3} is not permitted"),
-    ({"device": USB}, "DeviceNotAssignable", "IOMMU group 9 also holds 0000:06:00.0: its network interface enp6s0"),
-    ({"device": "node-1-0000-00-03-0"}, "DeviceNotAssignable", "node-1 has no IOMMU groups"),
-    ({"resourceName": "example.com/tpu"}, "ResourceNotFound", "no PassthroughDevice has resource name example.com/tpu"),
-])
-def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held(vms, rules, ask, reason, words):
+@pytest.mark.parametrize("name,ask,reason,words", [
+    ("missing", {"device": "node-2-0000-09-00-0"}, "DeviceNotFound",
+     "PassthroughDevice node-2-0000-09-00-0 does not exist"),
+    ("unpermitted", {"device": VF3}, "DeviceNotPermitted", f"{VF3} is not permitted"),
+    ("group-shared", {"device": USB}, "DeviceNotAssignable",
+     "IOMMU group 9 also holds 0000:06:00.0: its network interface enp6s0"),
+    ("no-iommu", {"device": "node-1-0000-00-03-0"}, "DeviceNotAssignable", "node-1 has no IOMMU groups"),
+    ("no-resource", {"resourceName": "example.com/tpu"}, "ResourceNotFound",
+     "no PassthroughDevice has resource name example.com/tpu"),
+], ids=lambda v: v if isinstance(v, str) and v.islower() and " " not in v else None)
+def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held(vms, rules, name, ask, reason, words):
     permit(USB, True)
     permit("node-1-0000-00-03-0", True)
-    name = f"dev-{reason.lower()[:12]}-{abs(hash(words)) % 1000}"
     vms.apply(lab_guest(name, hostDevices=[{"name": "d", **ask}]))
     cond = vms.wait_condition(name, "Ready", reason)
     assert words in cond["message"] and "spec.hostDevices[0]" in cond["message"]
     vm = vms.get(name)
     assert vm["status"]["phase"] == "Pending" and not vm["status"].get("hostDevices")
     assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
-    assert reason in events(vms, name)
+    wait_for(f"a {reason} Event", lambda: reason in events(vms, name))  # posted in the background
     metrics = urllib.request.urlopen(CONTROLLER_METRICS, timeout=10).read().decode()
     assert f'kopfvirt_device_allocation_refusals_total{{reason="{reason}"}}' in metrics
     assert not any((d.get("status") or {}).get("holder", {}).get("name") == name
