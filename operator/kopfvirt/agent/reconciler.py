@@ -16,7 +16,7 @@ import libvirt
 from .. import GROUP
 from ..clients import images, kube
 from ..clients.libvirt import DomainConflict, Hypervisor
-from ..core import conditions, disks, domainxml, lifecycle, pools, reservation, vmspec
+from ..core import conditions, disks, domainxml, lifecycle, pools, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
 from .devices import DeviceUnavailable, Devices, load_pci_ids
