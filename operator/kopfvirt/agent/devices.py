@@ -103,7 +103,7 @@ class Devices:
                     log.warning("PCI function %s is gone from %s", obj["status"].get("address"), self.node)
                     kube.delete_object(None, name, PLURAL)
                     self.objects.pop(name, None)
-            self.repair()
+            self._give_back()  # sysfs was read at the top of this pass
 
     def _status(self, fn: pci.Function, decided: tuple[bool, str, str], verdict: pci.Verdict,
                 obj: dict | None) -> dict:
@@ -154,37 +154,41 @@ class Devices:
         object) that no running domain's group holds; the addresses given back."""
         with self.lock:
             self.functions = sysfs.scan(self.root)
-            used = self._groups_in_use()
-            restored = []
+            return self._give_back()
+
+    def _give_back(self) -> list[str]:
+        """repair() on the functions as last scanned; call with `lock` held."""
+        used = self._groups_in_use()
+        restored = []
+        for name, obj in list(self.objects.items()):
+            s = obj.get("status") or {}
+            address, host_driver = s.get("address"), s.get("hostDriver")
+            fn = self.functions.get(address)
+            # On vfio-pci, or left unbound by a move cut short (the override still set).
+            ours = fn is not None and (fn.driver == VFIO_DRIVER or
+                                       (fn.driver is None and fn.driver_override == VFIO_DRIVER))
+            if not ours or not host_driver or address in used:
+                continue
+            try:
+                sysfs.to_host(self.root, address, host_driver)
+            except sysfs.BindError as e:
+                OPERATIONS.labels(self.node, "restore", "failed").inc()
+                log.error("giving %s back to %s failed: %s", address, host_driver, e)
+                self.post_event(obj, "RestoreFailed", f"giving {address} back to {host_driver} failed: {e}",
+                                True)
+                continue
+            OPERATIONS.labels(self.node, "restore", "ok").inc()
+            self.host_drivers.pop(address, None)
+            restored.append(address)
+            log.info("gave %s back to %s", address, host_driver)
+            self.post_event(obj, "Restored", f"{address} given back to the host driver {host_driver}", False)
+        if restored:
+            self.functions = sysfs.scan(self.root)
             for name, obj in list(self.objects.items()):
-                s = obj.get("status") or {}
-                address, host_driver = s.get("address"), s.get("hostDriver")
-                fn = self.functions.get(address)
-                # On vfio-pci, or left unbound by a move cut short (the override still set).
-                ours = fn is not None and (fn.driver == VFIO_DRIVER or
-                                           (fn.driver is None and fn.driver_override == VFIO_DRIVER))
-                if not ours or not host_driver or address in used:
-                    continue
-                try:
-                    sysfs.to_host(self.root, address, host_driver)
-                except sysfs.BindError as e:
-                    OPERATIONS.labels(self.node, "restore", "failed").inc()
-                    log.error("giving %s back to %s failed: %s", address, host_driver, e)
-                    self.post_event(obj, "RestoreFailed", f"giving {address} back to {host_driver} failed: {e}",
-                                    True)
-                    continue
-                OPERATIONS.labels(self.node, "restore", "ok").inc()
-                self.host_drivers.pop(address, None)
-                restored.append(address)
-                log.info("gave %s back to %s", address, host_driver)
-                self.post_event(obj, "Restored", f"{address} given back to the host driver {host_driver}", False)
-            if restored:
-                self.functions = sysfs.scan(self.root)
-                for name, obj in list(self.objects.items()):
-                    fn = self.functions.get((obj.get("status") or {}).get("address"))
-                    if fn is not None and fn.address in restored:
-                        self._write(name, {**obj["status"], "driver": fn.driver, "hostDriver": None})
-            return restored
+                fn = self.functions.get((obj.get("status") or {}).get("address"))
+                if fn is not None and fn.address in restored:
+                    self._write(name, {**obj["status"], "driver": fn.driver, "hostDriver": None})
+        return restored
 
     def bind(self, vm_uid: str, allocated: list[dict]) -> list[tuple[str, str]]:
         """Bind the IOMMU groups of the VM's devices on this node to vfio-pci: the
