@@ -14,13 +14,26 @@ import libvirt
 
 from .. import GROUP, VERSION
 from ..clients import kube
-from ..core import nodelabels, reservation
+from ..core import cpu, nodelabels, reservation
 from ..core.migration import SOURCE_NODE_LABEL
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .devices import PLURAL as DEVICES
 from .reconciler import NODE_LABEL, Agent
 
 log = logging.getLogger("kopfvirt.agent")
+
+
+def expanded_host_model(agent: Agent, domain_capabilities: str) -> str | None:
+    """libvirt's expansion of the host-model CPU; None where libvirt cannot expand it
+    (the labels then lack the model's own features)."""
+    host_model = cpu.host_model_cpu(domain_capabilities)
+    if host_model is None:
+        return None
+    try:
+        return agent.hv.expand_cpu(host_model, agent.virt_type)
+    except libvirt.libvirtError as e:
+        log.warning("libvirt cannot expand the host-model CPU: %s", e)
+        return None
 
 
 def label_node(agent: Agent) -> None:
@@ -31,11 +44,13 @@ def label_node(agent: Agent) -> None:
     except libvirt.libvirtError:
         kvm_caps = None
     pools = agent.hv.active_pools()
-    labels = nodelabels.node_labels(caps, agent.hv.domain_capabilities(agent.virt_type), agent.virt_type,
+    dom_caps = agent.hv.domain_capabilities(agent.virt_type)
+    labels = nodelabels.node_labels(caps, dom_caps, agent.virt_type,
                                     nodelabels.kvm_offered(kvm_caps), list(pools),
                                     shared_pools=[name for name, (kind, path) in pools.items()
                                                   if nodelabels.on_shared_storage(kind, path, agent.storage_root)],
-                                    hidden_features=agent.hidden_cpu_features)
+                                    hidden_features=agent.hidden_cpu_features,
+                                    expanded_cpu=expanded_host_model(agent, dom_caps))
     current = kube.get_node_labels(agent.node)
     patch = {**{k: v for k, v in labels.items() if current.get(k) != v},
              **{k: None for k in current if nodelabels.ours(k) and k not in labels}}

@@ -369,3 +369,9 @@ class Hypervisor:
 
     def domain_capabilities(self, virt_type: str) -> str:
         return self.conn().getDomainCapabilities(None, "x86_64", "q35", virt_type)
+
+    def expand_cpu(self, cpu_xml: str, virt_type: str) -> str:
+        """The CPU definition with every feature spelled out, the model's own included
+        (e.g. sse2 of qemu64), as libvirt's CPU map and this hypervisor know them."""
+        return self.conn().baselineHypervisorCPU(None, "x86_64", "q35", virt_type, [cpu_xml],
+                                                 libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)

@@ -1,9 +1,10 @@
 """Migration rules (pure): what may move where, the options in effect, the target's
 reservation pod, the queue, and how libvirt's job statistics read in our status.
 
-The seed's rule: a VM on shared storage is bound to its host only by the CPU flags it
-was given; it can move to any node whose CPU offers its CPU model and every feature it
-requires. A host device binds it for good (offline migration only).
+The seed's rule: a VM on shared storage is bound to its host only by the CPU it was
+given (cpu.incompatibility: its named model and required features; for host-model all
+the source's features; for host-passthrough an identical CPU). A host device binds it
+for good (offline migration only).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import GROUP
-from . import reservation
+from . import cpu, reservation
 from .vmspec import VM
 
 PLURAL = "migrations"
@@ -101,6 +102,7 @@ def node_verdicts(vm: VM, source: str, nodes: list[Node], target_node: str | Non
     judged by kube-scheduler when it binds the target pod."""
     requirements = reservation.node_requirements(vm)
     wanted = {**vm.spec.node_selector, **(node_selector or {})}
+    source_labels = next((n.labels for n in nodes if n.name == source), {})
     out = []
     for n in sorted(nodes, key=lambda n: n.name):
         if n.name == source:
@@ -118,13 +120,10 @@ def node_verdicts(vm: VM, source: str, nodes: list[Node], target_node: str | Non
                                "lacks the label(s) " + ", ".join(f"{k}={wanted[k]}" for k in mismatched)))
             continue
         missing = [k for k in requirements if n.labels.get(k) != "true"]
-        models = [k.split("/", 1)[1] for k in missing if k.startswith("cpu-model.")]
-        features = [k.split("/", 1)[1] for k in missing if k.startswith("cpu-feature.")]
         pools = [k.split("/", 1)[1] for k in missing if k.startswith("pool.")]
-        if models or features:
-            what = ([f"CPU model {models[0]}"] if models else []) + \
-                   ([f"CPU features {', '.join(features)}"] if features else [])
-            out.append(Verdict(n.name, False, "CPUIncompatible", f"the node's CPU lacks {' and '.join(what)}"))
+        cpu_refusal = cpu.incompatibility(vm.spec.cpu.model, requirements, source_labels, n.labels)
+        if cpu_refusal:
+            out.append(Verdict(n.name, False, "CPUIncompatible", cpu_refusal))
         elif pools:
             out.append(Verdict(n.name, False, "StoragePoolMissing", f"the node lacks storage pool(s) {', '.join(pools)}"))
         else:

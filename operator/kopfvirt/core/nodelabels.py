@@ -5,8 +5,10 @@ Scheme (documented in docs/architecture.md):
   kopfvirt.io/kvm-available=true|false     /dev/kvm and libvirt offer KVM
   cpu.kopfvirt.io/vendor=AMD|Intel
   cpu.kopfvirt.io/host-model=<model>       libvirt's name for the host CPU
+  cpu.kopfvirt.io/host-cpu-digest=<hex>    the host CPU exactly (host-passthrough moves)
   cpu-model.kopfvirt.io/<model>=true       named models usable for guests here
-  cpu-feature.kopfvirt.io/<flag>=true      CPU flags guests can be given here
+  cpu-feature.kopfvirt.io/<flag>=true      every CPU flag guests can be given here: the
+                                           expanded host-model CPU, less hidden flags
   pool.kopfvirt.io/<pool>=true             active libvirt storage pools of the node
   shared-pool.kopfvirt.io/<pool>=true      ... of them, those on shared storage (migration)
 """
@@ -17,6 +19,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from .. import GROUP
+from . import cpu
 
 PREFIXES = (f"{GROUP}/virt-type", f"{GROUP}/kvm-available", f"cpu.{GROUP}/", f"cpu-model.{GROUP}/",
             f"cpu-feature.{GROUP}/", f"pool.{GROUP}/", f"shared-pool.{GROUP}/")
@@ -28,9 +31,11 @@ def ours(key: str) -> bool:
 
 
 def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm_available: bool,
-                pools: list[str] = (), shared_pools: list[str] = (), hidden_features: list[str] = ()
-                ) -> dict[str, str]:
-    """`hidden_features`: CPU flags this node must not offer guests (an admin narrowing a
+                pools: list[str] = (), shared_pools: list[str] = (), hidden_features: list[str] = (),
+                expanded_cpu: str | None = None) -> dict[str, str]:
+    """`expanded_cpu`: libvirt's expansion of the host-model CPU (cpu.host_model_cpu);
+    without it only the features domcapabilities lists beside the model are known.
+    `hidden_features`: CPU flags this node must not offer guests (an admin narrowing a
     newer node to its older peers, so VMs stay migratable between them)."""
     caps, dom = ET.fromstring(capabilities), ET.fromstring(domain_capabilities)
     labels = {f"{GROUP}/virt-type": virt_type, f"{GROUP}/kvm-available": str(kvm_available).lower()}
@@ -39,19 +44,19 @@ def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm
     host_cpu = caps.find("host/cpu")
     vendor, model = host_cpu.findtext("vendor"), host_cpu.findtext("model")
     if vendor:
-        labels[f"cpu.{GROUP}/vendor"] = vendor
+        labels[cpu.VENDOR] = vendor
     if model and _VALID.match(model):
-        labels[f"cpu.{GROUP}/host-model"] = model
-    features = {f.get("name") for f in host_cpu.findall("feature")}
-    host_model = dom.find("cpu/mode[@name='host-model']")
-    if host_model is not None and host_model.get("supported") == "yes":
-        features |= {f.get("name") for f in host_model.findall("feature") if f.get("policy") != "disable"}
+        labels[cpu.HOST_MODEL] = model
+    digest = cpu.host_digest(capabilities)
+    if digest:
+        labels[cpu.HOST_DIGEST] = digest
+    features = cpu.guest_features(expanded_cpu or domain_capabilities)
     for name in sorted(features - set(hidden_features)):
         if name and _VALID.match(name):
-            labels[f"cpu-feature.{GROUP}/{name}"] = "true"
+            labels[cpu.FEATURE_PREFIX + name] = "true"
     for m in dom.findall("cpu/mode[@name='custom']/model"):
         if m.get("usable") == "yes" and m.text and _VALID.match(m.text):
-            labels[f"cpu-model.{GROUP}/{m.text}"] = "true"
+            labels[cpu.MODEL_PREFIX + m.text] = "true"
     return labels
 
 
