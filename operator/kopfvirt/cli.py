@@ -37,8 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--libvirt-uri", default="qemu:///system")
     a.add_argument("--virt-type", choices=("qemu", "kvm"), default="qemu",
                    help="qemu (TCG, works everywhere) unless KVM is known to work on the node")
-    a.add_argument("--storage-root", default="/var/lib/kopfvirt/storage",
-                   help="shared storage where VM disks live (the same path on every node)")
     a.add_argument("--vm-network", default="kopfvirt",
                    help="the node's libvirt network that interfaces with network 'default' join")
     a.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over the node's VMs")
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port)
     elif args.command == "agent":
         from .agent.main import main as run
-        run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.storage_root, args.vm_network,
+        run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
             args.migration_transport, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
             args.metrics_port)

@@ -19,7 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from . import GROUP, VERSION
-from .core import lifecycle, migration, vmspec
+from .core import lifecycle, migration, pools, vmspec
 
 PLURAL = "virtualmachines"
 AGENT_NAMESPACE = "kopfvirt-system"
@@ -101,6 +101,11 @@ def _nodes() -> list[migration.Node]:
     return out
 
 
+def _pool_specs(vms: VMs) -> dict:
+    items = vms.api.list_cluster_custom_object(GROUP, VERSION, pools.PLURAL)["items"]
+    return pools.specs_of({p["metadata"]["name"]: p for p in items})
+
+
 def _cluster_options() -> dict:
     """The cluster's migration defaults; the built-in ones when the ConfigMap is not readable."""
     try:
@@ -116,7 +121,8 @@ def migrate(vms: VMs, name: str, offline: bool = False, target: str | None = Non
     if dry_run:
         meta = vm_body["metadata"]
         vm = vmspec.parse(meta["namespace"], name, meta["uid"], vm_body.get("spec") or {})
-        refusal, verdicts = migration.preflight(vm, vm_body.get("status") or {}, spec, _cluster_options(), _nodes())
+        refusal, verdicts = migration.preflight(vm, vm_body.get("status") or {}, spec, _cluster_options(), _nodes(),
+                                                _pool_specs(vms))
         lines = [f"{spec['mode']} migration of {vms.namespace}/{name} from "
                  f"{(vm_body.get('status') or {}).get('nodeName') or '(not running)'}:",
                  f"  {'refused: ' + refusal[0] + ': ' + refusal[1] if refusal else 'would start'}",

@@ -21,7 +21,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 KOPFVIRT = [sys.executable, "-m", "kopfvirt"]
 KUBECONFIG = REPO / ".lab" / "kubeconfig"
-GUEST = "/var/lib/kopfvirt/storage/images/lab-guest"
 
 
 def run(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -76,10 +75,16 @@ def heartbeat(node: str, domain: str) -> int | None:
     return int(counts[-1]) if counts else None
 
 
+def vm_disk_dirs(namespace: str, name: str, pool_root: str = "/var/lib/kopfvirt/pools/gluster") -> list[str]:
+    """The directories of a VM's own disks in a file pool, as node-1 sees the pool."""
+    result = lab_exec("node-1", "ls", f"{pool_root}/vms/{namespace}", check=False)
+    return [d for d in result.stdout.split() if d.startswith(f"{name}-")]
+
+
 def lab_guest(name: str, cmdline: str = "", **spec) -> dict:
     body = {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": {"size": "128Mi"},
             "terminationGracePeriodSeconds": 10,
-            "kernelBoot": {"kernel": f"{GUEST}/vmlinuz", "initrd": f"{GUEST}/initrd.img",
+            "kernelBoot": {"pool": "lab-images", "kernel": "lab-guest-vmlinuz", "initrd": "lab-guest-initrd.img",
                            "cmdline": f"console=ttyS0 quiet {cmdline}".strip()}}
     body.update(spec)
     return {"apiVersion": "kopfvirt.io/v1alpha1", "kind": "VirtualMachine",

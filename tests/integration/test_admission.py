@@ -1,6 +1,7 @@
 """Bad specs are refused by the API server, naming the field, and leave nothing behind."""
 
 import pytest
+import yaml
 
 from .conftest import kubectl, lab_guest
 
@@ -15,7 +16,7 @@ from .conftest import kubectl, lab_guest
     ({"disks": [{"name": "a", "cloudInit": {}}]}, "spec.disks[0].cloudInit: Invalid value: needs userData or secretRef"),
     ({"cpu": {"cores": 0}}, "spec.cpu.cores: Invalid value: 0"),
     ({"runStrategy": "Sometimes"}, "spec.runStrategy: Unsupported value: \"Sometimes\""),
-    ({"kernelBoot": {"initrd": "/x"}}, "spec.kernelBoot.kernel: Required value"),
+    ({"kernelBoot": {"pool": "lab-images", "initrd": "x"}}, "spec.kernelBoot.kernel: Required value"),
 ])
 def test_invalid_spec_is_refused_naming_the_field(vms, change, expected):
     body = lab_guest("bad")
@@ -49,16 +50,72 @@ def test_webhook_refuses_what_the_schema_cannot_say(vms, change, expected):
     assert vms.get("webhooked") is None
 
 
-@pytest.mark.parametrize("define,expected", [
-    ({"type": "netfs", "host": "nfs.example", "sourcePath": "/export", "path": "/mnt/x"},
-     "netfs needs host, sourcePath, path and format"),
-    ({"type": "iscsi", "host": "san.example"}, "iscsi needs host and target"),
-    ({"type": "rbd", "sourceName": "vms"}, "rbd needs host and sourceName"),
-    ({"type": "dir"}, "dir needs path"),
-    ({"type": "iscsi", "host": "san.example", "target": "disks"}, "spec.disks[0].pool.define.target: Invalid value"),
+@pytest.mark.parametrize("disk,expected", [
+    ({"image": {"pool": "lab-images", "volume": "/etc/shadow"}}, "spec.disks[0].image.volume: Invalid value"),
+    ({"image": {"pool": "lab-images", "volume": "../../etc/shadow"}}, "spec.disks[0].image.volume: Invalid value"),
+    ({"image": {"path": "/etc/shadow"}}, "spec.disks[0].image.pool: Required value"),
+    ({"pool": {"pool": "/etc", "volume": "shadow"}}, "spec.disks[0].pool.pool: Invalid value"),
 ])
-def test_pool_descriptions_are_validated(vms, define, expected):
-    body = lab_guest("pooldef")
-    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": "p", "volume": "v", "define": define}}]
+def test_a_path_in_a_vm_is_refused(vms, disk, expected):
+    body = lab_guest("pathy")
+    body["spec"]["disks"] = [{"name": "root", **disk}]
     result = vms.apply(body)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+    assert vms.get("pathy") is None
+
+
+def test_a_kernel_path_is_refused(vms):
+    body = lab_guest("kernelpath")
+    body["spec"]["kernelBoot"]["kernel"] = "/boot/vmlinuz"
+    result = vms.apply(body)
+    assert result.returncode != 0 and "spec.kernelBoot.kernel: Invalid value" in result.stderr, result.stderr
+
+
+@pytest.fixture
+def private_pool():
+    """A StoragePool offered to one other namespace only."""
+    name = "team-only"
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "kopfvirt.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": name},
+        "spec": {"type": "dir", "source": {"path": "/var/lib/kopfvirt/storage/images"},
+                 "namespaces": ["some-team"]}}))
+    yield name
+    kubectl("delete", "storagepool", name, "--wait=true")
+
+
+def test_pools_a_namespace_may_not_use_are_refused_by_the_webhook(vms, private_pool):
+    for disks, expected in [
+        ([{"name": "root", "image": {"pool": "nope", "volume": "blank.qcow2"}}],
+         "spec.disks[0].image.pool: StoragePool nope does not exist"),
+        ([{"name": "root", "image": {"pool": private_pool, "volume": "blank.qcow2"}}],
+         f"spec.disks[0].image.pool: StoragePool {private_pool} is not offered to namespace {vms.namespace}"),
+        ([{"name": "scratch", "empty": {"size": "64Mi"}}], None),
+    ]:
+        body = lab_guest("pooled")
+        body["spec"]["disks"] = disks
+        if expected is None:  # a pool of LUNs cannot keep the VM's own disks
+            body["spec"]["storagePool"], expected = "iscsi", "spec.storagePool: StoragePool iscsi is of type " \
+                                                             "iscsi-direct, which cannot hold the VM's own disks"
+        result = vms.apply(body)
+        assert result.returncode != 0 and "denied the request" in result.stderr, result.stderr
+        assert expected in result.stderr, result.stderr
+        assert vms.get("pooled") is None
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ({"type": "netfs", "source": {"host": "nfs.example", "path": "/export"}},
+     "netfs needs source.host, source.path and source.format"),
+    ({"type": "iscsi-direct", "source": {"host": "san.example"}},
+     "iscsi-direct needs source.host, source.target and source.initiator"),
+    ({"type": "rbd", "source": {"name": "vms"}}, "rbd needs source.host and source.name"),
+    ({"type": "dir"}, "dir needs source.path"),
+    ({"type": "iscsi-direct", "default": True, "source": {"host": "h", "target": "iqn.2026-11.x:t",
+                                                          "initiator": "iqn.2026-11.x:i"}},
+     "only a dir or netfs pool can be the default"),
+    ({"type": "iscsi-direct", "source": {"host": "h", "target": "disks", "initiator": "iqn.2026-11.x:i"}},
+     "spec.source.target: Invalid value"),
+])
+def test_storage_pool_specs_are_validated(spec, expected):
+    result = kubectl("apply", "-f", "-", check=False, stdin=yaml.safe_dump({
+        "apiVersion": "kopfvirt.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": "bad-pool"}, "spec": spec}))
     assert result.returncode != 0 and expected in result.stderr, result.stderr

@@ -3,23 +3,19 @@ nothing behind: no pod, no domain, no disk."""
 
 import pytest
 
-from kopfvirt.lab.layout import SHARED_STORAGE
-
-from .conftest import domains_of, kubectl, lab_guest, wait_for
+from .conftest import domains_of, kubectl, lab_guest, vm_disk_dirs, wait_for
 
 
 def _nothing_left(vms, name, uid):
     assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
     assert domains_of(uid) == {}
-    assert not list((SHARED_STORAGE / "vms" / vms.namespace).glob(f"{name}-*"))
+    assert vm_disk_dirs(vms.namespace, name) == []
 
 
 @pytest.mark.parametrize("name,change,reason,words", [
     ("badflag", {"cpu": {"features": [{"name": "no-such-flag"}]}}, "CPUFeaturesUnavailable", "no-such-flag"),
     ("nosecret", {"disks": [{"name": "seed", "cloudInit": {"secretRef": {"name": "missing"}}}]},
      "SecretNotFound", "Secret missing does not exist"),
-    ("nopool", {"disks": [{"name": "data", "pool": {"pool": "nope", "volume": "v"}}]},
-     "StoragePoolNotFound", "no node has the storage pool nope"),
 ])
 def test_unrunnable_spec_is_reported_and_leaves_nothing(vms, name, change, reason, words):
     body = lab_guest(name)
@@ -46,37 +42,9 @@ def test_vm_too_big_for_any_node_stays_pending_and_says_why(vms):
 
 def test_missing_volume_in_an_existing_pool_is_reported(vms):
     body = lab_guest("novol")
-    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": "lab", "volume": "absent"}}]
+    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": "lab-images", "volume": "absent"}}]
     assert vms.apply(body).returncode == 0
     condition = vms.wait_condition("novol", "Ready", "VolumeNotFound")
-    assert "volume absent is not in pool lab" in condition["message"]
+    assert "volume absent is not in StoragePool lab-images" in condition["message"]
     assert domains_of(vms.get("novol")["metadata"]["uid"]) == {}
     vms.delete("novol")
-
-
-def test_agent_defines_a_described_pool(vms):
-    """A disk whose pool the node lacks but describes (dir here; netfs, iscsi and rbd alike)."""
-    import subprocess
-    import uuid
-
-    from .conftest import heartbeat, lab_exec
-
-    pool = f"adhoc-{uuid.uuid4().hex[:6]}"
-    path = SHARED_STORAGE / pool
-    path.mkdir()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path / "data.raw"), "16M"], check=True)
-    body = lab_guest("pooldefined")
-    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": pool, "volume": "data.raw",
-                                                       "define": {"type": "dir", "path": str(path)}}}]
-    try:
-        assert vms.apply(body).returncode == 0
-        vm = vms.wait_phase("pooldefined", "Running")
-        node = vm["status"]["nodeName"]
-        wait_for("the guest's heartbeat", lambda: heartbeat(node, vms.domain("pooldefined")))
-        assert "State:          running" in lab_exec(node, "virsh", "-c", "qemu:///system", "pool-info", pool).stdout
-        vms.delete("pooldefined")
-    finally:
-        for node in ("node-1", "node-2"):
-            lab_exec(node, "virsh", "-c", "qemu:///system", "pool-destroy", pool, check=False)
-            lab_exec(node, "virsh", "-c", "qemu:///system", "pool-undefine", pool, check=False)
-        subprocess.run(["rm", "-rf", str(path)])

@@ -6,8 +6,13 @@ import pytest
 from kopfvirt.core import disks, domainxml, vmspec
 
 UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
-KERNEL = {"kernel": "/var/lib/kopfvirt/storage/images/lab-guest/vmlinuz",
-          "initrd": "/var/lib/kopfvirt/storage/images/lab-guest/initrd.img", "cmdline": "console=ttyS0 quiet"}
+KERNEL = {"pool": "images", "kernel": "lab-guest-vmlinuz", "initrd": "lab-guest-initrd.img",
+          "cmdline": "console=ttyS0 quiet"}
+OWN_POOL = "/var/lib/kopfvirt/pools/gluster"
+# What the agent resolves the spec's pools and volumes to on its node.
+VOLUMES = {("images", "lab-guest-vmlinuz"): "/var/lib/kopfvirt/images/lab-guest-vmlinuz",
+           ("images", "lab-guest-initrd.img"): "/var/lib/kopfvirt/images/lab-guest-initrd.img",
+           ("images", "base.qcow2"): "/var/lib/kopfvirt/images/base.qcow2"}
 CASES = {
     "minimal": {"memory": {"size": "64Mi"}},
     "lab-guest": {"memory": {"size": "128Mi"}, "cpu": {"cores": 2}, "kernelBoot": KERNEL},
@@ -16,7 +21,7 @@ CASES = {
         "cpu": {"sockets": 2, "cores": 2, "threads": 2, "model": "EPYC",
                 "features": [{"name": "avx2"}, {"name": "svm", "policy": "disable"}]},
         "firmware": {"type": "UEFI"}, "guestAgent": True, "console": {"vnc": True},
-        "disks": [{"name": "root", "image": {"path": "/var/lib/kopfvirt/storage/images/base.qcow2"}, "bootOrder": 1},
+        "disks": [{"name": "root", "image": {"pool": "images", "volume": "base.qcow2"}, "bootOrder": 1},
                   {"name": "data", "empty": {"size": "1Gi"}, "bus": "scsi"},
                   {"name": "vol", "pool": {"pool": "lab", "volume": "v1"}, "readOnly": True},
                   {"name": "seed", "cloudInit": {"userData": "#cloud-config"}}],
@@ -32,8 +37,8 @@ HOSTDEVS = {"host-devices": [("gpu", "0000:01:00.0"), ("vf", "0000:3b:00.2")]}
 
 def _xml(case, virt_type="qemu"):
     vm = vmspec.parse("default", case, UID, CASES[case])
-    return domainxml.domain_xml(vm, disks.plan(vm, "/var/lib/kopfvirt/storage"), virt_type, {"default": "kopfvirt"},
-                                HOSTDEVS.get(case, ()))
+    plan = disks.plan(vm, disks.vm_dir(OWN_POOL, vm.namespace, vm.name, vm.uid), VOLUMES, own_pool_shared=True)
+    return domainxml.domain_xml(vm, plan, virt_type, {"default": "kopfvirt"}, HOSTDEVS.get(case, ()))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -60,10 +65,20 @@ def test_uuid_is_the_vm_uid_and_metadata_names_the_vm():
 def test_disks_land_where_the_plan_says():
     root = ET.fromstring(_xml("everything"))
     sources = {d.find("target").get("dev"): d.find("source").attrib for d in root.findall("devices/disk")}
-    vm_dir = f"/var/lib/kopfvirt/storage/vms/default/everything-{UID[:8]}"
+    vm_dir = f"{OWN_POOL}/vms/default/everything-{UID[:8]}"
     assert sources == {"vda": {"file": f"{vm_dir}/root.qcow2"}, "sda": {"file": f"{vm_dir}/data.qcow2"},
                        "vdb": {"pool": "lab", "volume": "v1"}, "sdb": {"file": f"{vm_dir}/seed-cidata.iso"}}
     assert root.find("vcpu").text == "8" and root.find("os").get("firmware") == "efi"
+    # The VM's own writable disks on a shared pool bypass the host page cache (libvirt's
+    # condition for a safe live migration); read-only media and volumes keep the default.
+    caches = {d.find("target").get("dev"): d.find("driver").get("cache") for d in root.findall("devices/disk")}
+    assert caches == {"vda": "none", "sda": "none", "vdb": None, "sdb": None}
+
+
+def test_kernel_and_initrd_are_the_resolved_volumes():
+    os_ = ET.fromstring(_xml("lab-guest")).find("os")
+    assert (os_.findtext("kernel"), os_.findtext("initrd")) == (VOLUMES["images", "lab-guest-vmlinuz"],
+                                                                VOLUMES["images", "lab-guest-initrd.img"])
 
 
 def test_unknown_virt_type_refused():

@@ -3,7 +3,7 @@
 import pytest
 
 from kopfvirt.clients.libvirt import DomainConflict, Hypervisor
-from kopfvirt.core import domainxml, vmspec
+from kopfvirt.core import disks, domainxml, vmspec
 
 UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
 OTHER_UID = "11111111-2222-4333-8444-555555555555"
@@ -17,7 +17,7 @@ def hv():
 
 def _xml(uid=UID, name="demo"):
     vm = vmspec.parse("unit", name, uid, {"memory": {"size": "64Mi"}})
-    return vm.domain_name, domainxml.domain_xml(vm, [], "qemu").replace("type=\"qemu\"", "type=\"test\"")
+    return vm.domain_name, domainxml.domain_xml(vm, disks.Plan([]), "qemu").replace("type=\"qemu\"", "type=\"test\"")
 
 
 def test_ensure_running_defines_starts_and_adopts(hv):

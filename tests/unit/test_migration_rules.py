@@ -61,10 +61,7 @@ def test_vm_level_refusals():
     for mode in ("Live", "Offline"):
         reason, message = migration.vm_refusal(gpu, held, mode, {}, {})
         assert reason == "HostDevice" and "node-1-0000-01-00-0" in message
-    local = vm(disks=[{"name": "data", "pool": {"pool": "local", "volume": "v"}}])
-    assert migration.vm_refusal(local, RUNNING, "Live", {}, {})[0] == "DiskNotShared"
-    assert migration.vm_refusal(local, RUNNING, "Live", {"copyStorage": True}, {}) is None
-    assert migration.vm_refusal(local, RUNNING, "Live", {}, {"shared-pool.kopfvirt.io/local": "true"}) is None
+    # Storage: tests/unit/test_pools.py (StorageNotShared).
 
 
 def test_options_spec_over_cluster_over_builtin():

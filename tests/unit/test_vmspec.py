@@ -52,7 +52,7 @@ def test_mac_is_stable_and_unicast():
     ({"memory": {"size": "64Mi"}, "cpu": {"cores": 0}}, "spec.cpu.cores: must be at least 1"),
     ({"memory": {"size": "64Mi"}, "cpu": {"sockets": 16, "cores": 64}}, "spec.cpu: sockets x cores x threads"),
     ({"memory": {"size": "64Mi"}, "runStrategy": "Sometimes"}, "spec.runStrategy: must be one of"),
-    ({"memory": {"size": "64Mi"}, "kernelBoot": {"initrd": "/i"}}, "spec.kernelBoot.kernel: is required"),
+    ({"memory": {"size": "64Mi"}, "kernelBoot": {"pool": "images", "initrd": "i"}}, "spec.kernelBoot.kernel: is required"),
     ({"memory": {"size": "64Mi"}, "disks": [{"name": "a"}]}, "spec.disks[0]: must have exactly one of"),
     ({"memory": {"size": "64Mi"}, "disks": [{"name": "a", "empty": {"size": "1Gi"}, "target": "vdb"},
                                             {"name": "b", "empty": {"size": "1Gi"}, "target": "vdb"}]},

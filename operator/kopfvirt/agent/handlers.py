@@ -15,6 +15,7 @@ import libvirt
 from .. import GROUP, VERSION
 from ..clients import kube
 from ..core import cpu, nodelabels, reservation
+from ..core import pools as storagepools
 from ..core.migration import SOURCE_NODE_LABEL
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .devices import PLURAL as DEVICES
@@ -44,16 +45,17 @@ def label_node(agent: Agent) -> None:
     except libvirt.libvirtError:
         kvm_caps = None
     pools = agent.hv.active_pools()
+    specs = agent.pools.specs()
     dom_caps = agent.hv.domain_capabilities(agent.virt_type)
     labels = nodelabels.node_labels(caps, dom_caps, agent.virt_type,
-                                    nodelabels.kvm_offered(kvm_caps), list(pools),
-                                    shared_pools=[name for name, (kind, path) in pools.items()
-                                                  if nodelabels.on_shared_storage(kind, path, agent.storage_root)],
+                                    nodelabels.kvm_offered(kvm_caps), pools,
+                                    shared_pools=[p for p in pools if p in specs and storagepools.is_shared(specs[p])],
                                     hidden_features=agent.hidden_cpu_features,
                                     expanded_cpu=expanded_host_model(agent, dom_caps))
     current = kube.get_node_labels(agent.node)
     patch = {**{k: v for k, v in labels.items() if current.get(k) != v},
              **{k: None for k in current if nodelabels.ours(k) and k not in labels}}
+    agent.pools.node_labels = {**current, **labels}
     if patch:
         kube.patch_node_labels(agent.node, patch)
         log.info("node %s labelled: %d CPU features, %d CPU models, pools %s", agent.node,
@@ -70,17 +72,26 @@ def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds
     def start(settings: kopf.OperatorSettings, **_):
         settings.watching.label_selectors[GROUP, "migrations"] = f"{SOURCE_NODE_LABEL}={agent.node}"
         settings.watching.label_selectors[GROUP, DEVICES] = f"{NODE_LABEL}={agent.node}"
+        agent.pools.objects = {o["metadata"]["name"]: o for o in kube.list_objects(storagepools.PLURAL)}
         label_node(agent)
+        agent.pools.sync()
+        label_node(agent)  # with the pools now active
         agent.devices.objects = {o["metadata"]["name"]: o for o in kube.list_objects(DEVICES)
                                  if (o.get("metadata", {}).get("labels") or {}).get(NODE_LABEL) == agent.node}
         agent.devices.publish()  # also gives back groups a crash left on vfio-pci
-        agent.start_resync(resync_seconds, also=lambda: label_node(agent))
+        agent.start_resync(resync_seconds, also=lambda: (agent.pools.sync(), label_node(agent)))
         agent.start_periodic(device_scan_seconds, agent.devices.publish)
 
     @kopf.on.event(GROUP, VERSION, DEVICES, registry=registry)
     def device_event(type, body, **_):
         if agent.devices.observe(dict(body), deleted=type == "DELETED"):
             agent.executor.submit(agent.devices.publish)
+
+    @kopf.on.event(GROUP, VERSION, storagepools.PLURAL, registry=registry)
+    def pool_event(type, body, **_):
+        agent.pools.observe(dict(body), deleted=type == "DELETED")
+        if type != "DELETED":
+            agent.executor.submit(lambda: (agent.pools.sync(), label_node(agent)))
 
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
     def migration_event(type, body, **_):

@@ -10,12 +10,12 @@ from .handlers import build_registry
 from .reconciler import Agent
 
 
-def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str, storage_root: str,
+def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
          vm_network: str, resync_seconds: float = 30, hidden_cpu_features: tuple[str, ...] = (),
          migration_transport: str = "tls", sysfs_root: str = "/sys", pci_ids: str | None = None,
          device_scan_seconds: float = 10, namespace: str = "kopfvirt-system", metrics_port: int = 0) -> None:
     kube.load(kubeconfig)
-    agent = Agent(node, libvirt_uri, virt_type, storage_root, networks={"default": vm_network},
+    agent = Agent(node, libvirt_uri, virt_type, networks={"default": vm_network},
                   hidden_cpu_features=hidden_cpu_features, migration_transport=migration_transport,
                   sysfs_root=sysfs_root, pci_ids=pci_ids, namespace=namespace)
     if metrics_port:

@@ -16,11 +16,12 @@ import libvirt
 from .. import GROUP
 from ..clients import images, kube
 from ..clients.libvirt import DomainConflict, Hypervisor
-from ..core import conditions, disks, domainxml, lifecycle, pools, vmspec
+from ..core import conditions, disks, domainxml, lifecycle, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
 from .devices import DeviceUnavailable, Devices, load_pci_ids
 from .migrator import Migrator
+from .storage import PoolNotReady, Pools
 
 log = logging.getLogger("kopfvirt.agent")
 NODE_LABEL = f"{GROUP}/node"
@@ -39,12 +40,12 @@ class NotReady(Exception):
 
 
 class Agent(Reconciler):
-    def __init__(self, node: str, uri: str, virt_type: str, storage_root: str, networks: dict[str, str],
+    def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
                  hidden_cpu_features: tuple[str, ...] = (), migration_transport: str = "tls",
                  sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system"):
         super().__init__(log)
         self.component = f"kopfvirt-agent/{node}"
-        self.node, self.virt_type, self.storage_root, self.networks = node, virt_type, storage_root, networks
+        self.node, self.virt_type, self.networks = node, virt_type, networks
         self.hidden_cpu_features = tuple(hidden_cpu_features)
         self.migration_transport = migration_transport  # tls; tcp only inside the lab
         self.migrator = Migrator(self)
@@ -56,6 +57,7 @@ class Agent(Reconciler):
         self.device_failures: dict[str, tuple[float, NotReady]] = {}
         self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
         self.devices = Devices(node, sysfs_root, load_pci_ids(pci_ids), namespace, self.hv, self.event)
+        self.pools = Pools(node, self.hv)
 
     # -- inputs -------------------------------------------------------------------------
     def _domain_event(self, uuid: str, event: str, detail: str) -> None:
@@ -181,21 +183,10 @@ class Agent(Reconciler):
         return status
 
     def _prepare_and_start(self, vm: vmspec.VM, body: dict, allocated: list[dict]) -> None:
-        plan = disks.plan(vm, self.storage_root)
-        for spec_disk in vm.spec.disks:
-            if spec_disk.pool and spec_disk.pool.define and not self.hv.pool_exists(spec_disk.pool.pool):
-                try:
-                    self.hv.define_pool(pools.pool_xml(spec_disk.pool.pool, spec_disk.pool.define))
-                except libvirt.libvirtError as e:
-                    raise NotReady("StoragePoolError", f"disk {spec_disk.name}: defining storage pool "
-                                                       f"{spec_disk.pool.pool} failed: {e}") from None
-        for d in plan:
-            if d.kind == "volume":
-                if not self.hv.pool_exists(d.pool):
-                    raise NotReady("StoragePoolNotFound", f"disk {d.name}: storage pool {d.pool} does not exist "
-                                                          f"on {self.node}")
-                if not self.hv.volume_exists(d.pool, d.volume):
-                    raise NotReady("VolumeNotFound", f"disk {d.name}: volume {d.volume} is not in pool {d.pool}")
+        try:
+            plan = self.pools.plan(vm)
+        except PoolNotReady as e:
+            raise NotReady(e.reason, str(e)) from None
         cloud_init = {}
         for spec_disk in vm.spec.disks:
             if spec_disk.cloud_init:
@@ -206,9 +197,8 @@ class Agent(Reconciler):
                         raise NotReady("SecretNotFound", f"disk {spec_disk.name}: Secret "
                                        f"{spec_disk.cloud_init.secret_ref.name} does not exist in {vm.namespace}")
                 cloud_init[spec_disk.name] = disks.cloud_init_files(vm, spec_disk.name, secret)
-        directory = disks.vm_dir(self.storage_root, vm.namespace, vm.name, vm.uid)
         try:
-            images.ensure(plan, directory, cloud_init)
+            images.ensure(plan.disks, self.pools.own_dir(vm), cloud_init)
         except images.DiskError as e:
             raise NotReady("DiskError", str(e)) from None
         if vm.spec.host_devices:
@@ -289,7 +279,7 @@ class Agent(Reconciler):
         self.device_failures.pop(meta["uid"], None)
         if (body.get("status") or {}).get("hostDevices"):
             self._devices_released(body)
-        images.remove(disks.vm_dir(self.storage_root, meta["namespace"], meta["name"], meta["uid"]))
+        self._remove_disks(body)
         finalizers = meta.get("finalizers") or []
         if self.finalizer in finalizers:
             self.remember(body, kube.json_patch(meta["namespace"], meta["name"], [
@@ -298,6 +288,18 @@ class Agent(Reconciler):
                  "value": [f for f in finalizers if f != self.finalizer]}]))
         log.info("VM %s/%s deleted: domain and disks removed from %s", meta["namespace"], meta["name"], self.node)
         self.vms.pop(meta["uid"], None)
+
+    def _remove_disks(self, body: dict) -> None:
+        """The VM's own disks go with it; named volumes and base images are the admin's."""
+        meta = body["metadata"]
+        try:
+            directory = self.pools.own_dir(vmspec.parse(meta["namespace"], meta["name"], meta["uid"],
+                                                        body.get("spec") or {}))
+        except (SpecError, PoolNotReady) as e:  # nothing was made, or the pool is gone with them
+            log.info("VM %s/%s: no disks to remove (%s)", meta["namespace"], meta["name"], e)
+            return
+        if directory:
+            images.remove(directory)
 
     def _failed(self, body: dict, reason: str, message: str, stalled: bool) -> None:
         status = self.with_condition(body, "Ready", False, reason, message)

@@ -17,6 +17,7 @@ from .. import GROUP, VERSION
 from . import schema
 from .migration import MigrationSpec, MigrationStatus
 from .passthroughdevice import PassthroughDeviceSpec, PassthroughDeviceStatus
+from .storagepool import StoragePoolSpec, StoragePoolStatus
 from .virtualmachine import VirtualMachineSpec, VirtualMachineStatus
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -56,6 +57,12 @@ KINDS = (
           ("Resource", "string", ".status.resourceName"), ("Permitted", "boolean", ".status.permitted"),
           ("Assignable", "boolean", ".status.assignable"), ("Reason", "string", ".status.reason"),
           ("Holder", "string", ".status.holder.name"), ("Age", "date", ".metadata.creationTimestamp")),
+         scope="Cluster"),
+    Kind("StoragePool", "storagepools", ("kvpool",), StoragePoolSpec, StoragePoolStatus,
+         "Storage an admin offers to VMs: a libvirt storage pool that the node agents define on the nodes "
+         "it selects. VMs name pools and volumes, never paths.",
+         (("Type", "string", ".spec.type"), ("Shared", "boolean", ".spec.shared"),
+          ("Default", "boolean", ".spec.default"), ("Age", "date", ".metadata.creationTimestamp")),
          scope="Cluster"),
 )
 

@@ -57,53 +57,43 @@ class Firmware:
     type: str = field("BIOS", enum=["BIOS", "UEFI"], description="BIOS (SeaBIOS) or UEFI (OVMF).")
 
 
+VOLUME = r"^[A-Za-z0-9][-A-Za-z0-9_.:]*$"  # a name inside a pool: never a path (no /)
+
+
+def _pool_field(what: str):
+    return field(pattern=DNS_LABEL, max_length=63, description=f"The StoragePool {what}.")
+
+
+def _volume_field(what: str):
+    return field(pattern=VOLUME, max_length=255, description=f"The volume {what}: a name in the pool, not a path.")
+
+
 @dataclasses.dataclass(kw_only=True)
 class KernelBoot:
-    """Boot a kernel and initrd directly, without a bootloader."""
+    """Boot a kernel and initrd directly, without a bootloader; both are volumes of a pool."""
 
-    kernel: str = field(min_length=1, description="Path of the kernel image on the node.")
-    initrd: str | None = field(None, description="Path of the initrd on the node.")
-    cmdline: str | None = field(None, description="Kernel command line, e.g. console=ttyS0.")
+    pool: str = _pool_field("that holds the kernel and the initrd")
+    kernel: str = _volume_field("holding the kernel image")
+    initrd: str | None = field(None, pattern=VOLUME, max_length=255,
+                               description="The volume holding the initrd: a name in the pool, not a path.")
+    cmdline: str | None = field(None, max_length=4096, description="Kernel command line, e.g. console=ttyS0.")
 
 
 @dataclasses.dataclass(kw_only=True)
 class ImageSource:
-    """A read-only base image; the VM writes to its own copy-on-write qcow2 overlay."""
+    """A read-only base image (a volume of a pool); the VM writes to its own copy-on-write
+    qcow2 overlay, kept in the VM's storage pool."""
 
-    path: str = field(min_length=1, description="Path of the base image (qcow2 or raw) on shared storage.")
-
-
-@dataclasses.dataclass(kw_only=True)
-class PoolDefinition:
-    """How to define the pool on a node that lacks it: dir, netfs (NFS or GlusterFS), iscsi or rbd."""
-
-    type: str = field(enum=["dir", "netfs", "iscsi", "rbd"], description="The libvirt pool type.")
-    path: str | None = field(None, pattern=r"^/", description=(
-        "dir: the directory; netfs: where the node mounts the export; iscsi: /dev/disk/by-path."))
-    host: str | None = field(None, min_length=1, description="netfs: the file server; iscsi: the portal; "
-                                                             "rbd: a Ceph monitor.")
-    source_path: str | None = field(None, min_length=1, description="netfs: the exported path or GlusterFS volume.")
-    format: str | None = field(None, enum=["nfs", "glusterfs"], description="netfs: the protocol.")
-    target: str | None = field(None, pattern=r"^iqn\.[0-9]{4}-[0-9]{2}\..+", description="iscsi: the target IQN.")
-    source_name: str | None = field(None, min_length=1, description="rbd: the Ceph pool.")
-
-    __schema__ = {"rules": [
-        ("self.type != 'dir' || has(self.path)", "dir needs path"),
-        ("self.type != 'netfs' || (has(self.host) && has(self.sourcePath) && has(self.path) && has(self.format))",
-         "netfs needs host, sourcePath, path and format"),
-        ("self.type != 'iscsi' || (has(self.host) && has(self.target))", "iscsi needs host and target"),
-        ("self.type != 'rbd' || (has(self.host) && has(self.sourceName))", "rbd needs host and sourceName"),
-    ]}
+    pool: str = _pool_field("that holds the base image")
+    volume: str = _volume_field("of the base image (qcow2 or raw, without a backing file of its own)")
 
 
 @dataclasses.dataclass(kw_only=True)
 class PoolSource:
-    """A volume of a libvirt storage pool: one the nodes have, or one defined from `define`."""
+    """A volume of a StoragePool, used as it is (an iSCSI LUN, a disk image made by an admin)."""
 
-    pool: str = field(min_length=1, description="Name of the libvirt storage pool on the node.")
-    volume: str = field(min_length=1, description="Name of the volume in that pool.")
-    define: PoolDefinition | None = field(None, description=(
-        "Define the pool on the VM's node if it lacks it (else the pool must already exist on some node)."))
+    pool: str = _pool_field("that holds the volume")
+    volume: str = _volume_field("to attach")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -144,7 +134,7 @@ class Disk:
     boot_order: int | None = field(None, minimum=1, description="Boot priority among disks, 1 first.")
     read_only: bool = field(False, description="Attach read-only.")
     image: ImageSource | None = field(None, description="A base image with a per-VM copy-on-write overlay.")
-    pool: PoolSource | None = field(None, description="A volume in a libvirt storage pool.")
+    pool: PoolSource | None = field(None, description="A volume of a StoragePool, attached as it is.")
     empty: EmptySource | None = field(None, description="A new empty disk of a size.")
     cloud_init: CloudInit | None = field(None, description="cloud-init NoCloud data (a read-only CD-ROM).")
 
@@ -201,6 +191,9 @@ class VirtualMachineSpec:
     memory: Memory = field(description="Guest memory.")
     firmware: Firmware = field(Firmware, description="BIOS or UEFI.")
     kernel_boot: KernelBoot | None = field(None, description="Boot a kernel directly (as the lab guest does).")
+    storage_pool: str | None = field(None, pattern=DNS_LABEL, max_length=63, description=(
+        "The StoragePool (dir or netfs) that keeps the VM's own disks: overlays, empty disks and cloud-init "
+        "media. Empty: the pool the admin marks default. On a shared pool the VM can live-migrate."))
     disks: list[Disk] = field([], max_items=16, list_map_keys=("name",), description="The VM's disks.", rules=((
         "self.all(a, !has(a.target) || self.exists_one(b, has(b.target) && b.target == a.target))",
         "two disks have the same target"),))

@@ -23,14 +23,14 @@ def _run(*argv: str) -> str:
     return result.stdout
 
 
-def image_format(path: str) -> str:
-    return json.loads(_run("qemu-img", "info", "--output=json", "-U", path))["format"]
-
-
 def _overlay(d: PlannedDisk) -> None:
     if not Path(d.backing).is_file():
         raise DiskError(f"disk {d.name}: base image {d.backing} does not exist on this node")
-    _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format(d.backing), "-b", d.backing, d.path)
+    info = json.loads(_run("qemu-img", "info", "--output=json", "-U", d.backing))
+    if info.get("backing-filename"):  # it would let a volume name reach any file of the node
+        raise DiskError(f"disk {d.name}: base image {d.backing} has a backing file of its own "
+                        f"({info['backing-filename']}); base images must stand alone")
+    _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b", d.backing, d.path)
 
 
 def _empty(d: PlannedDisk) -> None:
@@ -46,11 +46,14 @@ def _cidata(d: PlannedDisk, files: dict[str, str]) -> None:
         _run("genisoimage", "-quiet", "-output", d.path, "-volid", "cidata", "-joliet", "-rock", *names)
 
 
-def ensure(plan: list[PlannedDisk], vm_dir: str, cloud_init: dict[str, dict[str, str]]) -> None:
+def ensure(plan: list[PlannedDisk], vm_dir: str | None, cloud_init: dict[str, dict[str, str]]) -> None:
     """Create what is missing; on failure remove what this call created (nothing half-done).
 
-    `cloud_init` maps a cloud-init disk's name to its files (meta-data, user-data, ...).
+    `vm_dir`: where the VM's own disks go (None: it has none); `cloud_init` maps a
+    cloud-init disk's name to its files (meta-data, user-data, ...).
     """
+    if vm_dir is None:
+        return
     created: list[Path] = []
     directory = Path(vm_dir)
     new_dir = not directory.exists()

@@ -324,44 +324,57 @@ class Hypervisor:
             conn.close()
 
     # -- node ---------------------------------------------------------------------------
-    def active_pools(self) -> dict[str, tuple[str, str | None]]:
-        """Active pools: name -> (libvirt pool type, target path or None)."""
-        out = {}
-        for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-            root = ET.fromstring(p.XMLDesc(0))
-            out[p.name()] = (root.get("type"), root.findtext("target/path"))
-        return dict(sorted(out.items()))
+    def active_pools(self) -> list[str]:
+        return sorted(p.name() for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE))
 
-    def define_pool(self, xml: str) -> None:
-        """Define, build (dir: mkdir) and start a pool, and keep it across libvirtd restarts."""
-        pool = self.conn().storagePoolDefineXML(xml)
+    def ensure_pool(self, name: str, xml: str) -> dict:
+        """Define (and build: mkdir, mount point), start and autostart the pool where it is
+        missing or stopped; its state as a StoragePool's per-node status."""
+        conn = self.conn()
         try:
-            pool.build(0)
-        except libvirt.libvirtError:
-            pass  # netfs, iscsi and rbd need no build; an existing dir is fine
-        pool.setAutostart(1)
-        pool.create()
-        log.info("defined storage pool %s", pool.name())
+            try:
+                pool = conn.storagePoolLookupByName(name)
+            except libvirt.libvirtError as e:
+                if not _is(e, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                    raise
+                pool = conn.storagePoolDefineXML(xml)
+                log.info("defined storage pool %s", name)
+            if not pool.isActive():
+                try:
+                    pool.build(0)
+                except libvirt.libvirtError:
+                    pass  # iscsi-direct and rbd have nothing to build; an existing directory is fine
+                pool.setAutostart(1)
+                pool.create()
+            _, capacity, allocation, available = pool.info()
+            return {"state": "Active", "capacityBytes": capacity, "allocationBytes": allocation,
+                    "availableBytes": available}
+        except libvirt.libvirtError as e:
+            return {"state": "Failed", "message": str(e)}
 
-    def pool_exists(self, name: str) -> bool:
+    def remove_pool(self, name: str) -> None:
+        """Stop and undefine (never delete) a pool: the data is the admin's."""
         try:
             pool = self.conn().storagePoolLookupByName(name)
         except libvirt.libvirtError as e:
             if _is(e, libvirt.VIR_ERR_NO_STORAGE_POOL):
-                return False
+                return
             raise
-        return bool(pool.isActive())
+        if pool.isActive():
+            pool.destroy()
+        pool.undefine()
+        log.info("removed storage pool %s", name)
 
-    def volume_exists(self, pool: str, volume: str) -> bool:
-        """Refreshes the pool first: on shared storage another node may have made the volume."""
+    def volume_path(self, pool: str, volume: str) -> str | None:
+        """The volume's path on this node, or None where it is not (yet) there. Refreshes
+        the pool first: on shared storage another node may have made the volume."""
         try:
             p = self.conn().storagePoolLookupByName(pool)
             p.refresh()
-            p.storageVolLookupByName(volume)
-            return True
+            return p.storageVolLookupByName(volume).path()
         except libvirt.libvirtError as e:
-            if _is(e, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
-                return False
+            if _is(e, libvirt.VIR_ERR_NO_STORAGE_VOL):
+                return None
             raise
 
     def capabilities(self) -> str:

@@ -8,7 +8,7 @@ import dataclasses
 import kopf
 
 from .. import GROUP, VERSION
-from ..core import migration, reservation, vmspec
+from ..core import migration, pools, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .reconciler import Controller
 
@@ -57,7 +57,7 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
                                   meta.get("uid") or PLACEHOLDER_UID, dict(spec))
             except vmspec.SpecError as e:
                 raise kopf.AdmissionError(str(e), code=422)
-            refusal = controller.unknown_cpu_model(vm)
+            refusal = controller.unknown_cpu_model(vm) or controller.storage_refusal(vm)
             if refusal:
                 raise kopf.AdmissionError(refusal, code=422)
 
@@ -72,6 +72,10 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
     @kopf.on.event(GROUP, VERSION, "passthroughdevices", registry=registry)
     def device_event(type, body, **_):
         controller.devices.observe(dict(body), deleted=type == "DELETED")
+
+    @kopf.on.event(GROUP, VERSION, pools.PLURAL, registry=registry)
+    def pool_event(type, body, **_):
+        controller.observe_pool(dict(body), deleted=type == "DELETED")
 
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
     def migration_event(type, body, **_):

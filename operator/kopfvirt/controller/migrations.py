@@ -134,7 +134,8 @@ class Migrations:
                     and (other.get("status") or {}).get("phase") in migration.ACTIVE_PHASES):
                 return "AlreadyMigrating", f"VM {meta['name']} is already moving (Migration {other['metadata']['name']})"
         options = migration.effective_options(spec.get("options"), self._config()[0])
-        refusal, _ = migration.preflight(vm, vm_body.get("status") or {}, spec, options, list(self.c.nodes.values()))
+        refusal, _ = migration.preflight(vm, vm_body.get("status") or {}, spec, options, list(self.c.nodes.values()),
+                                         self.c.pool_specs())
         return refusal
 
     def _config(self) -> tuple[dict, dict]:

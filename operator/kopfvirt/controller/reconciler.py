@@ -11,7 +11,7 @@ import logging
 
 from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
-from ..core import lifecycle, migration, passthrough, reservation, vmspec
+from ..core import lifecycle, migration, passthrough, pools, reservation, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler
 from .devices import Allocator
@@ -31,6 +31,7 @@ class Controller(Reconciler):
     def __init__(self, namespace: str = "kopfvirt-system"):
         super().__init__(log)
         self.nodes: dict[str, migration.Node] = {}
+        self.storage_pools: dict[str, dict] = {}   # StoragePool objects by name
         self.migrations = Migrations(self, namespace)
         self.devices = Allocator(self)
 
@@ -46,6 +47,21 @@ class Controller(Reconciler):
                                           schedulable=ready and not (node.get("spec") or {}).get("unschedulable"))
         if before is not None and not before.schedulable and self.nodes[name].schedulable:
             self.migrations.node_uncordoned(name)
+
+    def observe_pool(self, body: dict, deleted: bool = False) -> None:
+        name = body["metadata"]["name"]
+        if deleted:
+            self.storage_pools.pop(name, None)
+        else:
+            self.storage_pools[name] = body
+
+    def pool_specs(self) -> dict[str, pools.StoragePoolSpec]:
+        return pools.specs_of(self.storage_pools)
+
+    def storage_refusal(self, vm: vmspec.VM) -> str | None:
+        """Pools the VM may not use (unknown, not for its namespace, unfit for its disks)."""
+        refusal = pools.refusal(vm.spec, vm.namespace, self.pool_specs())
+        return str(refusal) if refusal else None
 
     def observe_vm(self, body: dict, deleted: bool = False) -> None:
         super().observe_vm(body, deleted)
@@ -198,9 +214,12 @@ class Controller(Reconciler):
             ref = d.cloud_init.secret_ref if d.cloud_init else None
             if ref and not kube.secret_exists(vm.namespace, ref.name):
                 return "SecretNotFound", f"spec.disks[{d.name}].cloudInit.secretRef: Secret {ref.name} does not exist"
+        refusal = self.storage_refusal(vm)
+        if refusal:
+            return "StoragePoolRefused", refusal
         unoffered = self._unoffered(vm)
         if unoffered.get("pool"):
-            return "StoragePoolNotFound", f"spec.disks: no node has the storage pool {unoffered['pool'][0]}"
+            return "StoragePoolNotFound", f"no node has StoragePool {unoffered['pool'][0]} active"
         if unoffered.get("cpu-model"):
             return "UnknownCPUModel", self.unknown_cpu_model(vm)
         if unoffered.get("cpu-feature"):

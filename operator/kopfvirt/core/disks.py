@@ -1,4 +1,9 @@
-"""Where each disk of a VM lives and what the node must create for it (pure)."""
+"""Where each disk of a VM lives and what the node must create for it (pure).
+
+A VM names pools and volumes only. The agent resolves them on its node (libvirt knows
+each volume's path there) and hands this module the results: the directory of the VM's
+own disks in its storage pool, and the path of every volume the spec names.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +28,35 @@ class PlannedDisk:
     volume: str | None = None
     read_only: bool = False
     boot_order: int | None = None
+    cache: str | None = None         # "none" on shared file pools: what live migration requires
 
 
-def vm_dir(storage_root: str, namespace: str, name: str, uid: str) -> str:
-    """Per VM (the UID's head keeps a re-created VM of the same name off stale files)."""
-    return str(PurePosixPath(storage_root) / "vms" / namespace / f"{name}-{uid[:8]}")
+Volumes = dict[tuple[str, str], str]   # (pool, volume) -> its path on the node
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the domain opens from storage."""
+
+    disks: list[PlannedDisk]
+    kernel: str | None = None
+    initrd: str | None = None
+
+
+def vm_dir(pool_root: str, namespace: str, name: str, uid: str) -> str:
+    """Per VM, inside its storage pool (the UID's head keeps a re-created VM of the same
+    name off stale files)."""
+    return str(PurePosixPath(pool_root) / "vms" / namespace / f"{name}-{uid[:8]}")
+
+
+def named_volumes(vm: VM) -> list[tuple[str, str]]:
+    """The (pool, volume) pairs the spec names, which the node must resolve to paths."""
+    out = []
+    kb = vm.spec.kernel_boot
+    if kb:
+        out += [(kb.pool, kb.kernel)] + ([(kb.pool, kb.initrd)] if kb.initrd else [])
+    out += [(d.image.pool, d.image.volume) for d in vm.spec.disks if d.image]
+    return out
 
 
 def cloud_init_files(vm: VM, disk_name: str, secret: dict[str, str] | None) -> dict[str, str]:
@@ -42,21 +71,30 @@ def cloud_init_files(vm: VM, disk_name: str, secret: dict[str, str] | None) -> d
     return files
 
 
-def plan(vm: VM, storage_root: str) -> list[PlannedDisk]:
-    base = PurePosixPath(vm_dir(storage_root, vm.namespace, vm.name, vm.uid))
+def plan(vm: VM, own_dir: str, volumes: Volumes, own_pool_shared: bool = False) -> Plan:
+    """`own_dir`: vm_dir() in the VM's storage pool; `volumes`: named_volumes() resolved.
+    libvirt lets a writable file on a shared filesystem migrate only without the host's
+    page cache (cache=none), so the VM's own disks on a shared pool bypass it."""
+    base = PurePosixPath(own_dir)
+    cache = "none" if own_pool_shared else None
     out = []
     for d in vm.spec.disks:
         common = dict(name=d.name, target=vm.targets[d.name], read_only=d.read_only, boot_order=d.boot_order)
         if d.image:
             out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="overlay",
-                                   path=str(base / f"{d.name}.qcow2"), backing=d.image.path))
+                                   path=str(base / f"{d.name}.qcow2"), backing=volumes[d.image.pool, d.image.volume],
+                                   cache=cache))
         elif d.empty:
             out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="empty",
-                                   path=str(base / f"{d.name}.qcow2"), size_bytes=quantity.to_bytes(d.empty.size)))
+                                   path=str(base / f"{d.name}.qcow2"), size_bytes=quantity.to_bytes(d.empty.size),
+                                   cache=cache))
         elif d.pool:
             out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="volume",
                                    pool=d.pool.pool, volume=d.pool.volume))
         else:
             out.append(PlannedDisk(**{**common, "read_only": True}, bus="sata", device="cdrom", kind="cloudinit",
                                    path=str(base / f"{d.name}-cidata.iso")))
-    return out
+    kb = vm.spec.kernel_boot
+    if kb is None:
+        return Plan(out)
+    return Plan(out, kernel=volumes[kb.pool, kb.kernel], initrd=volumes[kb.pool, kb.initrd] if kb.initrd else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from . import quantity
-from .disks import PlannedDisk
+from .disks import Plan, PlannedDisk
 from .vmspec import VM
 
 METADATA_NS = "https://kopfvirt.io/xmlns/domain/v1alpha1"
@@ -42,17 +42,17 @@ def _cpu(dom: ET.Element, vm: VM) -> None:
         _sub(cpu, "feature", policy=f.policy, name=f.name)
 
 
-def _os(dom: ET.Element, vm: VM, plan: list[PlannedDisk]) -> None:
+def _os(dom: ET.Element, vm: VM, plan: Plan) -> None:
     spec = vm.spec
     os_ = _sub(dom, "os", **({"firmware": "efi"} if spec.firmware.type == "UEFI" else {}))
     _sub(os_, "type", "hvm", arch="x86_64", machine="q35")
     if spec.kernel_boot:
-        _sub(os_, "kernel", spec.kernel_boot.kernel)
-        if spec.kernel_boot.initrd:
-            _sub(os_, "initrd", spec.kernel_boot.initrd)
+        _sub(os_, "kernel", plan.kernel)
+        if plan.initrd:
+            _sub(os_, "initrd", plan.initrd)
         if spec.kernel_boot.cmdline:
             _sub(os_, "cmdline", spec.kernel_boot.cmdline)
-    elif not any(d.boot_order for d in plan):
+    elif not any(d.boot_order for d in plan.disks):
         _sub(os_, "boot", dev="hd")
 
 
@@ -64,7 +64,8 @@ def _disk(devices: ET.Element, d: PlannedDisk) -> None:
     else:
         disk = _sub(devices, "disk", type="file", device=d.device)
         fmt = "raw" if d.kind == "cloudinit" else "qcow2"
-        _sub(disk, "driver", name="qemu", type=fmt, **({} if d.device == "cdrom" else {"discard": "unmap"}))
+        _sub(disk, "driver", name="qemu", type=fmt, **({} if d.device == "cdrom" else {"discard": "unmap"}),
+             **({"cache": d.cache} if d.cache else {}))
         _sub(disk, "source", file=d.path)
     _sub(disk, "target", dev=d.target, bus=d.bus)
     if d.boot_order:
@@ -97,7 +98,7 @@ def hostdev_addresses(xml: str) -> set[str]:
     return out
 
 
-def domain_xml(vm: VM, plan: list[PlannedDisk], virt_type: str = "qemu",
+def domain_xml(vm: VM, plan: Plan, virt_type: str = "qemu",
                networks: dict[str, str] | None = None, hostdevs: list[tuple[str, str]] = ()) -> str:
     """The domain for `vm`; its UUID is the VM object's UID, which ties the two for adoption.
 
@@ -130,9 +131,9 @@ def domain_xml(vm: VM, plan: list[PlannedDisk], virt_type: str = "qemu",
     _sub(dom, "on_crash", "destroy")
 
     devices = _sub(dom, "devices")
-    if any(d.bus == "scsi" for d in plan):
+    if any(d.bus == "scsi" for d in plan.disks):
         _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
-    for d in plan:
+    for d in plan.disks:
         _disk(devices, d)
     for i in spec.interfaces:
         iface = _sub(devices, "interface", type="network")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 
 from .. import GROUP
-from . import cpu, reservation
+from . import cpu, pools, reservation
 from .vmspec import VM
 
 PLURAL = "migrations"
 MIGRATION_LABEL = f"{GROUP}/migration"      # on the target pod: the Migration's name
 SOURCE_NODE_LABEL = f"{GROUP}/source-node"  # on a Migration: the node whose agent moves it
 TARGET_ROLE = "migration-target"            # reservation.ROLE_LABEL of a target pod until hand-off
-SHARED_POOL_PREFIX = f"shared-pool.{GROUP}/"
 
 # Built-in defaults of spec.options; the ConfigMap kopfvirt-migration overrides them.
 DEFAULT_OPTIONS = {
@@ -71,12 +70,8 @@ def effective_options(spec_options: dict | None, defaults: dict) -> dict:
     return {k: v for k, v in merged.items() if v is not None}
 
 
-def shared_pools(labels: dict[str, str]) -> set[str]:
-    return {k[len(SHARED_POOL_PREFIX):] for k, v in labels.items() if k.startswith(SHARED_POOL_PREFIX) and v == "true"}
-
-
 def vm_refusal(vm: VM, vm_status: dict, mode: str, options: dict,
-               source_labels: dict[str, str]) -> tuple[str, str] | None:
+               pool_specs: dict[str, pools.StoragePoolSpec]) -> tuple[str, str] | None:
     """Why the VM cannot move at all, whatever the target: (reason, message) or None."""
     phase = vm_status.get("phase")
     if vm_status.get("migration"):
@@ -87,12 +82,11 @@ def vm_refusal(vm: VM, vm_status: dict, mode: str, options: dict,
                               f"move; stop the VM and start it where its devices are")
     if phase not in ("Running", "Paused") or not vm_status.get("nodeName"):
         return "VMNotRunning", f"VM {vm.name} is {phase or 'not started'}: only a running VM can migrate"
-    if not options.get("copyStorage"):
-        shared = shared_pools(source_labels)
-        for d in vm.spec.disks:
-            if d.pool and d.pool.pool not in shared and (not d.pool.define or d.pool.define.type == "dir"):
-                return "DiskNotShared", (f"disk {d.name} is in pool {d.pool.pool}, which is not on shared storage; "
-                                         f"set spec.options.copyStorage to copy it")
+    local = pools.unshared_disks(vm.spec, pool_specs)
+    if local and not options.get("copyStorage"):
+        return "StorageNotShared", ("; ".join(f"disk {d} is in StoragePool {p}, which is not shared storage"
+                                              for d, p in local) + ": set spec.options.copyStorage to copy "
+                                                                   "these disks during the move")
     return None
 
 
@@ -133,12 +127,12 @@ def node_verdicts(vm: VM, source: str, nodes: list[Node], target_node: str | Non
     return out
 
 
-def preflight(vm: VM, vm_status: dict, spec: dict, options: dict,
-              nodes: list[Node]) -> tuple[tuple[str, str] | None, list[Verdict]]:
+def preflight(vm: VM, vm_status: dict, spec: dict, options: dict, nodes: list[Node],
+              pool_specs: dict[str, pools.StoragePoolSpec] | None = None
+              ) -> tuple[tuple[str, str] | None, list[Verdict]]:
     """The whole preflight of a Migration spec: (refusal or None, each node's verdict)."""
     source = vm_status.get("nodeName")
-    source_labels = next((n.labels for n in nodes if n.name == source), {})
-    refusal = vm_refusal(vm, vm_status, spec.get("mode", "Live"), options, source_labels)
+    refusal = vm_refusal(vm, vm_status, spec.get("mode", "Live"), options, pool_specs or {})
     verdicts = node_verdicts(vm, source, nodes, spec.get("targetNode"), spec.get("nodeSelector"))
     if refusal is None and not any(v.fit for v in verdicts):
         unfit = [v for v in verdicts if v.reason not in ("SourceNode", "NotTarget")]

@@ -1,28 +1,135 @@
-"""libvirt storage pool XML from a disk's pool definition (pure)."""
+"""StoragePools (pure): their libvirt pool XML, who may use them, where they are offered,
+and whether live migration can leave their data in place."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import PurePosixPath
 
-from ..api.virtualmachine import PoolDefinition
+from .. import GROUP
+from ..api.schema import SpecError, from_dict
+from ..api.storagepool import FILE_POOL_TYPES, NETWORK_POOL_TYPES, StoragePoolSpec
+
+PLURAL = "storagepools"
+MOUNT_ROOT = PurePosixPath("/var/lib/kopfvirt/pools")
+POOL_LABEL_PREFIX = f"pool.{GROUP}/"   # on a Node: the pool is active there
 
 
-def pool_xml(name: str, d: PoolDefinition) -> str:
-    pool = ET.Element("pool", type=d.type)
+def parse(spec: dict) -> StoragePoolSpec:
+    return from_dict(StoragePoolSpec, spec)
+
+
+def specs_of(objects: dict[str, dict]) -> dict[str, StoragePoolSpec]:
+    """Name -> spec of StoragePool objects; one the schema let through but that does not
+    parse is left out (as if absent: nothing is defined from it)."""
+    out = {}
+    for name, obj in list(objects.items()):
+        try:
+            out[name] = parse(obj.get("spec") or {})
+        except SpecError:
+            pass
+    return out
+
+
+def is_shared(spec: StoragePoolSpec) -> bool:
+    return spec.shared if spec.shared is not None else spec.type in NETWORK_POOL_TYPES
+
+
+def holds_files(spec: StoragePoolSpec) -> bool:
+    """Whether the agent can create a VM's own disks (files) in it."""
+    return spec.type in FILE_POOL_TYPES
+
+
+def target_path(name: str, spec: StoragePoolSpec) -> str | None:
+    """The directory on a node that holds the pool's files (None: no files, e.g. LUNs)."""
+    if spec.type == "dir":
+        return spec.source.path
+    if spec.type == "netfs":
+        return spec.mount_path or str(MOUNT_ROOT / name)
+    return None
+
+
+def offered_on(spec: StoragePoolSpec, node_labels: dict[str, str]) -> bool:
+    return all(node_labels.get(k) == v for k, v in spec.node_selector.items())
+
+
+def allowed_for(spec: StoragePoolSpec, namespace: str) -> bool:
+    return not spec.namespaces or namespace in spec.namespaces
+
+
+def default_pool(pools: dict[str, StoragePoolSpec]) -> str | None:
+    """The pool marked default (the first by name if an admin marked several)."""
+    return next((name for name in sorted(pools) if pools[name].default), None)
+
+
+def pool_xml(name: str, spec: StoragePoolSpec) -> str:
+    pool = ET.Element("pool", type=spec.type)
     ET.SubElement(pool, "name").text = name
     source = ET.SubElement(pool, "source")
-    if d.type == "netfs":
-        ET.SubElement(source, "host", name=d.host)
-        ET.SubElement(source, "dir", path=d.source_path)
-        ET.SubElement(source, "format", type=d.format)
-    elif d.type == "iscsi":
-        ET.SubElement(source, "host", name=d.host)
-        ET.SubElement(source, "device", path=d.target)
-    elif d.type == "rbd":
-        ET.SubElement(source, "host", name=d.host)
-        ET.SubElement(source, "name").text = d.source_name
-    if d.type != "rbd":
-        target = ET.SubElement(pool, "target")
-        ET.SubElement(target, "path").text = d.path or "/dev/disk/by-path"
+    s = spec.source
+    if spec.type == "netfs":
+        ET.SubElement(source, "host", name=s.host)
+        ET.SubElement(source, "dir", path=s.path)
+        ET.SubElement(source, "format", type=s.format)
+    elif spec.type == "iscsi-direct":
+        ET.SubElement(source, "host", name=s.host)
+        ET.SubElement(source, "device", path=s.target)
+        ET.SubElement(ET.SubElement(source, "initiator"), "iqn", name=s.initiator)
+    elif spec.type == "rbd":
+        ET.SubElement(source, "host", name=s.host)
+        ET.SubElement(source, "name").text = s.name
+    path = target_path(name, spec)
+    if path:
+        ET.SubElement(ET.SubElement(pool, "target"), "path").text = path
     ET.indent(pool)
     return ET.tostring(pool, encoding="unicode") + "\n"
+
+
+def vm_pools(spec, default: str | None) -> dict[str, list[str]]:
+    """Every pool a VM spec uses -> the fields that name it (for field-named refusals)."""
+    out: dict[str, list[str]] = {}
+    own = spec.storage_pool or default
+    if spec.kernel_boot:
+        out.setdefault(spec.kernel_boot.pool, []).append("spec.kernelBoot.pool")
+    for i, d in enumerate(spec.disks):
+        if d.image:
+            out.setdefault(d.image.pool, []).append(f"spec.disks[{i}].image.pool")
+        if d.pool:
+            out.setdefault(d.pool.pool, []).append(f"spec.disks[{i}].pool.pool")
+        if (d.image or d.empty or d.cloud_init) and own:
+            out.setdefault(own, []).append("spec.storagePool")
+    return out
+
+
+def refusal(spec, namespace: str, pools: dict[str, StoragePoolSpec]) -> SpecError | None:
+    """Why a VM spec may not use the pools it names: unknown, not for its namespace, or a
+    pool that cannot hold its own disks. None when all is well."""
+    default = default_pool(pools)
+    needs_own = any(d.image or d.empty or d.cloud_init for d in spec.disks)
+    if needs_own and not spec.storage_pool and default is None:
+        return SpecError("spec.storagePool", "is empty and no StoragePool is marked default: name one for the "
+                                             "VM's overlays, empty disks and cloud-init media")
+    for name, fields in vm_pools(spec, default).items():
+        where = fields[0]
+        if name not in pools:
+            return SpecError(where, f"StoragePool {name} does not exist")
+        if not allowed_for(pools[name], namespace):
+            return SpecError(where, f"StoragePool {name} is not offered to namespace {namespace}")
+        if "spec.storagePool" in fields and not holds_files(pools[name]):
+            return SpecError("spec.storagePool", f"StoragePool {name} is of type {pools[name].type}, which "
+                                                 f"cannot hold the VM's own disks (needs dir or netfs)")
+    return None
+
+
+def unshared_disks(spec, pools: dict[str, StoragePoolSpec]) -> list[tuple[str, str]]:
+    """(disk, pool) of each writable disk whose data stays on its node: what a live
+    migration would have to copy. A pool not (or no longer) defined counts as local."""
+    own = spec.storage_pool or default_pool(pools)
+    out = []
+    for d in spec.disks:
+        if d.cloud_init or d.read_only:  # libvirt lets read-only media migrate where they are
+            continue
+        name = d.pool.pool if d.pool else own
+        if name not in pools or not is_shared(pools[name]):
+            out.append((d.name, name))
+    return out

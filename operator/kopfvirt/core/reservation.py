@@ -8,6 +8,7 @@ apply to VMs as they do to pods.
 from __future__ import annotations
 
 from .. import GROUP, VERSION
+from . import pools
 from .vmspec import VM
 
 VM_LABEL = f"{GROUP}/vm"
@@ -27,9 +28,10 @@ def overhead_mib(vm: VM) -> int:
 
 def node_requirements(vm: VM) -> dict[str, str]:
     """Node labels (see nodelabels.py) the VM needs: its named CPU model, its required CPU
-    features, the storage pools of its disks (unless the agent may define them)."""
+    features, the StoragePools it names (active on the node; the default pool, which the
+    spec does not name, is the agent's to check)."""
     cpu = vm.spec.cpu
-    out = {f"pool.{GROUP}/{d.pool.pool}": "true" for d in vm.spec.disks if d.pool and not d.pool.define}
+    out = {f"pool.{GROUP}/{p}": "true" for p in pools.vm_pools(vm.spec, default=None)}
     if cpu.model and cpu.model not in ("host-model", "host-passthrough"):
         out[f"cpu-model.{GROUP}/{cpu.model}"] = "true"
     for f in cpu.features:

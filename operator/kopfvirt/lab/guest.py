@@ -1,5 +1,6 @@
 """The lab guest (a kernel and busybox initramfs that print a heartbeat on ttyS0) and a
-blank base image, on the shared storage."""
+blank base image: volumes of the lab's read-only StoragePool lab-images (lab/storagepools.yaml),
+a directory every node sees at the same path."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from . import procs
 from .errors import LabError
 from .layout import SHARED_STORAGE, Lab
 
-GUEST_DIR = SHARED_STORAGE / "images" / "lab-guest"
-KERNEL = GUEST_DIR / "vmlinuz"
-INITRD = GUEST_DIR / "initrd.img"
-BLANK_IMAGE = SHARED_STORAGE / "images" / "blank.qcow2"
+IMAGES_DIR = SHARED_STORAGE / "images"
+IMAGES_POOL = "lab-images"
+# Volumes of a dir pool are the files at its top: the guest's files carry its name.
+VOLUMES = {"vmlinuz": "lab-guest-vmlinuz", "initrd.img": "lab-guest-initrd.img"}
+BLANK_IMAGE = IMAGES_DIR / "blank.qcow2"
 HEARTBEAT = "kopfvirt-heartbeat"
 
 
@@ -22,9 +24,9 @@ def install(lab: Lab) -> None:
     result = procs.run(["bash", str(lab.repo / "lab" / "build-guest.sh")], check=False)
     if result.returncode != 0:
         raise LabError(f"building the lab guest failed: {result.stderr.strip()[-2000:]}")
-    GUEST_DIR.mkdir(parents=True, exist_ok=True)
-    for name in ("vmlinuz", "initrd.img"):
-        target = GUEST_DIR / name
+    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    for name, volume in VOLUMES.items():
+        target = IMAGES_DIR / volume
         if not target.exists() or not filecmp.cmp(lab.guest_cache / name, target, shallow=False):
             shutil.copy2(lab.guest_cache / name, target)
     if not BLANK_IMAGE.exists():  # a base image for examples of copy-on-write overlays

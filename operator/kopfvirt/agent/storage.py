@@ -1,0 +1,118 @@
+"""The node agent's side of StoragePools: define the pools the admin offers on this node
+in its libvirtd, report each one's state there, and resolve a VM's pools and volumes to
+the paths its domain opens.
+
+Pools are few and cluster-scoped, so every agent watches all of them; it writes only its
+own node's entry of a pool's status, and only when that entry changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..clients import kube
+from ..clients.libvirt import Hypervisor
+from ..core import disks, pools
+from ..core.vmspec import VM
+from ..reconciling import now
+
+log = logging.getLogger("kopfvirt.agent")
+
+
+class PoolNotReady(Exception):
+    """A pool or volume a VM needs is not usable on this node; the message says which and why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class Pools:
+    def __init__(self, node: str, hv: Hypervisor):
+        self.node, self.hv = node, hv
+        self.objects: dict[str, dict] = {}
+        self.node_labels: dict[str, str] = {}
+        self.reported: dict[str, dict] = {}      # pool -> the node entry last written
+        self.lock = threading.Lock()
+
+    def observe(self, obj: dict, deleted: bool = False) -> None:
+        name = obj["metadata"]["name"]
+        if deleted:
+            self.objects.pop(name, None)
+            self.reported.pop(name, None)
+        else:
+            self.objects[name] = obj
+
+    def specs(self) -> dict[str, pools.StoragePoolSpec]:
+        return pools.specs_of(self.objects)
+
+    def sync(self) -> None:
+        """Bring every pool offered here up in libvirt and report its state (resync too:
+        a pool whose server was down comes back, and its status says so)."""
+        with self.lock:
+            for name, spec in self.specs().items():
+                if not pools.offered_on(spec, self.node_labels):
+                    continue
+                entry = self.hv.ensure_pool(name, pools.pool_xml(name, spec))
+                if entry.get("state") != "Active":
+                    log.warning("storage pool %s on %s: %s", name, self.node, entry.get("message"))
+                reported = self.reported.get(name)
+                if reported is None:
+                    reported = ((self.objects[name].get("status") or {}).get("nodes") or {}).get(self.node) or {}
+                if {k: v for k, v in reported.items() if k != "lastUpdateTime"} != entry:
+                    kube.patch_status(None, name, {"nodes": {self.node: {**entry, "lastUpdateTime": now()}}},
+                                      plural=pools.PLURAL)
+                self.reported[name] = entry
+
+    # -- a VM's storage -----------------------------------------------------------------
+    def _usable(self, name: str, specs: dict, namespace: str, field: str) -> pools.StoragePoolSpec:
+        spec = specs.get(name)
+        if spec is None:
+            raise PoolNotReady("StoragePoolNotFound", f"{field}: StoragePool {name} does not exist")
+        if not pools.allowed_for(spec, namespace):
+            raise PoolNotReady("StoragePoolNotAllowed", f"{field}: StoragePool {name} is not offered to "
+                                                        f"namespace {namespace}")
+        entry = self.reported.get(name) or {}
+        if entry.get("state") != "Active":
+            why = entry.get("message") or "not offered on this node"
+            raise PoolNotReady("StoragePoolNotReady", f"{field}: StoragePool {name} is not active on "
+                                                      f"{self.node}: {why}")
+        return spec
+
+    def own_pool(self, vm: VM) -> tuple[str, pools.StoragePoolSpec] | None:
+        """The pool that keeps the VM's own disks, or None when it has none to keep."""
+        if not any(d.image or d.empty or d.cloud_init for d in vm.spec.disks):
+            return None
+        specs = self.specs()
+        name = vm.spec.storage_pool or pools.default_pool(specs)
+        if name is None:
+            raise PoolNotReady("StoragePoolNotFound", "spec.storagePool: empty, and no StoragePool is default")
+        spec = self._usable(name, specs, vm.namespace, "spec.storagePool")
+        if not pools.holds_files(spec):
+            raise PoolNotReady("StoragePoolNotFound", f"spec.storagePool: StoragePool {name} cannot hold files")
+        return name, spec
+
+    def own_dir(self, vm: VM) -> str | None:
+        own = self.own_pool(vm)
+        return None if own is None else disks.vm_dir(pools.target_path(*own), vm.namespace, vm.name, vm.uid)
+
+    def plan(self, vm: VM) -> disks.Plan:
+        """The VM's disks and boot files as paths on this node, or PoolNotReady naming what is missing."""
+        specs = self.specs()
+        own = self.own_pool(vm)
+        volumes: disks.Volumes = {}
+        for pool, volume in disks.named_volumes(vm):
+            self._usable(pool, specs, vm.namespace, f"pool {pool}")
+            path = self.hv.volume_path(pool, volume)
+            if path is None:
+                raise PoolNotReady("VolumeNotFound", f"volume {volume} is not in StoragePool {pool}")
+            volumes[pool, volume] = path
+        for d in vm.spec.disks:
+            if d.pool:
+                self._usable(d.pool.pool, specs, vm.namespace, f"disk {d.name}")
+                if self.hv.volume_path(d.pool.pool, d.pool.volume) is None:
+                    raise PoolNotReady("VolumeNotFound", f"disk {d.name}: volume {d.pool.volume} is not in "
+                                                         f"StoragePool {d.pool.pool}")
+        own_dir = "" if own is None else disks.vm_dir(pools.target_path(*own), vm.namespace, vm.name, vm.uid)
+        return disks.plan(vm, own_dir, volumes, own_pool_shared=own is not None and pools.is_shared(own[1]))
