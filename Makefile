@@ -11,9 +11,10 @@ export KOPFVIRT_HELM := $(HELM)
 
 APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils libvirt-dev \
 	pkg-config gcc etcd-server busybox-static cpio iproute2 util-linux genisoimage libxml2-utils \
-	dmidecode ovmf pci.ids
+	dmidecode ovmf pci.ids glusterfs-server glusterfs-client nfs-ganesha nfs-ganesha-vfs rpcbind tgt \
+	qemu-block-extra libvirt-daemon-driver-storage-iscsi-direct libvirt-daemon-driver-storage-gluster
 APT_TOOLS := libvirtd virsh qemu-system-x86_64 qemu-img pkg-config gcc etcd cpio ip nsenter \
-	virt-xml-validate dmidecode
+	virt-xml-validate dmidecode glusterd mount.glusterfs tgtd tgtadm ganesha.nfsd rpcbind rpcinfo qemu-io
 
 .PHONY: demo test unit integration deps lab-deps venv helm manifests lab-up lab-down lab-status clean
 

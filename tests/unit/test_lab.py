@@ -2,12 +2,13 @@
 
 import socket
 import subprocess
+from xml.etree import ElementTree
 
 import pytest
 import yaml
 from cryptography import x509
 
-from kopfvirt.lab import controlplane, kubeconfig, layout, manage, pki, procs
+from kopfvirt.lab import controlplane, kubeconfig, layout, manage, nodes, pki, procs, storage
 from kopfvirt.lab.errors import LabError
 
 
@@ -101,3 +102,60 @@ def test_failed_first_up_removes_what_it_started(tmp_path, monkeypatch):
     with pytest.raises(LabError, match="port 6443 is in use"):
         manage.up(lab, 2)
     assert calls[-1] == ("down", {"keep_logs": True, "quiet": True})
+
+
+@pytest.mark.parametrize("xml", [storage.gluster_pool_xml("gl"), storage.iscsi_direct_pool_xml("is", "node-1")])
+def test_storage_pool_xml_is_valid_for_libvirt(tmp_path, xml):
+    path = tmp_path / "pool.xml"
+    path.write_text(xml)
+    result = subprocess.run(["virt-xml-validate", str(path), "storagepool"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gluster_pool_mounts_the_lab_volume_over_fuse():
+    pool = ElementTree.fromstring(storage.gluster_pool_xml("gl"))
+    assert pool.get("type") == "netfs"
+    assert pool.find("source/host").get("name") == "198.18.0.5"
+    assert pool.find("source/dir").get("path") == layout.GLUSTER_VOLUME
+    assert pool.find("source/format").get("type") == "glusterfs"
+    assert pool.findtext("target/path") == "/var/lib/kopfvirt/pools/gluster"
+
+
+def test_iscsi_direct_pool_names_the_node_as_initiator():
+    pool = ElementTree.fromstring(storage.iscsi_direct_pool_xml("is", "node-2"))
+    assert pool.find("source/device").get("path") == layout.ISCSI_TARGET
+    assert pool.find("source/initiator/iqn").get("name") == "iqn.2026-11.io.kopfvirt.lab:node-2"
+
+
+def test_nfs_url_is_under_the_export():
+    assert storage.nfs_url("/x.qcow2") == "nfs://198.18.0.5/export/x.qcow2"
+
+
+def test_ganesha_exports_the_data_dir_unsquashed(tmp_path):
+    conf = storage.ganesha_conf(storage.Host(data=tmp_path))
+    assert f'Path = "{tmp_path}/nfs/export";' in conf
+    assert 'Pseudo = "/export";' in conf and "Squash = No_Root_Squash;" in conf
+    assert conf.count("Protocols = 3, 4;") == 2 and "Name = VFS;" in conf
+    assert "Graceless = true;" in conf  # a restarted server serves at once
+    assert conf.count("{") == conf.count("}")
+
+
+def test_storage_servers_keep_their_own_run_and_state(tmp_path):
+    host = storage.Host(data=tmp_path / "data", run=tmp_path / "run")
+    assert host.private_dirs["/run"] == tmp_path / "run"
+    assert all(str(source).startswith(str(tmp_path)) for source in host.private_dirs.values())
+
+
+def test_storage_status_without_servers(tmp_path):
+    lab = layout.Lab(tmp_path)
+    host = storage.Host(ip="192.0.2.1")  # TEST-NET: nothing answers
+    states = storage.status(lab, host)
+    assert set(states) == {"glusterd", "tgtd", "rpcbind", "ganesha"}
+    assert states["tgtd"] == "stopped, 192.0.2.1:3260 unreachable"
+
+
+def test_libvirtd_missing_an_installed_backend_is_found(monkeypatch):
+    caps = "<pool type='netfs' supported='yes'>\n<pool type='iscsi-direct' supported='no'>"
+    monkeypatch.setattr(nodes.procs, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, caps, ""))
+    monkeypatch.setattr(nodes.Path, "glob", lambda self, pattern: iter(["x.so"]))
+    assert nodes._missing_backends("node-1") == ["iscsi-direct"]

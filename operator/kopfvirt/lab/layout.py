@@ -33,6 +33,22 @@ PCI_TREE_NODES = ("node-2",)
 
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
                 "/var/log/libvirt", "/var/cache/libvirt")
+# Per node, bind-mounted from .lab/nodes/<node>/: libvirt's own, and the GlusterFS client's
+# logs (every node mounts the volume at the same path, hence the same log name).
+NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs")
+
+# The storage host: GlusterFS, iSCSI and NFS servers in their own namespaces (lab/storage.py).
+# Their data is machine-wide like SHARED_STORAGE, so a repeated `lab up` finds it.
+STORAGE_HOST = "storage"
+STORAGE_IP = "198.18.0.5"
+STORAGE_DATA = Path("/var/lib/kopfvirt/storage-server")
+POOLS_DIR = Path("/var/lib/kopfvirt/pools")   # where nodes mount pools (same path everywhere)
+GLUSTER_VOLUME = "kopfvirt"
+ISCSI_TARGET = "iqn.2026-11.io.kopfvirt.lab:storage"
+ISCSI_INITIATOR_PREFIX = "iqn.2026-11.io.kopfvirt.lab:"  # + node name
+ISCSI_LUNS = 3
+ISCSI_LUN_SIZE = 1 << 30                      # sparse files
+NFS_EXPORT = "/export"                        # NFSv3 mount path and NFSv4 pseudo path
 
 
 def node_ip(index: int) -> str:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import controlplane, guest, nodes, procs, tokens
+from . import controlplane, guest, nodes, procs, storage, tokens
 from .errors import LabError
 from .layout import (AGENT_METRICS_PORT, HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, PCI_TREE_NODES, RUN_DIR,
                      SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names)
@@ -27,7 +27,8 @@ REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "findmnt": "util-linux",
     "libvirtd": "libvirt-daemon-system", "virsh": "libvirt-clients",
     "qemu-system-x86_64": "qemu-system-x86", "etcd": "etcd-server", "kubectl": "kubectl",
-    "cpio": "cpio",
+    "cpio": "cpio", "glusterd": "glusterfs-server", "mount.glusterfs": "glusterfs-client", "tgtd": "tgt",
+    "ganesha.nfsd": "nfs-ganesha", "rpcbind": "rpcbind", "rpcinfo": "rpcbind",
 }
 
 
@@ -48,10 +49,12 @@ def _clear_foreign(lab: Lab) -> None:
         owner = None
     if owner and owner != lab.root:
         print(f"clearing a lab left by another checkout: {owner}")
+        storage.quiesce()
         _sweep_processes(str(owner) + "/")
         nodes.teardown()
     elif owner is None and nodes.existing_netns():
         print("clearing lab nodes of an unknown owner")
+        storage.quiesce()
         nodes.teardown()
 
 
@@ -188,6 +191,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
                lab.repo / "manifests" / "passthrough-config.yaml")
         subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
                         "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
+        storage.up(lab)
         nodes.up(lab, names)
         tokens.write_kubeconfigs(lab, controlplane.server_url())
         _start_node_processes(lab, names, virt_type, cpu, memory)
@@ -210,6 +214,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
 
 def down(lab: Lab, keep_logs: bool = False, quiet: bool = False) -> None:
     """Remove everything `up` made except the build cache under $HOME."""
+    storage.quiesce()
     for pidfile in sorted(lab.pids.glob("*.pid")) if lab.pids.exists() else []:
         if pidfile.stem not in controlplane.COMPONENTS:
             procs.stop(lab, pidfile.stem, grace=5)
@@ -225,6 +230,7 @@ def down(lab: Lab, keep_logs: bool = False, quiet: bool = False) -> None:
     else:
         shutil.rmtree(lab.root, ignore_errors=True)
     shutil.rmtree(SHARED_STORAGE, ignore_errors=True)
+    storage.remove_data()
     try:
         if Path(OWNER.read_text().strip()) == lab.root:
             OWNER.unlink()
@@ -254,6 +260,10 @@ def status(lab: Lab) -> int:
         pid = procs.running(lab, name)
         healthy &= pid is not None
         print(f"  {name:26} {'running (pid %d)' % pid if pid else 'stopped'}")
+    print(f"storage servers ({storage.LAB.ip}):")
+    for name, state in storage.status(lab).items():
+        healthy &= state.startswith("running") and state.endswith(" reachable")
+        print(f"  {name:26} {state}")
     print(f"kubeconfig: {lab.kubeconfig}")
     print(f"shared storage: {SHARED_STORAGE}")
     print("healthy" if healthy else "degraded: `kopfvirt lab up` restarts what is missing")

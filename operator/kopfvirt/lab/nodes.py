@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import procs
 from .errors import LabError
-from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LIBVIRT_DIRS, NETNS_PREFIX, NETWORK, RUN_DIR, SHARED_STORAGE,
+from .layout import (K8S_VERSION, BRIDGE, HOST_IP, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR, SHARED_STORAGE,
                      Lab, mntns_path, netns, netns_path, node_ip)
 
 PREFIXLEN = NETWORK.prefixlen
@@ -37,7 +37,7 @@ def ensure_bridge() -> None:
     _ip("link", "set", BRIDGE, "up")
 
 
-def _ensure_ns_dir() -> None:
+def ensure_ns_dir() -> None:
     """Mount-namespace files must live on a private mount, or the bind that keeps them fails."""
     ns_dir = RUN_DIR / "ns"
     ns_dir.mkdir(parents=True, exist_ok=True)
@@ -46,21 +46,46 @@ def _ensure_ns_dir() -> None:
         procs.run(["mount", "--make-private", str(ns_dir)])
 
 
-def _ensure_netns(node: str, index: int) -> None:
-    name = netns(node)
-    if netns_path(node).exists():
+def ensure_netns(name: str, ip: str, tag: str, bridge: str = BRIDGE) -> None:
+    """A network namespace with `ip` on eth0, a veth kv<tag>h on `bridge` to the host."""
+    if (Path("/run/netns") / name).exists():
         return
-    host_end, node_end = f"kv{index}h", f"kv{index}n"
+    host_end, peer_end = f"kv{tag}h", f"kv{tag}n"
     _ip("link", "del", host_end, check=False)
     _ip("netns", "add", name)
-    _ip("link", "add", host_end, "type", "veth", "peer", "name", node_end)
-    _ip("link", "set", host_end, "master", BRIDGE, "up")
-    _ip("link", "set", node_end, "netns", name)
-    _ip("-n", name, "link", "set", node_end, "name", "eth0")
-    _ip("-n", name, "addr", "add", f"{node_ip(index)}/{PREFIXLEN}", "dev", "eth0")
+    _ip("link", "add", host_end, "type", "veth", "peer", "name", peer_end)
+    _ip("link", "set", host_end, "master", bridge, "up")
+    _ip("link", "set", peer_end, "netns", name)
+    _ip("-n", name, "link", "set", peer_end, "name", "eth0")
+    _ip("-n", name, "addr", "add", f"{ip}/{PREFIXLEN}", "dev", "eth0")
     _ip("-n", name, "link", "set", "eth0", "up")
     _ip("-n", name, "link", "set", "lo", "up")
     _ip("-n", name, "route", "add", "default", "via", HOST_IP)
+
+
+def mounted(path: Path) -> bool:
+    return path.exists() and procs.run(["findmnt", "-n", str(path)], check=False).returncode == 0
+
+
+def make_mntns(ns: Path, binds: list[str], what: str) -> None:
+    """A private mount namespace kept at `ns`, set up by the shell commands `binds`."""
+    if mounted(ns):
+        return
+    ns.touch()
+    result = procs.run(["unshare", f"--mount={ns}", "--propagation", "private", "sh", "-c", " && ".join(binds)],
+                       check=False)
+    if result.returncode != 0:
+        procs.run(["umount", "-l", str(ns)], check=False)
+        raise LabError(f"could not make the mount namespace of {what}: {result.stderr.strip()}")
+
+
+def remove_netns(name: str, ns: Path) -> None:
+    """Kill what runs in a lab namespace, then remove it and its mount namespace."""
+    for pid in _ip("netns", "pids", name, check=False).stdout.split():
+        procs.kill(int(pid), grace=5)
+    procs.run(["umount", "-l", str(ns)], check=False)
+    ns.unlink(missing_ok=True)
+    _ip("netns", "del", name, check=False)
 
 
 def _libvirt_config(node_root: Path, node: str, index: int) -> None:
@@ -136,25 +161,17 @@ def host_uuid(node: str) -> str:
 def _ensure_mntns(lab: Lab, node: str) -> None:
     ns = mntns_path(node)
     node_root = lab.node_dir(node)
-    for d in (*LIBVIRT_DIRS, "/var/log/libvirt/qemu"):  # the package's layout; QEMU logs there
+    for d in (*NODE_PRIVATE_DIRS, "/var/log/libvirt/qemu"):  # the package's layout; QEMU logs there
         (node_root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
-    if ns.exists() and procs.run(["findmnt", "-n", str(ns)], check=False).returncode == 0:
-        return
-    for d in LIBVIRT_DIRS:
+    for d in NODE_PRIVATE_DIRS:
         Path(d).mkdir(parents=True, exist_ok=True)
-    ns.touch()
-    binds = [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in LIBVIRT_DIRS]
+    binds = [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in NODE_PRIVATE_DIRS]
     lab_bin = node_root / "var/lib/libvirt/lab-bin"
     if Path("/usr/sbin/dmidecode").exists():
         (lab_bin / "dmidecode.real").touch()
         binds += [f"mount --bind /usr/sbin/dmidecode {lab_bin}/dmidecode.real",
                   f"mount --bind {lab_bin}/dmidecode /usr/sbin/dmidecode"]
-    binds = " && ".join(binds)
-    result = procs.run(["unshare", f"--mount={ns}", "--propagation", "private", "sh", "-c", binds],
-                       check=False)
-    if result.returncode != 0:
-        procs.run(["umount", "-l", str(ns)], check=False)
-        raise LabError(f"could not make the mount namespace of {node}: {result.stderr.strip()}")
+    make_mntns(ns, binds, node)
 
 
 def libvirtd_pid(lab: Lab, node: str) -> int | None:
@@ -179,6 +196,31 @@ def _start_libvirtd(lab: Lab, node: str) -> None:
                    f"(see {lab.node_dir(node) / 'var/log/libvirt/libvirtd.log'})")
 
 
+def _virsh(node: str) -> list[str]:
+    return [*enter(node), "virsh", "-c", "qemu:///system"]
+
+
+# Pool types the lab's storage host is reached by (lab/storage.py) -> their libvirt backend.
+STORAGE_BACKENDS = {"iscsi-direct": "iscsi-direct", "netfs": "fs"}
+
+
+def _missing_backends(node: str) -> list[str]:
+    """Installed storage backends this libvirtd lacks: it loads them only when it starts, so
+    one started before their package was installed misses them."""
+    caps = procs.run([*_virsh(node), "pool-capabilities"], check=False).stdout
+    return [pool for pool, backend in STORAGE_BACKENDS.items()
+            if f"<pool type='{pool}' supported='yes'>" not in caps
+            and any(Path("/usr/lib").glob(f"*/libvirt/storage-backend/libvirt_storage_backend_{backend}.so"))]
+
+
+def _ensure_storage_backends(lab: Lab, node: str) -> None:
+    """Restart a libvirtd that misses a storage backend (its guests keep running)."""
+    pid = libvirtd_pid(lab, node)
+    if pid and _missing_backends(node):
+        procs.kill(pid, grace=10)
+        _start_libvirtd(lab, node)
+
+
 VM_NETWORK = "kopfvirt"
 VM_NETWORK_XML = f"""<network>
   <name>{VM_NETWORK}</name>
@@ -189,7 +231,7 @@ VM_NETWORK_XML = f"""<network>
 
 def _ensure_vm_network(node: str) -> None:
     """The node's VM network: an isolated bridge in the node's namespace (no NAT, no DHCP)."""
-    virsh = [*enter(node), "virsh", "-c", "qemu:///system"]
+    virsh = _virsh(node)
     if procs.run([*virsh, "net-info", VM_NETWORK], check=False).returncode != 0:
         procs.run([*virsh, "net-define", "/dev/stdin"], input=VM_NETWORK_XML)
         procs.run([*virsh, "net-autostart", VM_NETWORK])
@@ -203,7 +245,7 @@ LAB_POOL_PATH = SHARED_STORAGE / "pool"
 
 def _ensure_pool(node: str) -> None:
     """A dir storage pool on the shared storage, the same on every node (raw volumes)."""
-    virsh = [*enter(node), "virsh", "-c", "qemu:///system"]
+    virsh = _virsh(node)
     LAB_POOL_PATH.mkdir(parents=True, exist_ok=True)
     if procs.run([*virsh, "pool-info", LAB_POOL], check=False).returncode != 0:
         procs.run([*virsh, "pool-define-as", LAB_POOL, "dir", "--target", str(LAB_POOL_PATH)])
@@ -215,13 +257,14 @@ def _ensure_pool(node: str) -> None:
 def up(lab: Lab, names: list[str]) -> None:
     SHARED_STORAGE.mkdir(parents=True, exist_ok=True)
     ensure_bridge()
-    _ensure_ns_dir()
+    ensure_ns_dir()
     for index, node in enumerate(names, start=1):
-        _ensure_netns(node, index)
+        ensure_netns(netns(node), node_ip(index), str(index))
         _libvirt_config(lab.node_dir(node), node, index)
         _smbios_stand_in(lab.node_dir(node), node, index)
         _ensure_mntns(lab, node)
         _start_libvirtd(lab, node)
+        _ensure_storage_backends(lab, node)
         _ensure_vm_network(node)
         _ensure_pool(node)
 
@@ -236,13 +279,7 @@ def teardown() -> list[str]:
     done = []
     for name in existing_netns():
         node = name[len(NETNS_PREFIX):]
-        pids = _ip("netns", "pids", name, check=False).stdout.split()
-        for pid in pids:
-            procs.kill(int(pid), grace=5)
-        ns = mntns_path(node)
-        procs.run(["umount", "-l", str(ns)], check=False)
-        ns.unlink(missing_ok=True)
-        _ip("netns", "del", name, check=False)
+        remove_netns(name, mntns_path(node))
         done.append(node)
     ns_dir = RUN_DIR / "ns"
     if ns_dir.exists():
