@@ -9,7 +9,7 @@ from xml.etree import ElementTree
 import pytest
 
 from kopfvirt.lab import storage
-from kopfvirt.lab.layout import ISCSI_LUNS, POOLS_DIR, STORAGE_DATA
+from kopfvirt.lab.layout import GLUSTER_VOLUME, ISCSI_LUNS, POOLS_DIR, STORAGE_DATA
 
 from .conftest import KOPFVIRT, lab_exec, run
 
@@ -43,19 +43,29 @@ def pools(lab, tmp_path, uid):
         (POOLS_DIR / uid).rmdir()
 
 
+def gluster_pool(node: str, pools, uid: str) -> str:
+    """The node's pool on the lab's volume: the lab's own where it has one (libvirt refuses a
+    second pool of the same source), else a transient one."""
+    for name in virsh(node, "pool-list", "--name").stdout.split():
+        source = ElementTree.fromstring(virsh(node, "pool-dumpxml", name).stdout).find("source")
+        if source.find("format[@type='glusterfs']") is not None and \
+                source.find(f"dir[@path='{GLUSTER_VOLUME}']") is not None:
+            return name
+    pools(node, storage.gluster_pool_xml(uid, target=POOLS_DIR / uid))
+    return uid
+
+
 def test_gluster_volume_is_shared_by_both_nodes(pools, uid):
-    for node in NODES:
-        pools(node, storage.gluster_pool_xml(uid, target=POOLS_DIR / uid))
-    mount = lab_exec("node-2", "findmnt", "-n", "-o", "FSTYPE", str(POOLS_DIR / uid)).stdout.strip()
-    assert mount == "fuse.glusterfs"  # what libvirt counts as shared storage
-    virsh("node-1", "vol-create-as", uid, "disk.qcow2", "16M", "--format", "qcow2")
+    one, two = (gluster_pool(node, pools, uid) for node in NODES)
+    virsh("node-1", "vol-create-as", one, f"{uid}.qcow2", "16M", "--format", "qcow2")
     try:
-        virsh("node-2", "pool-refresh", uid)
-        assert "disk.qcow2" in virsh("node-2", "vol-list", uid).stdout
-        info = lab_exec("node-2", "qemu-img", "info", str(POOLS_DIR / uid / "disk.qcow2")).stdout
-        assert "file format: qcow2" in info
+        virsh("node-2", "pool-refresh", two)
+        path = virsh("node-2", "vol-path", f"{uid}.qcow2", "--pool", two).stdout.strip()
+        mount = lab_exec("node-2", "findmnt", "-n", "-o", "FSTYPE", "--target", path).stdout.strip()
+        assert mount == "fuse.glusterfs"  # what libvirt counts as shared storage
+        assert "file format: qcow2" in lab_exec("node-2", "qemu-img", "info", path).stdout
     finally:
-        virsh("node-1", "vol-delete", "disk.qcow2", "--pool", uid, check=False)
+        virsh("node-1", "vol-delete", f"{uid}.qcow2", "--pool", one, check=False)
 
 
 def test_iscsi_luns_are_volumes_of_an_iscsi_direct_pool(pools, uid):
@@ -78,8 +88,8 @@ def test_image_made_over_nfs_by_one_node_is_read_by_the_other(lab, uid):
 
 
 def test_a_domain_takes_a_disk_of_each_backend(pools, uid, tmp_path):
-    pools("node-1", storage.gluster_pool_xml(uid, target=POOLS_DIR / uid))
-    virsh("node-1", "vol-create-as", uid, "g.qcow2", "16M", "--format", "qcow2")
+    gluster = gluster_pool("node-1", pools, uid)
+    virsh("node-1", "vol-create-as", gluster, f"{uid}.qcow2", "16M", "--format", "qcow2")
     lab_exec("node-1", "qemu-img", "create", "-f", "qcow2", storage.nfs_url(f"{uid}.qcow2"), "16M")
     iscsi = f"{uid}-iscsi"
     pools("node-1", storage.iscsi_direct_pool_xml(iscsi, "node-1"))
@@ -89,7 +99,7 @@ def test_a_domain_takes_a_disk_of_each_backend(pools, uid, tmp_path):
   <os><type arch='x86_64'>hvm</type></os>
   <devices>
     <disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>
-      <source pool='{uid}' volume='g.qcow2'/><target dev='vda' bus='virtio'/></disk>
+      <source pool='{gluster}' volume='{uid}.qcow2'/><target dev='vda' bus='virtio'/></disk>
     <disk type='volume' device='disk'><driver name='qemu' type='raw'/>
       <source pool='{iscsi}' volume='unit:0:0:3'/><target dev='vdb' bus='virtio'/></disk>
     <disk type='network' device='disk'><driver name='qemu' type='qcow2'/>
@@ -101,10 +111,10 @@ def test_a_domain_takes_a_disk_of_each_backend(pools, uid, tmp_path):
     try:
         virsh("node-1", "create", str(domain))
         disks = virsh("node-1", "domblklist", uid).stdout
-        assert "g.qcow2" in disks and "unit:0:0:3" in disks and f"/export/{uid}.qcow2" in disks
+        assert f"{uid}.qcow2" in disks and "unit:0:0:3" in disks and f"/export/{uid}.qcow2" in disks
     finally:
         virsh("node-1", "destroy", uid, check=False)
-        virsh("node-1", "vol-delete", "g.qcow2", "--pool", uid, check=False)
+        virsh("node-1", "vol-delete", f"{uid}.qcow2", "--pool", gluster, check=False)
         (STORAGE_DATA / "nfs/export" / f"{uid}.qcow2").unlink(missing_ok=True)
 
 

@@ -208,7 +208,7 @@ def _nfs(lab: Lab, host: Host) -> None:
     _serve(lab, host, "rpcbind", ["rpcbind", "-f", "-w"], lambda: (host.run / "rpcbind.sock").exists())
     _serve(lab, host, "ganesha", ["ganesha.nfsd", "-F", "-f", str(host.ganesha_conf), "-L", "STDERR",
                                   "-p", "/run/ganesha.pid"],
-           lambda: " mountd" in _in(host, "rpcinfo", "-p", "127.0.0.1", check=False).stdout)
+           lambda: _in(host, "rpcinfo", "-t", "127.0.0.1", "mountd", "3", check=False).returncode == 0)
 
 
 def up(lab: Lab, host: Host = LAB) -> None:
