@@ -2,12 +2,16 @@
 """Live migration: a Migration object against raw `virsh migrate --live --p2p`, alternating,
 in the same run, between the same two lab nodes.
 
-    .venv/bin/python bench/migration.py [--runs 3] [--rates 0,4,16]
+    .venv/bin/python bench/migration.py [--runs 3] [--rates 0,4,16] [--backends none,gluster,iscsi]
 
 The same guest (the lab guest, 128 MiB, rewriting N MiB of memory with non-zero data each
 second: kopfvirt.dirty_mibps=N) runs twice: as a VirtualMachine, and as a plain libvirt
 domain of the same XML that kopfvirt does not manage. Each round moves each of them once,
-alternating which goes first, and back and forth between the nodes.
+alternating which goes first, and back and forth between the nodes. With a backend, the
+guest also has a 1 GiB disk on the lab's shared storage and writes a checked log to it
+all the time (kopfvirt.disk_writer=vda): a qcow2 on the GlusterFS pool (the VM's own
+empty disk in the default pool; the raw domain's file made beside it), or an iSCSI LUN
+(each its own). Memory rows are keyed by rate; disk rows by backend, at dirty rate 0.
 
   total: wall time as a user sees it. kopfvirt: creating the Migration to phase Succeeded
          (target pod scheduling, the move, the hand-off); raw: the virsh command.
@@ -39,17 +43,28 @@ from kopfvirt.lab.layout import node_ip  # noqa: E402
 
 NODES = ("node-1", "node-2")
 NAMESPACE = "bench-migration"
-GUEST = "/var/lib/kopfvirt/storage/images/lab-guest"
+# The lab's read-only StoragePool lab-images, as the agents resolve its volumes.
+IMAGES = "/var/lib/kopfvirt/storage/images"
+GLUSTER_ROOT = "/var/lib/kopfvirt/pools/gluster"   # where every node mounts StoragePool gluster
+BACKENDS = {"none": ([], None),
+            "gluster": ([{"name": "log", "empty": {"size": "1Gi"}}], None),
+            "iscsi": ([{"name": "log", "pool": {"pool": "iscsi", "volume": "unit:0:0:2"}}], "unit:0:0:3")}
 RESULTS = ROOT / "bench" / "results"
 KUBECONFIG = ROOT / ".lab" / "kubeconfig"
 GROUP, VERSION = "kopfvirt.io", "v1alpha1"
 
 
-def spec(rate: int) -> dict:
+def spec(rate: int, backend: str = "none") -> dict:
+    writer = "" if backend == "none" else " kopfvirt.disk_writer=vda"
     return {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": {"size": "128Mi"},
-            "terminationGracePeriodSeconds": 0,
-            "kernelBoot": {"kernel": f"{GUEST}/vmlinuz", "initrd": f"{GUEST}/initrd.img",
-                           "cmdline": f"console=ttyS0 quiet kopfvirt.dirty_mibps={rate}"}}
+            "terminationGracePeriodSeconds": 0, "disks": BACKENDS[backend][0],
+            "kernelBoot": {"pool": "lab-images", "kernel": "lab-guest-vmlinuz", "initrd": "lab-guest-initrd.img",
+                           "cmdline": f"console=ttyS0 quiet kopfvirt.dirty_mibps={rate}{writer}"}}
+
+
+def lab_exec(node: str, *argv: str) -> str:
+    return subprocess.run([sys.executable, "-m", "kopfvirt", "lab", "exec", node, "--", *argv],
+                          capture_output=True, text=True, check=True).stdout
 
 
 def uri(node: str) -> str:
@@ -84,11 +99,23 @@ def completed_stats(node: str, uuid_: str) -> dict:
 class Raw:
     """The baseline: a domain kopfvirt does not manage, moved by virsh."""
 
-    def __init__(self, rate: int):
+    def __init__(self, rate: int, backend: str = "none"):
         self.uid = str(uuid.uuid4())
-        vm = vmspec.parse("bench", f"raw-{rate}", self.uid, spec(rate))
+        body = spec(rate, backend)
+        raw_lun = BACKENDS[backend][1]
+        if raw_lun:  # its own LUN: two writers of one would tear each other's log
+            body["disks"] = [{"name": "log", "pool": {"pool": "iscsi", "volume": raw_lun}}]
+        vm = vmspec.parse("bench", f"raw-{rate}-{backend}", self.uid, body)
         self.domain = vm.domain_name
-        xml = domainxml.domain_xml(vm, disks.plan(vm, "/var/lib/kopfvirt/storage"), "qemu", {"default": "kopfvirt"})
+        own_dir = f"{GLUSTER_ROOT}/bench/{vm.name}-{self.uid[:8]}"
+        plan = disks.plan(vm, own_dir, {("lab-images", v): f"{IMAGES}/{v}" for _, v in disks.named_volumes(vm)},
+                          own_pool_shared=True)
+        for d in plan.disks:
+            if d.kind == "empty":
+                lab_exec(NODES[0], "mkdir", "-p", own_dir)
+                lab_exec(NODES[0], "qemu-img", "create", "-q", "-f", "qcow2", d.path, str(d.size_bytes))
+        self.own_dir = own_dir if any(d.kind == "empty" for d in plan.disks) else None
+        xml = domainxml.domain_xml(vm, plan, "qemu", {"default": "kopfvirt"})
         self.node = NODES[0]
         conn = libvirt.open(uri(self.node))
         conn.defineXML(xml).create()
@@ -112,17 +139,19 @@ class Raw:
         dom.destroy()
         dom.undefine()
         conn.close()
+        if self.own_dir:
+            lab_exec(NODES[0], "rm", "-rf", self.own_dir)
 
 
 class Ours:
     """The same guest as a VirtualMachine, moved by Migration objects."""
 
-    def __init__(self, rate: int):
+    def __init__(self, rate: int, backend: str = "none"):
         self.api = client.CustomObjectsApi()
-        self.name = f"mig-{rate}"
+        self.name = f"mig-{rate}-{backend}"
         self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "virtualmachines", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "metadata": {"name": self.name},
-            "spec": spec(rate)})
+            "spec": spec(rate, backend)})
         vm = self.wait(lambda v: (v.get("status") or {}).get("phase") == "Running")
         self.domain = f"{NAMESPACE}_{self.name}"
         self.node = vm["status"]["nodeName"]
@@ -168,23 +197,23 @@ def plot(result: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    rates = [str(r) for r in result["rates"]]
-    x = range(len(rates))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cases = list(result["summary"])
+    x = range(len(cases))
     for offset, path, color in ((-0.2, "raw", "#888888"), (0.2, "kopfvirt", "#1f77b4")):
         s = result["summary"]
-        a1.bar([i + offset for i in x], [s[r][path]["total_s_median"] for r in rates], 0.4, color=color,
+        a1.bar([i + offset for i in x], [s[c][path]["total_s_median"] for c in cases], 0.4, color=color,
                label=f"{path} total")
-        a1.bar([i + offset for i in x], [s[r][path]["job_s_median"] for r in rates], 0.4, color="none",
+        a1.bar([i + offset for i in x], [s[c][path]["job_s_median"] for c in cases], 0.4, color="none",
                edgecolor="black", hatch="//", label="libvirt job" if path == "raw" else None)
-        a2.bar([i + offset for i in x], [s[r][path]["downtime_ms_median"] for r in rates], 0.4, color=color,
+        a2.bar([i + offset for i in x], [s[c][path]["downtime_ms_median"] for c in cases], 0.4, color=color,
                label=path)
     for ax, label in ((a1, "median time (s)"), (a2, "median guest downtime (ms)")):
-        ax.set_xticks(list(x), [f"{r} MiB/s" for r in rates])
-        ax.set_xlabel("guest dirty rate")
+        ax.set_xticks(list(x), cases, fontsize=8)
+        ax.set_xlabel("guest dirty rate, or disk being written (dirty rate 0)")
         ax.set_ylabel(label)
         ax.legend()
-    fig.suptitle(f"live migration, 128 MiB TCG guest, {result['runs']} moves per path and rate")
+    fig.suptitle(f"live migration, 128 MiB TCG guest, {result['runs']} moves per path and case")
     fig.tight_layout()
     fig.savefig(RESULTS / "migration.png", dpi=110)
 
@@ -193,42 +222,45 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--rates", default="0,4,16")
+    p.add_argument("--backends", default="none,gluster,iscsi")
     args = p.parse_args()
-    rates = [int(r) for r in args.rates.split(",")]
+    rates = [int(r) for r in args.rates.split(",") if r]
+    backends = [b for b in args.backends.split(",") if b and b != "none"]
+    cases = [(f"{r} MiB/s", r, "none") for r in rates] + [(f"{b} disk", 0, b) for b in backends]
     config.load_kube_config(str(KUBECONFIG))
     try:
         client.CoreV1Api().create_namespace({"metadata": {"name": NAMESPACE}})
     except client.ApiException as e:
         if e.status != 409:
             raise
-    rows: dict[int, dict[str, list[dict]]] = {}
-    for rate in rates:
-        raw, ours = Raw(rate), Ours(rate)
-        rows[rate] = {"raw": [], "kopfvirt": []}
+    rows: dict[str, dict[str, list[dict]]] = {}
+    for label, rate, backend in cases:
+        raw, ours = Raw(rate, backend), Ours(rate, backend)
+        rows[label] = {"raw": [], "kopfvirt": []}
         try:
             for run in range(args.runs):
                 order = (("raw", raw), ("kopfvirt", ours)) if run % 2 == 0 else (("kopfvirt", ours), ("raw", raw))
                 for path, subject in order:
-                    rows[rate][path].append(subject.move())
+                    rows[label][path].append(subject.move())
                     time.sleep(1)
-                print(f"rate {rate} run {run + 1}: " + "; ".join(
+                print(f"{label} run {run + 1}: " + "; ".join(
                     f"{k} total {v[-1]['total_s']:.2f}s job {v[-1]['job_s']:.2f}s downtime {v[-1]['downtime_ms']}ms"
-                    for k, v in rows[rate].items()), flush=True)
+                    for k, v in rows[label].items()), flush=True)
         finally:
             raw.remove()
             client.CustomObjectsApi().delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "virtualmachines",
                                                                      ours.name)
     summary = {}
-    for rate, paths in rows.items():
+    for label, paths in rows.items():
         s = {path: {"total_s_median": median(r, "total_s"), "job_s_median": median(r, "job_s"),
                     "downtime_ms_median": median(r, "downtime_ms"), "survived": sum(x["survived"] for x in r),
                     "moves": len(r)} for path, r in paths.items()}
         s["total_ratio"] = s["kopfvirt"]["total_s_median"] / s["raw"]["total_s_median"]
         s["job_ratio"] = s["kopfvirt"]["job_s_median"] / s["raw"]["job_s_median"]
         s["downtime_delta_ms"] = s["kopfvirt"]["downtime_ms_median"] - s["raw"]["downtime_ms_median"]
-        summary[str(rate)] = s
-    result = {"runs": args.runs, "rates": rates, "guest_memory": "128Mi", "nodes": list(NODES),
-              "rows": {str(k): v for k, v in rows.items()}, "summary": summary}
+        summary[label] = s
+    result = {"runs": args.runs, "rates": rates, "backends": backends, "guest_memory": "128Mi",
+              "nodes": list(NODES), "rows": rows, "summary": summary}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "migration.json").write_text(json.dumps(result, indent=1))
     plot(result)

@@ -101,7 +101,7 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
             procs.start(lab, f"agent-{node}", [
                 *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
                 "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type,
-                "--storage-root", str(SHARED_STORAGE), "--vm-network", nodes.VM_NETWORK,
+                "--vm-network", nodes.VM_NETWORK,
                 "--resync-seconds", str(RESYNC_SECONDS), "--migration-transport", "tcp",
                 "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ())),
                 "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
@@ -191,6 +191,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
                lab.repo / "manifests" / "passthrough-config.yaml")
         subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
                         "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
+        _apply(lab, lab.repo / "lab" / "storagepools.yaml")
         storage.up(lab)
         nodes.up(lab, names)
         tokens.write_kubeconfigs(lab, controlplane.server_url())

@@ -2,8 +2,9 @@
 
 Every node sees the host's filesystem except libvirt's own directories, which are
 bind-mounted from .lab/nodes/<node>/ so each libvirtd has its own config, state and
-sockets. SHARED_STORAGE is the host's, hence the same path on every node: the shared
-storage that live migration needs.
+sockets. SHARED_STORAGE is the host's, hence the same path on every node: it holds the
+read-only kernels and base images (StoragePool lab-images). Writable disks live on the
+storage host's servers (lab/storage.py), which libvirt treats as shared storage.
 """
 
 from __future__ import annotations
@@ -239,21 +240,6 @@ def _ensure_vm_network(node: str) -> None:
         procs.run([*virsh, "net-start", VM_NETWORK])
 
 
-LAB_POOL = "lab"
-LAB_POOL_PATH = SHARED_STORAGE / "pool"
-
-
-def _ensure_pool(node: str) -> None:
-    """A dir storage pool on the shared storage, the same on every node (raw volumes)."""
-    virsh = _virsh(node)
-    LAB_POOL_PATH.mkdir(parents=True, exist_ok=True)
-    if procs.run([*virsh, "pool-info", LAB_POOL], check=False).returncode != 0:
-        procs.run([*virsh, "pool-define-as", LAB_POOL, "dir", "--target", str(LAB_POOL_PATH)])
-        procs.run([*virsh, "pool-autostart", LAB_POOL])
-    if "State:          running" not in procs.run([*virsh, "pool-info", LAB_POOL]).stdout:
-        procs.run([*virsh, "pool-start", LAB_POOL])
-
-
 def up(lab: Lab, names: list[str]) -> None:
     SHARED_STORAGE.mkdir(parents=True, exist_ok=True)
     ensure_bridge()
@@ -266,7 +252,6 @@ def up(lab: Lab, names: list[str]) -> None:
         _start_libvirtd(lab, node)
         _ensure_storage_backends(lab, node)
         _ensure_vm_network(node)
-        _ensure_pool(node)
 
 
 def existing_netns() -> list[str]:

@@ -1,0 +1,129 @@
+"""VMs on the lab's shared storage: StoragePools defined on every node, and guests that
+keep writing a checked log to their disk while they move, live and offline, on each
+backend; a disk on local storage refuses the move, naming the disk.
+
+The lab guest's disk writer (kopfvirt.disk_writer=vda) prints "kopfvirt-disk N" once N
+records are on the disk, and verifies the whole log at boot ("kopfvirt-disk-verify ok
+M"): M below a record it printed means a write was lost, "bad" that one was torn.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .conftest import domains_of, heartbeat, kubectl_json, lab_exec, lab_guest, wait_for
+from .test_migration import OTHER, assert_keeps_counting, assert_on_one_node, migrations  # noqa: F401
+
+WRITER = "kopfvirt.disk_writer=vda"
+BACKENDS = {
+    # The VM's own disks (an overlay on a base image, cloud-init media) in the default pool:
+    # a GlusterFS volume each node mounts through FUSE.
+    "gluster": {"disks": [{"name": "root", "image": {"pool": "lab-images", "volume": "blank.qcow2"}},
+                          {"name": "seed", "cloudInit": {"userData": "#cloud-config\nhostname: g\n"}}]},
+    # A LUN of the lab's iSCSI target, opened by QEMU's own initiator on either node.
+    "iscsi": {"disks": [{"name": "lun", "pool": {"pool": "iscsi", "volume": "unit:0:0:2"}}]},
+}
+
+
+def serial(node: str, domain: str) -> str:
+    return lab_exec(node, "cat", f"/var/log/libvirt/qemu/{domain}-serial.log", check=False).stdout
+
+
+def disk_records(node: str, domain: str) -> int | None:
+    found = re.findall(r"kopfvirt-disk (\d+)", serial(node, domain))
+    return int(found[-1]) if found else None
+
+
+def verifications(node: str, domain: str) -> list[str]:
+    return re.findall(r"kopfvirt-disk-verify (\w+ \d+)", serial(node, domain))
+
+
+def writing_vm(vms, name: str, backend: str) -> tuple[str, str]:
+    assert vms.apply(lab_guest(name, WRITER, **BACKENDS[backend])).returncode == 0
+    vm = vms.wait_phase(name, "Running", timeout=120)
+    node = vm["status"]["nodeName"]
+    wait_for(f"{name} writing to its disk", lambda: (disk_records(node, vms.domain(name)) or 0) >= 20, timeout=90)
+    assert verifications(node, vms.domain(name))[-1].startswith("ok"), serial(node, vms.domain(name))[-2000:]
+    return node, vm["metadata"]["uid"]
+
+
+def assert_log_intact(vms, name: str, node: str, written: int) -> None:
+    """Boot the guest again (the plugin's restart): it verifies every record it wrote."""
+    seen = len(verifications(node, vms.domain(name)))
+    vms.plugin("restart", name)
+    vm = vms.wait_phase(name, "Running", timeout=120)
+    here = vm["status"]["nodeName"]
+    before = seen if here == node else 0
+    result = wait_for(f"{name} verifying its disk after the restart",
+                      lambda: (v := verifications(here, vms.domain(name)))[before:] and v[-1], timeout=90)
+    status, count = result.split()
+    assert status == "ok" and int(count) >= written, f"the log on disk ends at {count} ({status}); " \
+                                                     f"the guest had written {written}"
+
+
+def test_pools_are_active_on_every_node():
+    for pool in ("lab-images", "gluster", "iscsi"):
+        nodes = wait_for(f"StoragePool {pool} active on both nodes", lambda: (
+            n := (kubectl_json("get", "storagepool", pool).get("status") or {}).get("nodes") or {})
+            and all((n.get(x) or {}).get("state") == "Active" for x in ("node-1", "node-2")) and n)
+        assert all(e["capacityBytes"] > 0 for e in nodes.values()), nodes
+    for node in ("node-1", "node-2"):
+        labels = kubectl_json("get", "node", node)["metadata"]["labels"]
+        assert {"pool.kopfvirt.io/gluster", "shared-pool.kopfvirt.io/gluster",
+                "pool.kopfvirt.io/iscsi"} <= set(labels), labels
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_writing_vm_live_migrates_there_and_back_and_loses_no_write(vms, migrations, backend):  # noqa: F811
+    name = f"st-live-{backend}"
+    source, uid = writing_vm(vms, name, backend)
+    dry = vms.plugin("migrate", name, "--dry-run")
+    assert "Fit" in dry.stdout, dry.stdout
+    node = source
+    for step in range(2):
+        before, records = heartbeat(node, vms.domain(name)), disk_records(node, vms.domain(name))
+        migrations.create(f"{name}-{step}", name)
+        m = migrations.wait_phase(f"{name}-{step}", "Succeeded", "Failed", timeout=150)
+        assert m["status"]["phase"] == "Succeeded", m["status"]
+        node = OTHER[node]
+        vms.wait_phase(name, "Running")
+        assert_on_one_node(uid, node)
+        assert_keeps_counting(vms, name, node, before)
+        wait_for(f"{name} writing on {node}", lambda: (disk_records(node, vms.domain(name)) or 0) > records)
+    assert node == source
+    assert_log_intact(vms, name, node, disk_records(node, vms.domain(name)))
+    vms.delete(name)
+    assert domains_of(uid) == {}
+
+
+def test_a_writing_vm_migrates_offline_with_its_disk(vms, migrations):  # noqa: F811
+    name = "st-offline"
+    source, uid = writing_vm(vms, name, "gluster")
+    migrations.create(name, name, mode="Offline")
+    m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=150)
+    assert m["status"]["phase"] == "Succeeded", m["status"]
+    written = disk_records(source, vms.domain(name))
+    target = vms.wait_phase(name, "Running")["status"]["nodeName"]
+    assert target == OTHER[source]
+    assert_on_one_node(uid, target)
+    result = wait_for("the guest verifying its disk on the target",
+                      lambda: (v := verifications(target, vms.domain(name))) and v[-1], timeout=90)
+    assert result.startswith("ok") and int(result.split()[1]) >= written, (result, written)
+    vms.delete(name)
+
+
+def test_a_disk_on_local_storage_refuses_the_move_naming_the_disk(vms, migrations):  # noqa: F811
+    name = "st-local"
+    body = lab_guest(name, storagePool="lab-images", disks=[{"name": "scratch", "empty": {"size": "16Mi"}}])
+    assert vms.apply(body).returncode == 0
+    node = vms.wait_phase(name, "Running", timeout=120)["status"]["nodeName"]
+    dry = vms.plugin("migrate", name, "--dry-run", check=False)
+    assert dry.returncode == 2 and "StorageNotShared" in dry.stdout, dry.stdout + dry.stderr
+    assert "disk scratch is in StoragePool lab-images, which is not shared storage" in dry.stdout
+    migrations.create(name, name)
+    m = migrations.wait_phase(name, "Failed", timeout=30)
+    assert m["status"]["reason"] == "StorageNotShared" and "disk scratch" in m["status"]["message"]
+    assert domains_of(vms.get(name)["metadata"]["uid"]) == {node: "running"}
+    vms.delete(name)
