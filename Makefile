@@ -13,6 +13,9 @@ APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 	pkg-config gcc etcd-server busybox-static cpio iproute2 util-linux genisoimage libxml2-utils \
 	dmidecode ovmf pci.ids glusterfs-server glusterfs-client nfs-ganesha nfs-ganesha-vfs rpcbind tgt \
 	qemu-block-extra libvirt-daemon-driver-storage-iscsi-direct libvirt-daemon-driver-storage-gluster
+# Packages that bring no command: libvirt's user-space iSCSI backend and QEMU's NFS client.
+APT_FILES := /usr/lib/x86_64-linux-gnu/libvirt/storage-backend/libvirt_storage_backend_iscsi-direct.so \
+	/usr/lib/x86_64-linux-gnu/qemu/block-nfs.so
 APT_TOOLS := libvirtd virsh qemu-system-x86_64 qemu-img pkg-config gcc etcd cpio ip nsenter \
 	virt-xml-validate dmidecode glusterd mount.glusterfs tgtd tgtadm ganesha.nfsd rpcbind rpcinfo qemu-io
 
@@ -56,6 +59,7 @@ manifests: $(HELM)
 lab-deps:
 	@missing=0; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
 	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing=1; [ -e /usr/share/misc/pci.ids ] || missing=1; \
+	for f in $(APT_FILES); do [ -e $$f ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  [ "$$(id -u)" = 0 ] || { echo "error: installing Debian packages needs root"; exit 2; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \

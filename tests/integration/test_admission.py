@@ -53,7 +53,7 @@ def test_webhook_refuses_what_the_schema_cannot_say(vms, change, expected):
 @pytest.mark.parametrize("disk,expected", [
     ({"image": {"pool": "lab-images", "volume": "/etc/shadow"}}, "spec.disks[0].image.volume: Invalid value"),
     ({"image": {"pool": "lab-images", "volume": "../../etc/shadow"}}, "spec.disks[0].image.volume: Invalid value"),
-    ({"image": {"path": "/etc/shadow"}}, "spec.disks[0].image.pool: Required value"),
+    ({"image": {"path": "/etc/shadow"}}, "unknown field \"spec.disks[0].image.path\""),
     ({"pool": {"pool": "/etc", "volume": "shadow"}}, "spec.disks[0].pool.pool: Invalid value"),
 ])
 def test_a_path_in_a_vm_is_refused(vms, disk, expected):

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
-from .conftest import domains_of, heartbeat, kubectl_json, lab_exec, lab_guest, wait_for
+from .conftest import domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
 from .test_migration import OTHER, assert_keeps_counting, assert_on_one_node, migrations  # noqa: F401
 
 WRITER = "kopfvirt.disk_writer=vda"
@@ -127,3 +128,19 @@ def test_a_disk_on_local_storage_refuses_the_move_naming_the_disk(vms, migration
     assert m["status"]["reason"] == "StorageNotShared" and "disk scratch" in m["status"]["message"]
     assert domains_of(vms.get(name)["metadata"]["uid"]) == {node: "running"}
     vms.delete(name)
+
+
+def test_a_pool_in_use_cannot_be_deleted(vms):
+    pool = {"apiVersion": "kopfvirt.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": "st-doomed"},
+            "spec": {"type": "dir", "source": {"path": "/var/lib/kopfvirt/storage/st-doomed"}}}
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(pool))
+    body = lab_guest("st-user", runStrategy="Halted", storagePool="st-doomed",
+                     disks=[{"name": "scratch", "empty": {"size": "16Mi"}}])
+    assert vms.apply(body).returncode == 0
+    refused = kubectl("delete", "storagepool", "st-doomed", check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert f"StoragePool st-doomed is in use by VirtualMachine(s) {vms.namespace}/st-user" in refused.stderr
+    assert kubectl("get", "storagepool", "st-doomed", check=False).returncode == 0
+    vms.delete("st-user")
+    wait_for("the pool to be deletable once its VM is gone", lambda: kubectl(
+        "delete", "storagepool", "st-doomed", check=False).returncode == 0, timeout=30)

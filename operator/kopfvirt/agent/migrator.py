@@ -21,7 +21,7 @@ import libvirt
 from kubernetes.client.rest import ApiException
 
 from ..clients import kube
-from ..core import migration, quantity, vmspec
+from ..core import migration, pools, quantity, vmspec
 from ..reconciling import now, write_migration_status
 
 log = logging.getLogger("kopfvirt.agent.migrator")
@@ -154,7 +154,7 @@ class Migrator:
         try:
             hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
                        auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
-                       copy_storage=bool(options.get("copyStorage")),
+                       copy_disks=self._disks_to_copy(body) if options.get("copyStorage") else [],
                        tls=self.agent.migration_transport == "tls")
         except libvirt.libvirtError as e:
             if run.why_aborted:
@@ -164,6 +164,12 @@ class Migrator:
             run.done.set()
         _state, stats = hv.remote(uri, uid)
         return Outcome(True, results=migration.result(stats))
+
+    def _disks_to_copy(self, body: dict) -> list[str]:
+        """The targets of the VM's writable disks on storage the target does not share."""
+        meta = body["metadata"]
+        vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
+        return [vm.targets[disk] for disk, _pool in pools.unshared_disks(vm.spec, self.agent.pools.specs())]
 
     def _watch(self, body: dict, m: dict, run: Running) -> None:
         """Progress into the Migration's status; the timeouts and cancels applied."""

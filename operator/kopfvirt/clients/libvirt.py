@@ -259,18 +259,22 @@ class Hypervisor:
 
     # -- migration ----------------------------------------------------------------------
     def migrate(self, uuid: str, dest_uri: str, *, bandwidth_mibps: int | None = None, auto_converge: bool = False,
-                post_copy: bool = False, copy_storage: bool = False, tls: bool = False, live: bool = True) -> None:
+                post_copy: bool = False, copy_disks: list[str] = (), tls: bool = False, live: bool = True) -> None:
         """libvirt's managed peer-to-peer migration: this node's libvirtd drives it to the
         target's. Blocks until it ends; raises libvirtError when it fails or is aborted.
-        The domain is defined on the target and undefined here only once it runs there."""
+        The domain is defined on the target and undefined here only once it runs there.
+        `copy_disks`: the targets (vda, ...) of the disks to copy over NBD, and only those:
+        a disk on shared storage is never copied onto itself."""
         flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
         for wanted, flag in ((live, libvirt.VIR_MIGRATE_LIVE), (auto_converge, libvirt.VIR_MIGRATE_AUTO_CONVERGE),
                              (post_copy, libvirt.VIR_MIGRATE_POSTCOPY), (tls, libvirt.VIR_MIGRATE_TLS),
-                             (copy_storage, libvirt.VIR_MIGRATE_NON_SHARED_DISK)):
+                             (bool(copy_disks), libvirt.VIR_MIGRATE_NON_SHARED_DISK)):
             if wanted:
                 flags |= flag
         params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: bandwidth_mibps} if bandwidth_mibps else {}
+        if copy_disks:
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(copy_disks)
         self._domain(uuid).migrateToURI3(dest_uri, params, flags)
 
     def _domain(self, uuid: str) -> libvirt.virDomain:

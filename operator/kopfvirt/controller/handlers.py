@@ -15,6 +15,7 @@ from .reconciler import Controller
 PLACEHOLDER_UID = "00000000-0000-4000-8000-000000000000"  # CREATE reviews carry no UID yet
 WEBHOOK_PATH = "validate-virtualmachine"  # served at https://<host>:<port>/<this>
 EVICTION_PATH = "evict-reservation-pod"    # pods/eviction: a drain's request to move a VM
+POOL_PATH = "validate-storagepool-delete"  # a StoragePool that VMs still use stays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,14 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
                                        start=not dryrun)
             if refusal:
                 raise kopf.AdmissionError(refusal, code=429)  # kubectl drain retries on 429
+
+        @kopf.on.validate(GROUP, VERSION, pools.PLURAL, id=POOL_PATH, operations=["DELETE"], registry=registry)
+        def pool_delete(name, **_):
+            users = controller.pool_users(name)
+            if users:
+                shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+                raise kopf.AdmissionError(f"StoragePool {name} is in use by VirtualMachine(s) {shown}: delete them "
+                                          f"or move their disks first", code=409)
 
     @kopf.on.event(GROUP, VERSION, "passthroughdevices", registry=registry)
     def device_event(type, body, **_):

@@ -63,6 +63,20 @@ class Controller(Reconciler):
         refusal = pools.refusal(vm.spec, vm.namespace, self.pool_specs())
         return str(refusal) if refusal else None
 
+    def pool_users(self, pool: str) -> list[str]:
+        """The VMs (namespace/name) whose spec uses the pool, the default pool included."""
+        default = pools.default_pool(self.pool_specs())
+        users = []
+        for body in list(self.vms.values()):
+            meta = body["metadata"]
+            try:
+                vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
+            except SpecError:
+                continue
+            if pool in pools.vm_pools(vm.spec, default):
+                users.append(f"{meta['namespace']}/{meta['name']}")
+        return sorted(users)
+
     def observe_vm(self, body: dict, deleted: bool = False) -> None:
         super().observe_vm(body, deleted)
         if deleted and vm_has_devices(body):

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import GROUP, VERSION
 from . import controlplane, guest, nodes, procs, storage, tokens
 from .errors import LabError
 from .layout import (AGENT_METRICS_PORT, HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, PCI_TREE_NODES, RUN_DIR,
@@ -118,29 +119,29 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
 
 def _webhook_configuration(lab: Lab) -> None:
     """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL."""
-    from ..controller.handlers import EVICTION_PATH, WEBHOOK_PATH  # noqa: PLC0415 (kopf loads only when needed)
+    from ..controller.handlers import EVICTION_PATH, POOL_PATH, WEBHOOK_PATH  # noqa: PLC0415 (kopf loads only when needed)
+    ca = base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()
+
+    def webhook(name: str, path: str, api: tuple[str, str], resource: str, operations: list[str], **extra) -> dict:
+        return {"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+                "timeoutSeconds": 10, "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{path}", "caBundle": ca},
+                "rules": [{"apiGroups": [api[0]], "apiVersions": [api[1]], "resources": [resource],
+                           "operations": operations}], **extra}
+
     config = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "kopfvirt"},
-        "webhooks": [{
-            "name": "virtualmachines.kopfvirt.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{WEBHOOK_PATH}",
-                             "caBundle": base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()},
-            "rules": [{"apiGroups": ["kopfvirt.io"], "apiVersions": ["v1alpha1"], "resources": ["virtualmachines"],
-                       "operations": ["CREATE", "UPDATE"]}],
+        "webhooks": [
             # Metadata-only writes (finalizers, labels) never wait for the controller.
-            "matchConditions": [{"name": "spec-changes-only",
-                                 "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}],
-        }, {
-            "name": "evictions.kopfvirt.io", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{EVICTION_PATH}",
-                             "caBundle": base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/eviction"],
-                       "operations": ["CREATE"]}],
-            "matchConditions": [{"name": "reservation-pods-only", "expression": "request.name.startsWith('kopfvirt-')"}],
-        }],
+            webhook("virtualmachines.kopfvirt.io", WEBHOOK_PATH, (GROUP, VERSION), "virtualmachines",
+                    ["CREATE", "UPDATE"], matchConditions=[{"name": "spec-changes-only", "expression":
+                                                            "request.operation == 'CREATE' || object.spec != oldObject.spec"}]),
+            webhook("evictions.kopfvirt.io", EVICTION_PATH, ("", "v1"), "pods/eviction", ["CREATE"],
+                    sideEffects="NoneOnDryRun", matchConditions=[{"name": "reservation-pods-only",
+                                                                  "expression": "request.name.startsWith('kopfvirt-')"}]),
+            # A StoragePool stays while VMs use it.
+            webhook("storagepools.kopfvirt.io", POOL_PATH, (GROUP, VERSION), "storagepools", ["DELETE"]),
+        ],
     }
     path = lab.root / "webhook.yaml"
     path.write_text(json.dumps(config))
