@@ -115,25 +115,45 @@ def test_a_writing_vm_migrates_offline_with_its_disk(vms, migrations):  # noqa: 
     vms.delete(name)
 
 
+def dir_pool(name: str) -> None:
+    """A dir StoragePool (not shared: libvirt cannot tell a directory is on shared storage)."""
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "kopfvirt.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": name},
+        "spec": {"type": "dir", "source": {"path": f"/var/lib/kopfvirt/storage/{name}"}}}))
+
+
 def test_a_disk_on_local_storage_refuses_the_move_naming_the_disk(vms, migrations):  # noqa: F811
     name = "st-local"
-    body = lab_guest(name, storagePool="lab-images", disks=[{"name": "scratch", "empty": {"size": "16Mi"}}])
+    dir_pool("st-local")
+    wait_for("StoragePool st-local on both nodes", lambda: {"pool.kopfvirt.io/st-local"} <= set(
+        kubectl_json("get", "node", "node-1")["metadata"]["labels"]) & set(
+        kubectl_json("get", "node", "node-2")["metadata"]["labels"]), timeout=60)
+    body = lab_guest(name, storagePool="st-local", disks=[{"name": "scratch", "empty": {"size": "16Mi"}}])
     assert vms.apply(body).returncode == 0
     node = vms.wait_phase(name, "Running", timeout=120)["status"]["nodeName"]
     dry = vms.plugin("migrate", name, "--dry-run", check=False)
     assert dry.returncode == 2 and "StorageNotShared" in dry.stdout, dry.stdout + dry.stderr
-    assert "disk scratch is in StoragePool lab-images, which is not shared storage" in dry.stdout
+    assert "disk scratch is in StoragePool st-local, which is not shared storage" in dry.stdout
     migrations.create(name, name)
     m = migrations.wait_phase(name, "Failed", timeout=30)
     assert m["status"]["reason"] == "StorageNotShared" and "disk scratch" in m["status"]["message"]
     assert domains_of(vms.get(name)["metadata"]["uid"]) == {node: "running"}
     vms.delete(name)
+    kubectl("delete", "storagepool", "st-local")
+
+
+def test_a_read_only_pool_cannot_be_written(vms):
+    body = lab_guest("st-ro", disks=[{"name": "base", "pool": {"pool": "lab-images", "volume": "blank.qcow2"}}])
+    result = vms.apply(body)
+    assert result.returncode != 0 and "spec.disks[0].readOnly: StoragePool lab-images is read-only" in result.stderr
+    body["spec"]["disks"][0]["readOnly"] = True
+    assert vms.apply(body).returncode == 0
+    vms.wait_phase("st-ro", "Running", timeout=120)
+    vms.delete("st-ro")
 
 
 def test_a_pool_in_use_cannot_be_deleted(vms):
-    pool = {"apiVersion": "kopfvirt.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": "st-doomed"},
-            "spec": {"type": "dir", "source": {"path": "/var/lib/kopfvirt/storage/st-doomed"}}}
-    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(pool))
+    dir_pool("st-doomed")
     body = lab_guest("st-user", runStrategy="Halted", storagePool="st-doomed",
                      disks=[{"name": "scratch", "empty": {"size": "16Mi"}}])
     assert vms.apply(body).returncode == 0

@@ -42,7 +42,7 @@ def test_vm_too_big_for_any_node_stays_pending_and_says_why(vms):
 
 def test_missing_volume_in_an_existing_pool_is_reported(vms):
     body = lab_guest("novol")
-    body["spec"]["disks"] = [{"name": "data", "pool": {"pool": "lab-images", "volume": "absent"}}]
+    body["spec"]["disks"] = [{"name": "data", "readOnly": True, "pool": {"pool": "lab-images", "volume": "absent"}}]
     assert vms.apply(body).returncode == 0
     condition = vms.wait_condition("novol", "Ready", "VolumeNotFound")
     assert "volume absent is not in StoragePool lab-images" in condition["message"]

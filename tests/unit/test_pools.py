@@ -97,3 +97,16 @@ def test_migration_needs_every_writable_disk_on_shared_storage():
     assert "iso" not in message  # read-only media need no copy
     assert migration.vm_refusal(local, running, "Live", {"copyStorage": True}, SPECS) is None
     assert migration.vm_refusal(local, running, "Offline", {}, SPECS)[0] == "StorageNotShared"
+
+
+def test_a_read_only_pool_is_only_read():
+    images = {**SPECS, "dir": pools.parse({**CASES["dir"], "readOnly": True})}
+    as_image = vm(disks=[{"name": "root", "image": {"pool": "dir", "volume": "base.qcow2"}}])
+    assert pools.refusal(as_image.spec, "default", images) is None
+    attached = vm(disks=[{"name": "root", "pool": {"pool": "dir", "volume": "base.qcow2"}}])
+    assert str(pools.refusal(attached.spec, "default", images)).startswith(
+        "spec.disks[0].readOnly: StoragePool dir is read-only")
+    read_only = vm(disks=[{"name": "root", "readOnly": True, "pool": {"pool": "dir", "volume": "base.qcow2"}}])
+    assert pools.refusal(read_only.spec, "default", images) is None
+    own = vm(storagePool="dir", disks=[{"name": "scratch", "empty": {"size": "1Gi"}}])
+    assert "is read-only: it cannot hold" in str(pools.refusal(own.spec, "default", images))

@@ -45,6 +45,9 @@ class StoragePoolSpec:
     shared: bool | None = field(None, description=(
         "Every node sees the same data, so live migration moves no disk. Default: true for netfs, "
         "iscsi-direct and rbd; false for dir."))
+    read_only: bool = field(False, description=(
+        "VMs may only read it: kernels, initrds and base images under an overlay, or volumes attached with "
+        "readOnly. A pool of golden images shared by every VM."))
     default: bool = field(False, description=(
         "VMs that name no spec.storagePool keep their overlays, empty disks and cloud-init media here. "
         "Needs a file pool (dir or netfs)."))
@@ -61,6 +64,7 @@ class StoragePoolSpec:
         ("self.type != 'rbd' || (has(self.source.host) && has(self.source.name))",
          "rbd needs source.host and source.name"),
         ("!self.default || self.type in ['dir', 'netfs']", "only a dir or netfs pool can be the default"),
+        ("!(self.default && self.readOnly)", "a read-only pool cannot be the default"),
     ]}
 
 

@@ -59,7 +59,15 @@ class Controller(Reconciler):
         return pools.specs_of(self.storage_pools)
 
     def storage_refusal(self, vm: vmspec.VM) -> str | None:
-        """Pools the VM may not use (unknown, not for its namespace, unfit for its disks)."""
+        """Pools the VM may not use (unknown, not for its namespace, unfit for its disks).
+        A pool the cache lacks is read from the API first: just after a restart the watch
+        may not have listed it yet, and a valid VM must not be refused for that."""
+        if not self.storage_pools:
+            for obj in kube.list_objects(pools.PLURAL):
+                self.observe_pool(obj)
+        for name in pools.vm_pools(vm.spec, default=None):
+            if name not in self.storage_pools and (obj := kube.get_object(None, name, pools.PLURAL)):
+                self.observe_pool(obj)
         refusal = pools.refusal(vm.spec, vm.namespace, self.pool_specs())
         return str(refusal) if refusal else None
 

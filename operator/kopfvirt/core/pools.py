@@ -118,6 +118,13 @@ def refusal(spec, namespace: str, pools: dict[str, StoragePoolSpec]) -> SpecErro
         if "spec.storagePool" in fields and not holds_files(pools[name]):
             return SpecError("spec.storagePool", f"StoragePool {name} is of type {pools[name].type}, which "
                                                  f"cannot hold the VM's own disks (needs dir or netfs)")
+        if "spec.storagePool" in fields and pools[name].read_only:
+            return SpecError("spec.storagePool", f"StoragePool {name} is read-only: it cannot hold the VM's "
+                                                 f"own disks")
+    for i, d in enumerate(spec.disks):
+        if d.pool and d.pool.pool in pools and pools[d.pool.pool].read_only and not d.read_only:
+            return SpecError(f"spec.disks[{i}].readOnly", f"StoragePool {d.pool.pool} is read-only: attach its "
+                                                          f"volume with readOnly: true, or as an image")
     return None
 
 
