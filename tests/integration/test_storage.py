@@ -164,3 +164,16 @@ def test_a_pool_in_use_cannot_be_deleted(vms):
     vms.delete("st-user")
     wait_for("the pool to be deletable once its VM is gone", lambda: kubectl(
         "delete", "storagepool", "st-doomed", check=False).returncode == 0, timeout=30)
+
+
+def test_two_vms_never_write_one_volume(vms):
+    lun = {"name": "lun", "pool": {"pool": "iscsi", "volume": "unit:0:0:3"}}
+    assert vms.apply(lab_guest("st-lun-a", runStrategy="Halted", disks=[lun])).returncode == 0
+    second = vms.apply(lab_guest("st-lun-b", runStrategy="Halted", disks=[lun]))
+    assert second.returncode != 0 and "denied the request" in second.stderr, second.stderr
+    assert (f"spec.disks[0].pool: volume unit:0:0:3 of StoragePool iscsi is already attached writable by "
+            f"VirtualMachine {vms.namespace}/st-lun-a") in second.stderr
+    shared_read = vms.apply(lab_guest("st-lun-b", runStrategy="Halted", disks=[{**lun, "readOnly": True}]))
+    assert shared_read.returncode == 0, shared_read.stderr  # reading beside a writer is the admin's call
+    vms.delete("st-lun-b")
+    vms.delete("st-lun-a")

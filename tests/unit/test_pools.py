@@ -110,3 +110,10 @@ def test_a_read_only_pool_is_only_read():
     assert pools.refusal(read_only.spec, "default", images) is None
     own = vm(storagePool="dir", disks=[{"name": "scratch", "empty": {"size": "1Gi"}}])
     assert "is read-only: it cannot hold" in str(pools.refusal(own.spec, "default", images))
+
+
+def test_writable_volumes_are_those_attached_without_read_only():
+    spec = vm(disks=[{"name": "a", "pool": {"pool": "iscsi-direct", "volume": "unit:0:0:1"}},
+                     {"name": "b", "readOnly": True, "pool": {"pool": "iscsi-direct", "volume": "unit:0:0:2"}},
+                     {"name": "c", "empty": {"size": "1Gi"}}]).spec
+    assert pools.writable_volumes(spec) == {("iscsi-direct", "unit:0:0:1"): "spec.disks[0].pool"}

@@ -58,7 +58,8 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
                                   meta.get("uid") or PLACEHOLDER_UID, dict(spec))
             except vmspec.SpecError as e:
                 raise kopf.AdmissionError(str(e), code=422)
-            refusal = controller.unknown_cpu_model(vm) or controller.storage_refusal(vm)
+            refusal = (controller.unknown_cpu_model(vm) or controller.storage_refusal(vm)
+                       or controller.volume_taken(vm))
             if refusal:
                 raise kopf.AdmissionError(refusal, code=422)
 

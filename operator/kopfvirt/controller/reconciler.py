@@ -71,19 +71,32 @@ class Controller(Reconciler):
         refusal = pools.refusal(vm.spec, vm.namespace, self.pool_specs())
         return str(refusal) if refusal else None
 
-    def pool_users(self, pool: str) -> list[str]:
-        """The VMs (namespace/name) whose spec uses the pool, the default pool included."""
-        default = pools.default_pool(self.pool_specs())
-        users = []
+    def volume_taken(self, vm: vmspec.VM) -> str | None:
+        """A volume this VM would write that another VM already attaches writable (at
+        admission: a scan of every cached VM, so not on each reconcile)."""
+        wanted = pools.writable_volumes(vm.spec)
+        for other in self._cached_vms() if wanted else ():
+            if (other.namespace, other.name) == (vm.namespace, vm.name):
+                continue
+            for key in wanted.keys() & pools.writable_volumes(other.spec).keys():
+                return (f"{wanted[key]}: volume {key[1]} of StoragePool {key[0]} is already attached writable by "
+                        f"VirtualMachine {other.namespace}/{other.name}")
+        return None
+
+    def _cached_vms(self):
+        """Every cached VM whose spec parses (one that does not was refused, or never ran)."""
         for body in list(self.vms.values()):
             meta = body["metadata"]
             try:
-                vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
+                yield vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
             except SpecError:
                 continue
-            if pool in pools.vm_pools(vm.spec, default):
-                users.append(f"{meta['namespace']}/{meta['name']}")
-        return sorted(users)
+
+    def pool_users(self, pool: str) -> list[str]:
+        """The VMs (namespace/name) whose spec uses the pool, the default pool included."""
+        default = pools.default_pool(self.pool_specs())
+        return sorted(f"{vm.namespace}/{vm.name}" for vm in self._cached_vms()
+                      if pool in pools.vm_pools(vm.spec, default))
 
     def observe_vm(self, body: dict, deleted: bool = False) -> None:
         super().observe_vm(body, deleted)

@@ -140,3 +140,10 @@ def unshared_disks(spec, pools: dict[str, StoragePoolSpec]) -> list[tuple[str, s
         if name not in pools or not is_shared(pools[name]):
             out.append((d.name, name))
     return out
+
+
+def writable_volumes(spec) -> dict[tuple[str, str], str]:
+    """(pool, volume) -> the field of each volume the VM attaches writable: two VMs must
+    never write one (nothing on a LUN stops a second QEMU; it would tear the first's data)."""
+    return {(d.pool.pool, d.pool.volume): f"spec.disks[{i}].pool" for i, d in enumerate(spec.disks)
+            if d.pool and not d.read_only}

@@ -119,12 +119,14 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
 
 def _webhook_configuration(lab: Lab) -> None:
     """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL."""
-    from ..controller.handlers import EVICTION_PATH, POOL_PATH, WEBHOOK_PATH  # noqa: PLC0415 (kopf loads only when needed)
+    # kopf loads only when needed
+    from ..controller.handlers import EVICTION_PATH, POOL_PATH, WEBHOOK_PATH  # noqa: PLC0415
     ca = base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()
 
     def webhook(name: str, path: str, api: tuple[str, str], resource: str, operations: list[str], **extra) -> dict:
         return {"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-                "timeoutSeconds": 10, "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{path}", "caBundle": ca},
+                "timeoutSeconds": 10,
+                "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{path}", "caBundle": ca},
                 "rules": [{"apiGroups": [api[0]], "apiVersions": [api[1]], "resources": [resource],
                            "operations": operations}], **extra}
 
@@ -134,11 +136,12 @@ def _webhook_configuration(lab: Lab) -> None:
         "webhooks": [
             # Metadata-only writes (finalizers, labels) never wait for the controller.
             webhook("virtualmachines.kopfvirt.io", WEBHOOK_PATH, (GROUP, VERSION), "virtualmachines",
-                    ["CREATE", "UPDATE"], matchConditions=[{"name": "spec-changes-only", "expression":
-                                                            "request.operation == 'CREATE' || object.spec != oldObject.spec"}]),
+                    ["CREATE", "UPDATE"], matchConditions=[{
+                        "name": "spec-changes-only",
+                        "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}]),
             webhook("evictions.kopfvirt.io", EVICTION_PATH, ("", "v1"), "pods/eviction", ["CREATE"],
-                    sideEffects="NoneOnDryRun", matchConditions=[{"name": "reservation-pods-only",
-                                                                  "expression": "request.name.startsWith('kopfvirt-')"}]),
+                    sideEffects="NoneOnDryRun", matchConditions=[{
+                        "name": "reservation-pods-only", "expression": "request.name.startsWith('kopfvirt-')"}]),
             # A StoragePool stays while VMs use it.
             webhook("storagepools.kopfvirt.io", POOL_PATH, (GROUP, VERSION), "storagepools", ["DELETE"]),
         ],
