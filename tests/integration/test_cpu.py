@@ -1,0 +1,24 @@
+"""The CPU rule on real nodes: labels carry every feature a guest can be given there (the
+host-model CPU as libvirt expands it), so a VM requiring a flag its model includes runs."""
+
+from .conftest import domains_of, kubectl_json, lab_exec, lab_guest
+
+
+def test_labels_carry_the_models_own_features():
+    for node in ("node-1", "node-2"):
+        labels = kubectl_json("get", "node", node)["metadata"]["labels"]
+        features = {k.split("/", 1)[1] for k in labels if k.startswith("cpu-feature.kopfvirt.io/")}
+        assert {"sse2", "sse4.2", "popcnt"} <= features, sorted(features)
+        assert labels.get("cpu.kopfvirt.io/host-cpu-digest")
+    assert "cpu-feature.kopfvirt.io/sse4a" not in kubectl_json("get", "node", "node-2")["metadata"]["labels"]
+
+
+def test_a_vm_requiring_a_flag_of_its_model_runs(vms):
+    body = lab_guest("cpu-sse2", cpu={"cores": 1, "model": "qemu64", "features": [{"name": "sse2"}]})
+    assert vms.apply(body).returncode == 0, body
+    vm = vms.wait_phase("cpu-sse2", "Running", timeout=120)
+    node, uid = vm["status"]["nodeName"], vm["metadata"]["uid"]
+    assert domains_of(uid) == {node: "running"}
+    xml = lab_exec(node, "virsh", "-c", "qemu:///system", "dumpxml", uid).stdout
+    assert "<model fallback='forbid'>qemu64</model>" in xml and "name='sse2'" in xml, xml
+    vms.delete("cpu-sse2")
