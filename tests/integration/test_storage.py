@@ -9,12 +9,17 @@ M"): M below a record it printed means a write was lost, "bad" that one was torn
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
 import pytest
 import yaml
 
-from .conftest import domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
+from kopfvirt.lab import procs
+from kopfvirt.lab.layout import Lab
+
+from .conftest import KOPFVIRT, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run, wait_for
 from .test_migration import OTHER, assert_keeps_counting, assert_on_one_node, migrations  # noqa: F401
 
 WRITER = "kopfvirt.disk_writer=vda"
@@ -70,6 +75,10 @@ def test_pools_are_active_on_every_node():
             n := (kubectl_json("get", "storagepool", pool).get("status") or {}).get("nodes") or {})
             and all((n.get(x) or {}).get("state") == "Active" for x in ("node-1", "node-2")) and n)
         assert all(e["capacityBytes"] > 0 for e in nodes.values()), nodes
+        ready = wait_for(f"StoragePool {pool} Ready", lambda: next((
+            c for c in (kubectl_json("get", "storagepool", pool).get("status") or {}).get("conditions") or []
+            if c["type"] == "Ready" and c["status"] == "True"), None))
+        assert ready["message"] == "active on 2 node(s): node-1, node-2", ready
     for node in ("node-1", "node-2"):
         labels = kubectl_json("get", "node", node)["metadata"]["labels"]
         assert {"pool.kopfvirt.io/gluster", "shared-pool.kopfvirt.io/gluster",
@@ -177,3 +186,24 @@ def test_two_vms_never_write_one_volume(vms):
     assert shared_read.returncode == 0, shared_read.stderr  # reading beside a writer is the admin's call
     vms.delete("st-lun-b")
     vms.delete("st-lun-a")
+
+
+def test_a_storage_server_that_dies_is_named_on_the_vm_and_no_write_is_lost(vms):
+    """tgtd killed under a guest writing to its LUN: the VM says which pool and why;
+    `lab up` starts the server again, and the log on the LUN has every record written."""
+    name = "st-outage"
+    body = lab_guest(name, WRITER, disks=[{"name": "lun", "pool": {"pool": "iscsi", "volume": "unit:0:0:3"}}])
+    assert vms.apply(body).returncode == 0
+    node = vms.wait_phase(name, "Running", timeout=120)["status"]["nodeName"]
+    wait_for(f"{name} writing", lambda: (disk_records(node, vms.domain(name)) or 0) >= 20, timeout=90)
+    pid = procs.running(Lab(REPO), "storage-tgtd")
+    assert pid, "the lab's iSCSI server does not run"
+    os.kill(pid, signal.SIGKILL)
+    down = vms.wait_condition(name, "StorageReady", "StoragePoolFailed", timeout=60)
+    assert down["status"] == "False" and down["message"].startswith(f"StoragePool iscsi on {node}: "), down
+    assert vms.get(name)["status"]["phase"] == "Running"
+    run(*KOPFVIRT, "lab", "up", timeout=300)
+    vms.wait_condition(name, "StorageReady", "StoragePoolsActive", timeout=60)
+    written = disk_records(node, vms.domain(name))
+    assert_log_intact(vms, name, node, written)
+    vms.delete(name)

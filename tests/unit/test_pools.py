@@ -117,3 +117,16 @@ def test_writable_volumes_are_those_attached_without_read_only():
                      {"name": "b", "readOnly": True, "pool": {"pool": "iscsi-direct", "volume": "unit:0:0:2"}},
                      {"name": "c", "empty": {"size": "1Gi"}}]).spec
     assert pools.writable_volumes(spec) == {("iscsi-direct", "unit:0:0:1"): "spec.disks[0].pool"}
+
+
+def test_a_pool_is_ready_when_every_node_it_is_offered_on_has_it_active():
+    spec = pools.parse({**CASES["netfs-gluster"], "nodeSelector": {"storage": "yes"}})
+    nodes = {"node-1": {"storage": "yes"}, "node-2": {"storage": "yes"}, "node-3": {}}
+    active = {"state": "Active", "capacityBytes": 1}
+    assert pools.readiness(spec, {"node-1": active, "node-2": active}, nodes) == \
+        (True, "Active", "active on 2 node(s): node-1, node-2")
+    failed = {"state": "Failed", "message": "mount.glusterfs: Transport endpoint is not connected"}
+    assert pools.readiness(spec, {"node-1": active, "node-2": failed}, nodes) == \
+        (False, "NotActive", "node-2: mount.glusterfs: Transport endpoint is not connected")
+    assert pools.readiness(spec, {"node-1": active}, nodes)[2] == "node-2: not reported yet"
+    assert pools.readiness(spec, {}, {"node-3": {}})[:2] == (False, "NoNodes")

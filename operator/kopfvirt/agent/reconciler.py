@@ -171,6 +171,10 @@ class Agent(Reconciler):
                                          generation)
         conds = conditions.set_condition(conds, "Paused", paused, "Paused" if paused else "NotPaused",
                                          "spec.paused is true" if paused else "", generation)
+        trouble = self.pools.trouble(vm)
+        conds = conditions.set_condition(conds, "StorageReady", trouble is None,
+                                         "StoragePoolFailed" if trouble else "StoragePoolsActive",
+                                         trouble or "every StoragePool the VM uses is active here", generation)
         devices = [h["device"] for h in status.get("hostDevices") or []]
         status["conditions"] = conditions.set_condition(
             conds, "Migratable", not devices, "HostDevice" if devices else "Migratable",

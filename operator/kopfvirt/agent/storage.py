@@ -9,6 +9,7 @@ own node's entry of a pool's status, and only when that entry changes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from ..clients import kube
@@ -18,6 +19,15 @@ from ..core.vmspec import VM
 from ..reconciling import now
 
 log = logging.getLogger("kopfvirt.agent")
+
+
+def _mount_answers(path: str, entry: dict) -> dict:
+    """A network filesystem whose server is gone still looks mounted; asking it tells."""
+    try:
+        os.statvfs(path)
+        return entry
+    except OSError as e:
+        return {"state": "Failed", "message": f"{path}: {e.strerror}"}
 
 
 class PoolNotReady(Exception):
@@ -54,7 +64,9 @@ class Pools:
             for name, spec in self.specs().items():
                 if not pools.offered_on(spec, self.node_labels):
                     continue
-                entry = self.hv.ensure_pool(name, pools.pool_xml(name, spec))
+                entry = self.hv.ensure_pool(name, pools.pool_xml(name, spec), probe=spec.type in pools.BLOCK_POOL_TYPES)
+                if spec.type == "netfs" and entry.get("state") == "Active":
+                    entry = _mount_answers(pools.target_path(name, spec), entry)
                 if entry.get("state") != "Active":
                     log.warning("storage pool %s on %s: %s", name, self.node, entry.get("message"))
                 reported = self.reported.get(name)
@@ -66,6 +78,15 @@ class Pools:
                 self.reported[name] = entry
 
     # -- a VM's storage -----------------------------------------------------------------
+    def trouble(self, vm: VM) -> str | None:
+        """Why a pool the running VM uses is not active on this node (libvirt's words), or None."""
+        specs = self.specs()
+        for name in sorted(pools.vm_pools(vm.spec, pools.default_pool(specs))):
+            entry = self.reported.get(name)
+            if entry is not None and entry.get("state") != "Active":
+                return f"StoragePool {name} on {self.node}: {entry.get('message') or entry.get('state')}"
+        return None
+
     def _usable(self, name: str, specs: dict, namespace: str, field: str) -> pools.StoragePoolSpec:
         spec = specs.get(name)
         if spec is None:

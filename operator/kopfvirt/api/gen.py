@@ -62,7 +62,9 @@ KINDS = (
          "Storage an admin offers to VMs: a libvirt storage pool that the node agents define on the nodes "
          "it selects. VMs name pools and volumes, never paths.",
          (("Type", "string", ".spec.type"), ("Shared", "boolean", ".spec.shared"),
-          ("Default", "boolean", ".spec.default"), ("Age", "date", ".metadata.creationTimestamp")),
+          ("Default", "boolean", ".spec.default"),
+          ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+          ("Age", "date", ".metadata.creationTimestamp")),
          scope="Cluster"),
 )
 

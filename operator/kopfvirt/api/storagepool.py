@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from .schema import field
+from .virtualmachine import Condition
 
 POOL_TYPES = ["dir", "netfs", "iscsi-direct", "rbd"]
 # Types whose files the agent can create (overlays, empty disks, cloud-init media).
@@ -82,6 +83,9 @@ class StoragePoolNodeStatus:
 
 @dataclasses.dataclass(kw_only=True)
 class StoragePoolStatus:
-    """Each node's view of the pool."""
+    """Each node's view of the pool, and the controller's summary of them."""
 
     nodes: dict[str, StoragePoolNodeStatus] = field({}, description="Per node name: the pool's state there.")
+    observed_generation: int | None = field(None, description="The spec generation the conditions reflect.")
+    conditions: list[Condition] = field([], list_map_keys=("type",), description=(
+        "Ready: every Ready node the pool is offered on reports it Active."))

@@ -331,9 +331,11 @@ class Hypervisor:
     def active_pools(self) -> list[str]:
         return sorted(p.name() for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE))
 
-    def ensure_pool(self, name: str, xml: str) -> dict:
+    def ensure_pool(self, name: str, xml: str, probe: bool = False) -> dict:
         """Define (and build: mkdir, mount point), start and autostart the pool where it is
-        missing or stopped; its state as a StoragePool's per-node status."""
+        missing or stopped; its state as a StoragePool's per-node status. `probe`: refresh
+        it, which asks the server (a pool of LUNs stays "active" in libvirt while its target
+        is gone; a failed refresh stops it, and the next call starts it again)."""
         conn = self.conn()
         try:
             try:
@@ -350,6 +352,8 @@ class Hypervisor:
                     pass  # iscsi-direct and rbd have nothing to build; an existing directory is fine
                 pool.setAutostart(1)
                 pool.create()
+            elif probe:
+                pool.refresh(0)
             _, capacity, allocation, available = pool.info()
             return {"state": "Active", "capacityBytes": capacity, "allocationBytes": allocation,
                     "availableBytes": available}

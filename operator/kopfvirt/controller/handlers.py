@@ -86,6 +86,8 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
     @kopf.on.event(GROUP, VERSION, pools.PLURAL, registry=registry)
     def pool_event(type, body, **_):
         controller.observe_pool(dict(body), deleted=type == "DELETED")
+        if type != "DELETED":
+            controller.executor.submit(controller.judge_pools)
 
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
     def migration_event(type, body, **_):

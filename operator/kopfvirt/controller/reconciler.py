@@ -11,7 +11,7 @@ import logging
 
 from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
-from ..core import lifecycle, migration, passthrough, pools, reservation, vmspec
+from ..core import conditions, lifecycle, migration, passthrough, pools, reservation, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler
 from .devices import Allocator
@@ -57,6 +57,24 @@ class Controller(Reconciler):
 
     def pool_specs(self) -> dict[str, pools.StoragePoolSpec]:
         return pools.specs_of(self.storage_pools)
+
+    def judge_pools(self) -> None:
+        """Each StoragePool's Ready condition from its nodes' reports; written on change."""
+        ready_nodes = {n.name: n.labels for n in list(self.nodes.values()) if n.schedulable}
+        for name, spec in self.pool_specs().items():
+            body = self.storage_pools.get(name)
+            if body is None:
+                continue
+            status = body.get("status") or {}
+            ok, reason, message = pools.readiness(spec, status.get("nodes") or {}, ready_nodes)
+            generation = body["metadata"].get("generation")
+            current = conditions.get(status.get("conditions"), "Ready") or {}
+            if (current.get("status"), current.get("reason"), current.get("message"),
+                    status.get("observedGeneration")) == (str(ok), reason, message, generation):
+                continue
+            merged = conditions.set_condition(status.get("conditions"), "Ready", ok, reason, message, generation)
+            self.observe_pool(kube.patch_status(None, name, {"conditions": merged, "observedGeneration": generation},
+                                                plural=pools.PLURAL))
 
     def storage_refusal(self, vm: vmspec.VM) -> str | None:
         """Pools the VM may not use (unknown, not for its namespace, unfit for its disks).
@@ -111,6 +129,7 @@ class Controller(Reconciler):
 
     def resync(self) -> None:
         super().resync()
+        self.judge_pools()
         self.migrations.reconcile_all()
         self.devices.reclaim()
         self.devices.release_orphans()

@@ -10,6 +10,8 @@ from .. import GROUP
 from ..api.schema import SpecError, from_dict
 from ..api.storagepool import FILE_POOL_TYPES, NETWORK_POOL_TYPES, StoragePoolSpec
 
+BLOCK_POOL_TYPES = ("iscsi-direct", "rbd")  # volumes on a server, no mount to look at
+
 PLURAL = "storagepools"
 MOUNT_ROOT = PurePosixPath("/var/lib/kopfvirt/pools")
 POOL_LABEL_PREFIX = f"pool.{GROUP}/"   # on a Node: the pool is active there
@@ -147,3 +149,21 @@ def writable_volumes(spec) -> dict[tuple[str, str], str]:
     never write one (nothing on a LUN stops a second QEMU; it would tear the first's data)."""
     return {(d.pool.pool, d.pool.volume): f"spec.disks[{i}].pool" for i, d in enumerate(spec.disks)
             if d.pool and not d.read_only}
+
+
+def readiness(spec: StoragePoolSpec, node_states: dict[str, dict], nodes: dict[str, dict[str, str]]
+              ) -> tuple[bool, str, str]:
+    """(ready, reason, message) of a pool: `node_states` is its status.nodes, `nodes` the
+    labels of the Ready nodes. Ready when every one of them that the pool is offered on
+    reports it Active."""
+    offered = sorted(n for n, labels in nodes.items() if offered_on(spec, labels))
+    if not offered:
+        return False, "NoNodes", "no Ready node matches spec.nodeSelector"
+    bad = []
+    for n in offered:
+        entry = node_states.get(n) or {}
+        if entry.get("state") != "Active":
+            bad.append(f"{n}: {entry.get('message') or entry.get('state') or 'not reported yet'}")
+    if bad:
+        return False, "NotActive", "; ".join(bad)
+    return True, "Active", f"active on {len(offered)} node(s): {', '.join(offered)}"
