@@ -157,17 +157,21 @@ def _webhook_configuration(lab: Lab) -> None:
     _apply(lab, path)
 
 
-def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 60) -> None:
+def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 180) -> None:
+    """Ready, and labelled by their agents (CPU, pools): until then no VM can be placed. A
+    fresh libvirtd first probes QEMU, which takes a while on two busy cores."""
     deadline = time.monotonic() + timeout
-    jsonpath = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}'
+    jsonpath = ('{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}'
+                '/{.metadata.labels.cpu\\.kopfvirt\\.io/host-cpu-digest} {end}')
     while time.monotonic() < deadline:
         out = subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "get", "nodes", "-o",
                               f"jsonpath={jsonpath}"], text=True, capture_output=True).stdout
-        ready = {pair.split("=")[0] for pair in out.split() if pair.endswith("=True")}
+        ready = {pair.split("=")[0] for pair in out.split() if "=True/" in pair and not pair.endswith("/")}
         if set(names) <= ready:
             return
         time.sleep(0.5)
-    raise LabError(f"nodes not Ready after {timeout:.0f}s; see {lab.logs}/kubelet-*.log")
+    raise LabError(f"nodes not Ready and labelled after {timeout:.0f}s; "
+                   f"see {lab.logs}/kubelet-*.log and agent-*.log")
 
 
 def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: str = "16Gi") -> None:
