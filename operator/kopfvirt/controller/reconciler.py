@@ -157,7 +157,9 @@ class Controller(Reconciler):
         if not lifecycle.wants_running(vm.run_strategy, meta.get("annotations") or {}, status):
             return self._parked(body, pod, node_label, status)
 
-        problem = self._precheck(vm)
+        # Only before placement: a placed VM is its agent's to report (a pool or CPU label
+        # that flaps on its node must not turn a running guest's phase back to Pending).
+        problem = self._precheck(vm) if pod is None and not node_label else None
         if problem:
             return self._pending(body, status, *problem)
         if pod is None:
