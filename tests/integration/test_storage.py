@@ -173,6 +173,10 @@ def test_a_pool_in_use_cannot_be_deleted(vms):
     vms.delete("st-user")
     wait_for("the pool to be deletable once its VM is gone", lambda: kubectl(
         "delete", "storagepool", "st-doomed", check=False).returncode == 0, timeout=30)
+    for node in ("node-1", "node-2"):  # and it leaves the nodes' libvirtd and labels
+        wait_for(f"st-doomed gone from {node}", lambda: lab_exec(
+            node, "virsh", "-c", "qemu:///system", "pool-info", "st-doomed", check=False).returncode != 0
+            and "pool.kopfvirt.io/st-doomed" not in kubectl_json("get", "node", node)["metadata"]["labels"])
 
 
 def test_two_vms_never_write_one_volume(vms):
@@ -204,6 +208,8 @@ def test_a_storage_server_that_dies_is_named_on_the_vm_and_no_write_is_lost(vms)
     assert vms.get(name)["status"]["phase"] == "Running"
     run(*KOPFVIRT, "lab", "up", timeout=300)
     vms.wait_condition(name, "StorageReady", "StoragePoolsActive", timeout=60)
+    entry = kubectl_json("get", "storagepool", "iscsi")["status"]["nodes"][node]
+    assert entry["state"] == "Active" and "message" not in entry, entry
     written = disk_records(node, vms.domain(name))
     assert_log_intact(vms, name, node, written)
     vms.delete(name)

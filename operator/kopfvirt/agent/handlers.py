@@ -44,8 +44,8 @@ def label_node(agent: Agent) -> None:
         kvm_caps = agent.hv.domain_capabilities("kvm")
     except libvirt.libvirtError:
         kvm_caps = None
-    pools = agent.hv.active_pools()
     specs = agent.pools.specs()
+    pools = [p for p in agent.hv.active_pools() if p in specs]  # those an admin offers, not others
     dom_caps = agent.hv.domain_capabilities(agent.virt_type)
     labels = nodelabels.node_labels(caps, dom_caps, agent.virt_type,
                                     nodelabels.kvm_offered(kvm_caps), pools,
@@ -90,7 +90,10 @@ def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds
     @kopf.on.event(GROUP, VERSION, storagepools.PLURAL, registry=registry)
     def pool_event(type, body, **_):
         agent.pools.observe(dict(body), deleted=type == "DELETED")
-        if type != "DELETED":
+        if type == "DELETED":
+            name = body["metadata"]["name"]
+            agent.executor.submit(lambda: (agent.pools.forget(name), label_node(agent)))
+        else:
             agent.executor.submit(lambda: (agent.pools.sync(), label_node(agent)))
 
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)

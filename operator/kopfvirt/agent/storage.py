@@ -12,6 +12,8 @@ import logging
 import os
 import threading
 
+import libvirt
+
 from ..clients import kube
 from ..clients.libvirt import Hypervisor
 from ..core import disks, pools
@@ -19,6 +21,7 @@ from ..core.vmspec import VM
 from ..reconciling import now
 
 log = logging.getLogger("kopfvirt.agent")
+ENTRY_KEYS = ("state", "message", "capacityBytes", "allocationBytes", "availableBytes")
 
 
 def _mount_answers(path: str, entry: dict) -> dict:
@@ -64,7 +67,8 @@ class Pools:
             for name, spec in self.specs().items():
                 if not pools.offered_on(spec, self.node_labels):
                     continue
-                entry = self.hv.ensure_pool(name, pools.pool_xml(name, spec), probe=spec.type in pools.BLOCK_POOL_TYPES)
+                entry = self.hv.ensure_pool(name, pools.pool_xml(name, spec),
+                                            probe=spec.type in pools.BLOCK_POOL_TYPES)
                 if spec.type == "netfs" and entry.get("state") == "Active":
                     entry = _mount_answers(pools.target_path(name, spec), entry)
                 if entry.get("state") != "Active":
@@ -73,9 +77,19 @@ class Pools:
                 if reported is None:
                     reported = ((self.objects[name].get("status") or {}).get("nodes") or {}).get(self.node) or {}
                 if {k: v for k, v in reported.items() if k != "lastUpdateTime"} != entry:
-                    kube.patch_status(None, name, {"nodes": {self.node: {**entry, "lastUpdateTime": now()}}},
+                    # A merge patch: keys the new entry lacks (a cleared message) are nulled.
+                    cleared = {k: None for k in ENTRY_KEYS if k not in entry}
+                    kube.patch_status(None, name, {"nodes": {self.node: {**cleared, **entry, "lastUpdateTime": now()}}},
                                       plural=pools.PLURAL)
                 self.reported[name] = entry
+
+    def forget(self, name: str) -> None:
+        """A deleted StoragePool (the webhook let it go: no VM uses it) leaves libvirt too."""
+        with self.lock:
+            try:
+                self.hv.remove_pool(name)
+            except libvirt.libvirtError as e:  # e.g. still busy: it stays defined, unlabelled
+                log.warning("storage pool %s stays defined on %s: %s", name, self.node, e)
 
     # -- a VM's storage -----------------------------------------------------------------
     def trouble(self, vm: VM) -> str | None:
