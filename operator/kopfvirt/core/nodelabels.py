@@ -63,13 +63,3 @@ def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm
 def kvm_offered(domain_capabilities_kvm: str | None) -> bool:
     return domain_capabilities_kvm is not None and ET.fromstring(domain_capabilities_kvm).findtext("domain") == "kvm"
 
-
-NETWORK_POOL_TYPES = ("netfs", "iscsi", "iscsi-direct", "rbd", "gluster")
-
-
-def on_shared_storage(pool_type: str, path: str | None, storage_root: str) -> bool:
-    """Network pools are shared; a dir pool is when it lies under the shared storage root."""
-    if pool_type in NETWORK_POOL_TYPES:
-        return True
-    root = storage_root.rstrip("/") + "/"
-    return pool_type == "dir" and bool(path) and (path.rstrip("/") + "/").startswith(root)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import PurePosixPath
 
-from .. import GROUP
 from ..api.schema import SpecError, from_dict
 from ..api.storagepool import FILE_POOL_TYPES, NETWORK_POOL_TYPES, StoragePoolSpec
 
@@ -14,7 +13,6 @@ BLOCK_POOL_TYPES = ("iscsi-direct", "rbd")  # volumes on a server, no mount to l
 
 PLURAL = "storagepools"
 MOUNT_ROOT = PurePosixPath("/var/lib/kopfvirt/pools")
-POOL_LABEL_PREFIX = f"pool.{GROUP}/"   # on a Node: the pool is active there
 
 
 def parse(spec: dict) -> StoragePoolSpec:
