@@ -202,7 +202,7 @@ class Agent(Reconciler):
                                        f"{spec_disk.cloud_init.secret_ref.name} does not exist in {vm.namespace}")
                 cloud_init[spec_disk.name] = disks.cloud_init_files(vm, spec_disk.name, secret)
         try:
-            images.ensure(plan.disks, self.pools.own_dir(vm), cloud_init)
+            images.ensure(plan.disks, plan.own_dir, cloud_init)
         except images.DiskError as e:
             raise NotReady("DiskError", str(e)) from None
         if vm.spec.host_devices:

@@ -115,12 +115,11 @@ class Pools:
                                                       f"{self.node}: {why}")
         return spec
 
-    def own_pool(self, vm: VM) -> tuple[str, pools.StoragePoolSpec] | None:
+    def own_pool(self, vm: VM, specs: dict[str, pools.StoragePoolSpec]) -> tuple[str, pools.StoragePoolSpec] | None:
         """The pool that keeps the VM's own disks, or None when it has none to keep."""
-        if not any(d.image or d.empty or d.cloud_init for d in vm.spec.disks):
+        if not any(pools.keeps_own(d) for d in vm.spec.disks):
             return None
-        specs = self.specs()
-        name = vm.spec.storage_pool or pools.default_pool(specs)
+        name = pools.own_pool(vm.spec, specs)
         if name is None:
             raise PoolNotReady("StoragePoolNotFound", "spec.storagePool: empty, and no StoragePool is default")
         spec = self._usable(name, specs, vm.namespace, "spec.storagePool")
@@ -128,26 +127,33 @@ class Pools:
             raise PoolNotReady("StoragePoolNotFound", f"spec.storagePool: StoragePool {name} cannot hold files")
         return name, spec
 
-    def own_dir(self, vm: VM) -> str | None:
-        own = self.own_pool(vm)
+    @staticmethod
+    def _own_dir(vm: VM, own: tuple[str, pools.StoragePoolSpec] | None) -> str | None:
         return None if own is None else disks.vm_dir(pools.target_path(*own), vm.namespace, vm.name, vm.uid)
 
+    def own_dir(self, vm: VM) -> str | None:
+        return self._own_dir(vm, self.own_pool(vm, self.specs()))
+
     def plan(self, vm: VM) -> disks.Plan:
-        """The VM's disks and boot files as paths on this node, or PoolNotReady naming what is missing."""
+        """The VM's disks and boot files as paths on this node, or PoolNotReady naming what
+        is missing. Each pool is refreshed once (on shared storage another node may have
+        made a volume), not once per volume."""
         specs = self.specs()
-        own = self.own_pool(vm)
-        volumes: disks.Volumes = {}
-        for pool, volume in disks.named_volumes(vm):
-            self._usable(pool, specs, vm.namespace, f"pool {pool}")
-            path = self.hv.volume_path(pool, volume)
+        own = self.own_pool(vm, specs)
+        refreshed: set[str] = set()
+
+        def path_of(pool: str, volume: str, disk: str | None = None) -> str:
+            self._usable(pool, specs, vm.namespace, f"disk {disk}" if disk else f"pool {pool}")
+            path = self.hv.volume_path(pool, volume, refresh=pool not in refreshed)
+            refreshed.add(pool)
             if path is None:
-                raise PoolNotReady("VolumeNotFound", f"volume {volume} is not in StoragePool {pool}")
-            volumes[pool, volume] = path
+                raise PoolNotReady("VolumeNotFound", (f"disk {disk}: " if disk else "") +
+                                   f"volume {volume} is not in StoragePool {pool}")
+            return path
+
+        volumes = {(pool, volume): path_of(pool, volume) for pool, volume in disks.named_volumes(vm)}
         for d in vm.spec.disks:
             if d.pool:
-                self._usable(d.pool.pool, specs, vm.namespace, f"disk {d.name}")
-                if self.hv.volume_path(d.pool.pool, d.pool.volume) is None:
-                    raise PoolNotReady("VolumeNotFound", f"disk {d.name}: volume {d.pool.volume} is not in "
-                                                         f"StoragePool {d.pool.pool}")
-        own_dir = "" if own is None else disks.vm_dir(pools.target_path(*own), vm.namespace, vm.name, vm.uid)
-        return disks.plan(vm, own_dir, volumes, own_pool_shared=own is not None and pools.is_shared(own[1]))
+                path_of(d.pool.pool, d.pool.volume, d.name)
+        return disks.plan(vm, self._own_dir(vm, own), volumes,
+                          own_pool_shared=own is not None and pools.is_shared(own[1]))

@@ -373,12 +373,13 @@ class Hypervisor:
         pool.undefine()
         log.info("removed storage pool %s", name)
 
-    def volume_path(self, pool: str, volume: str) -> str | None:
-        """The volume's path on this node, or None where it is not (yet) there. Refreshes
+    def volume_path(self, pool: str, volume: str, refresh: bool = True) -> str | None:
+        """The volume's path on this node, or None where it is not (yet) there. `refresh`
         the pool first: on shared storage another node may have made the volume."""
         try:
             p = self.conn().storagePoolLookupByName(pool)
-            p.refresh()
+            if refresh:
+                p.refresh()
             return p.storageVolLookupByName(volume).path()
         except libvirt.libvirtError as e:
             if _is(e, libvirt.VIR_ERR_NO_STORAGE_VOL):

@@ -32,6 +32,7 @@ class Controller(Reconciler):
         super().__init__(log)
         self.nodes: dict[str, migration.Node] = {}
         self.storage_pools: dict[str, dict] = {}   # StoragePool objects by name
+        self.pools_listed = False                   # listed from the API once, before the watch fills it
         self.migrations = Migrations(self, namespace)
         self.devices = Allocator(self)
 
@@ -80,9 +81,10 @@ class Controller(Reconciler):
         """Pools the VM may not use (unknown, not for its namespace, unfit for its disks).
         A pool the cache lacks is read from the API first: just after a restart the watch
         may not have listed it yet, and a valid VM must not be refused for that."""
-        if not self.storage_pools:
+        if not self.pools_listed:  # once: a cluster may rightly have none
             for obj in kube.list_objects(pools.PLURAL):
                 self.observe_pool(obj)
+            self.pools_listed = True
         for name in pools.vm_pools(vm.spec, default=None):
             if name not in self.storage_pools and (obj := kube.get_object(None, name, pools.PLURAL)):
                 self.observe_pool(obj)

@@ -39,6 +39,7 @@ class Plan:
     """Everything the domain opens from storage."""
 
     disks: list[PlannedDisk]
+    own_dir: str | None = None       # where the VM's own disks are made (None: it has none)
     kernel: str | None = None
     initrd: str | None = None
 
@@ -71,11 +72,12 @@ def cloud_init_files(vm: VM, disk_name: str, secret: dict[str, str] | None) -> d
     return files
 
 
-def plan(vm: VM, own_dir: str, volumes: Volumes, own_pool_shared: bool = False) -> Plan:
-    """`own_dir`: vm_dir() in the VM's storage pool; `volumes`: named_volumes() resolved.
+def plan(vm: VM, own_dir: str | None, volumes: Volumes, own_pool_shared: bool = False) -> Plan:
+    """`own_dir`: vm_dir() in the VM's storage pool (None: no disk of its own); `volumes`:
+    named_volumes() resolved.
     libvirt lets a writable file on a shared filesystem migrate only without the host's
     page cache (cache=none), so the VM's own disks on a shared pool bypass it."""
-    base = PurePosixPath(own_dir)
+    base = PurePosixPath(own_dir) if own_dir is not None else None  # only disks of its own use it
     cache = "none" if own_pool_shared else None
     out = []
     for d in vm.spec.disks:
@@ -96,5 +98,6 @@ def plan(vm: VM, own_dir: str, volumes: Volumes, own_pool_shared: bool = False) 
                                    path=str(base / f"{d.name}-cidata.iso")))
     kb = vm.spec.kernel_boot
     if kb is None:
-        return Plan(out)
-    return Plan(out, kernel=volumes[kb.pool, kb.kernel], initrd=volumes[kb.pool, kb.initrd] if kb.initrd else None)
+        return Plan(out, own_dir)
+    return Plan(out, own_dir, kernel=volumes[kb.pool, kb.kernel],
+                initrd=volumes[kb.pool, kb.initrd] if kb.initrd else None)

@@ -62,6 +62,19 @@ def default_pool(pools: dict[str, StoragePoolSpec]) -> str | None:
     return next((name for name in sorted(pools) if pools[name].default), None)
 
 
+def keeps_own(disk) -> bool:
+    """A disk the VM keeps in its own storage pool: an overlay, an empty disk, cloud-init media."""
+    return bool(disk.image or disk.empty or disk.cloud_init)
+
+
+def own_pool(spec, pools: dict[str, StoragePoolSpec]) -> str | None:
+    """The pool that keeps the VM's own disks: spec.storagePool, else the default; None when
+    it has no such disk (or no pool is named and none is default)."""
+    if not any(keeps_own(d) for d in spec.disks):
+        return None
+    return spec.storage_pool or default_pool(pools)
+
+
 def pool_xml(name: str, spec: StoragePoolSpec) -> str:
     pool = ET.Element("pool", type=spec.type)
     ET.SubElement(pool, "name").text = name
@@ -96,7 +109,7 @@ def vm_pools(spec, default: str | None) -> dict[str, list[str]]:
             out.setdefault(d.image.pool, []).append(f"spec.disks[{i}].image.pool")
         if d.pool:
             out.setdefault(d.pool.pool, []).append(f"spec.disks[{i}].pool.pool")
-        if (d.image or d.empty or d.cloud_init) and own:
+        if keeps_own(d) and own:
             out.setdefault(own, []).append("spec.storagePool")
     return out
 
@@ -105,8 +118,7 @@ def refusal(spec, namespace: str, pools: dict[str, StoragePoolSpec]) -> SpecErro
     """Why a VM spec may not use the pools it names: unknown, not for its namespace, or a
     pool that cannot hold its own disks. None when all is well."""
     default = default_pool(pools)
-    needs_own = any(d.image or d.empty or d.cloud_init for d in spec.disks)
-    if needs_own and not spec.storage_pool and default is None:
+    if any(keeps_own(d) for d in spec.disks) and own_pool(spec, pools) is None:
         return SpecError("spec.storagePool", "is empty and no StoragePool is marked default: name one for the "
                                              "VM's overlays, empty disks and cloud-init media")
     for name, fields in vm_pools(spec, default).items():
@@ -131,7 +143,7 @@ def refusal(spec, namespace: str, pools: dict[str, StoragePoolSpec]) -> SpecErro
 def unshared_disks(spec, pools: dict[str, StoragePoolSpec]) -> list[tuple[str, str]]:
     """(disk, pool) of each writable disk whose data stays on its node: what a live
     migration would have to copy. A pool not (or no longer) defined counts as local."""
-    own = spec.storage_pool or default_pool(pools)
+    own = own_pool(spec, pools)
     out = []
     for d in spec.disks:
         if d.cloud_init or d.read_only:  # libvirt lets read-only media migrate where they are
