@@ -9,11 +9,11 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-# The agent uses qemu-img and genisoimage for disks, and pci.ids for device names; the plugin
-# reaches virsh through it.
+# The agent uses qemu-img and genisoimage for disks (qemu-block-extra and libnfs for disks on
+# NFS without a kernel client), and pci.ids for device names; the plugin reaches virsh through it.
 FROM python:3.11-slim-bookworm AS operator
-RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 libvirt-clients qemu-utils genisoimage pci.ids \
-    && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 libvirt-clients qemu-utils \
+    qemu-block-extra libnfs13 genisoimage pci.ids && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER 65532:65532
@@ -21,6 +21,7 @@ ENTRYPOINT ["kopfvirt"]
 
 FROM debian:bookworm-slim AS libvirt
 RUN apt-get update && apt-get install -y --no-install-recommends libvirt-daemon-system \
-    qemu-system-x86 qemu-utils ovmf dmidecode && rm -rf /var/lib/apt/lists/*
+    qemu-system-x86 qemu-utils qemu-block-extra libvirt-daemon-driver-storage-gluster \
+    libvirt-daemon-driver-storage-iscsi-direct glusterfs-client ovmf dmidecode && rm -rf /var/lib/apt/lists/*
 # No TCP listener: peers reach this libvirtd over TLS only (see docs/architecture.md).
 ENTRYPOINT ["libvirtd"]

@@ -111,7 +111,9 @@ def test_pools_a_namespace_may_not_use_are_refused_by_the_webhook(vms, private_p
     ({"type": "dir"}, "dir needs source.path"),
     ({"type": "iscsi-direct", "default": True, "source": {"host": "h", "target": "iqn.2026-11.x:t",
                                                           "initiator": "iqn.2026-11.x:i"}},
-     "only a dir or netfs pool can be the default"),
+     "only a dir, netfs or nfs pool can be the default"),
+    ({"type": "nfs", "source": {"host": "nfs.example", "path": "export"}},
+     "nfs needs source.host and source.path, an absolute path on the server"),
     ({"type": "iscsi-direct", "source": {"host": "h", "target": "disks", "initiator": "iqn.2026-11.x:i"}},
      "spec.source.target: Invalid value"),
 ])

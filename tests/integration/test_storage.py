@@ -16,6 +16,7 @@ import signal
 import pytest
 import yaml
 
+from kopfvirt.clients import nfs
 from kopfvirt.lab import procs
 from kopfvirt.lab.layout import Lab
 
@@ -30,6 +31,10 @@ BACKENDS = {
                           {"name": "seed", "cloudInit": {"userData": "#cloud-config\nhostname: g\n"}}]},
     # A LUN of the lab's iSCSI target, opened by QEMU's own initiator on either node.
     "iscsi": {"disks": [{"name": "lun", "pool": {"pool": "iscsi", "volume": "unit:0:0:2"}}]},
+    # The VM's own disks on the NFS export, opened by QEMU's own NFS client (network disks).
+    "nfs": {"storagePool": "nfs",
+            "disks": [{"name": "root", "image": {"pool": "lab-images", "volume": "blank.qcow2"}},
+                      {"name": "seed", "cloudInit": {"userData": "#cloud-config\nhostname: n\n"}}]},
 }
 
 
@@ -70,7 +75,7 @@ def assert_log_intact(vms, name: str, node: str, written: int) -> None:
 
 
 def test_pools_are_active_on_every_node():
-    for pool in ("lab-images", "gluster", "iscsi"):
+    for pool in ("lab-images", "gluster", "iscsi", "nfs"):
         nodes = wait_for(f"StoragePool {pool} active on both nodes", lambda: (
             n := (kubectl_json("get", "storagepool", pool).get("status") or {}).get("nodes") or {})
             and all((n.get(x) or {}).get("state") == "Active" for x in ("node-1", "node-2")) and n)
@@ -81,8 +86,8 @@ def test_pools_are_active_on_every_node():
         assert ready["message"] == "active on 2 node(s): node-1, node-2", ready
     for node in ("node-1", "node-2"):
         labels = kubectl_json("get", "node", node)["metadata"]["labels"]
-        assert {"pool.kopfvirt.io/gluster", "shared-pool.kopfvirt.io/gluster",
-                "pool.kopfvirt.io/iscsi"} <= set(labels), labels
+        assert {"pool.kopfvirt.io/gluster", "shared-pool.kopfvirt.io/gluster", "pool.kopfvirt.io/iscsi",
+                "pool.kopfvirt.io/nfs", "shared-pool.kopfvirt.io/nfs"} <= set(labels), labels
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -106,11 +111,14 @@ def test_a_writing_vm_live_migrates_there_and_back_and_loses_no_write(vms, migra
     assert_log_intact(vms, name, node, disk_records(node, vms.domain(name)))
     vms.delete(name)
     assert domains_of(uid) == {}
+    if backend == "nfs":  # the VM's own disks go with it, on the server too
+        assert not nfs.exists(f"nfs://198.18.0.5/export/vms/{vms.namespace}/{name}-{uid[:8]}")
 
 
-def test_a_writing_vm_migrates_offline_with_its_disk(vms, migrations):  # noqa: F811
-    name = "st-offline"
-    source, uid = writing_vm(vms, name, "gluster")
+@pytest.mark.parametrize("backend", ["gluster", "nfs"])
+def test_a_writing_vm_migrates_offline_with_its_disk(vms, migrations, backend):  # noqa: F811
+    name = f"st-offline-{backend}"
+    source, uid = writing_vm(vms, name, backend)
     migrations.create(name, name, mode="Offline")
     m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=150)
     assert m["status"]["phase"] == "Succeeded", m["status"]

@@ -12,7 +12,11 @@ OWN_POOL = "/var/lib/kopfvirt/pools/gluster"
 # What the agent resolves the spec's pools and volumes to on its node.
 VOLUMES = {("images", "lab-guest-vmlinuz"): "/var/lib/kopfvirt/images/lab-guest-vmlinuz",
            ("images", "lab-guest-initrd.img"): "/var/lib/kopfvirt/images/lab-guest-initrd.img",
-           ("images", "base.qcow2"): "/var/lib/kopfvirt/images/base.qcow2"}
+           ("images", "base.qcow2"): "/var/lib/kopfvirt/images/base.qcow2",
+           ("lab", "v1"): "/var/lib/kopfvirt/lab/v1",
+           ("nfs", "shared.raw"): "nfs://198.18.0.5/export/shared.raw"}
+# An nfs pool has no path on the node: its files are URLs QEMU opens itself.
+OWN_POOLS = {"nfs": "nfs://198.18.0.5/export"}
 CASES = {
     "minimal": {"memory": {"size": "64Mi"}},
     "lab-guest": {"memory": {"size": "128Mi"}, "cpu": {"cores": 2}, "kernelBoot": KERNEL},
@@ -32,12 +36,18 @@ CASES = {
                      "hostDevices": [{"name": "gpu", "resourceName": "nvidia.com/H100"},
                                      {"name": "vf", "device": "node-1-0000-3b-00-2"}]},
 }
+CASES["nfs"] = {"memory": {"size": "256Mi"}, "kernelBoot": KERNEL, "storagePool": "nfs",
+                "disks": [{"name": "root", "image": {"pool": "images", "volume": "base.qcow2"}},
+                          {"name": "data", "empty": {"size": "1Gi"}},
+                          {"name": "shared", "pool": {"pool": "nfs", "volume": "shared.raw"}},
+                          {"name": "seed", "cloudInit": {"userData": "#cloud-config"}}]}
 HOSTDEVS = {"host-devices": [("gpu", "0000:01:00.0"), ("vf", "0000:3b:00.2")]}
 
 
 def _xml(case, virt_type="qemu"):
     vm = vmspec.parse("default", case, UID, CASES[case])
-    plan = disks.plan(vm, disks.vm_dir(OWN_POOL, vm.namespace, vm.name, vm.uid), VOLUMES, own_pool_shared=True)
+    own = OWN_POOLS.get(case, OWN_POOL)
+    plan = disks.plan(vm, disks.vm_dir(own, vm.namespace, vm.name, vm.uid), VOLUMES, own_pool_shared=True)
     return domainxml.domain_xml(vm, plan, virt_type, {"default": "kopfvirt"}, HOSTDEVS.get(case, ()))
 
 
@@ -92,3 +102,19 @@ def test_host_devices_are_unmanaged_hostdevs_and_read_back():
     assert [h.get("managed") for h in hostdevs] == ["no", "no"]  # the agent binds, not libvirt
     assert domainxml.hostdev_addresses(xml) == {"0000:01:00.0", "0000:3b:00.2"}
     assert domainxml.hostdev_addresses(_xml("minimal")) == set()
+
+
+def test_nfs_files_are_network_disks_qemu_opens_itself():
+    root = ET.fromstring(_xml("nfs"))
+    vm_dir = f"/export/vms/default/nfs-{UID[:8]}"
+    disks_ = {d.find("target").get("dev"): d for d in root.findall("devices/disk")}
+    assert {dev: d.get("type") for dev, d in disks_.items()} == {
+        "vda": "network", "vdb": "network", "vdc": "network", "sda": "network"}
+    sources = {dev: (d.find("source").get("protocol"), d.find("source").get("name"),
+                     d.find("source/host").get("name")) for dev, d in disks_.items()}
+    assert sources == {"vda": ("nfs", f"{vm_dir}/root.qcow2", "198.18.0.5"),
+                       "vdb": ("nfs", f"{vm_dir}/data.qcow2", "198.18.0.5"),
+                       "vdc": ("nfs", "/export/shared.raw", "198.18.0.5"),
+                       "sda": ("nfs", f"{vm_dir}/seed-cidata.iso", "198.18.0.5")}
+    formats = {dev: d.find("driver").get("type") for dev, d in disks_.items()}
+    assert formats == {"vda": "qcow2", "vdb": "qcow2", "vdc": "raw", "sda": "raw"}

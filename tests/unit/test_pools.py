@@ -51,6 +51,17 @@ def test_netfs_mounts_under_the_pools_root_unless_given():
     assert pools.target_path("lun", SPECS["iscsi-direct"]) is None
 
 
+def test_an_nfs_pool_is_no_libvirt_pool_but_a_shared_place_for_a_vms_own_disks():
+    nfs = pools.parse({"type": "nfs", "source": {"host": "198.18.0.5", "path": "/export/"}, "default": True})
+    assert not pools.in_libvirt(nfs) and all(pools.in_libvirt(s) for s in SPECS.values())
+    assert pools.is_shared(nfs) and pools.holds_files(nfs)
+    assert pools.target_path("nfs", nfs) == "nfs://198.18.0.5/export"
+    specs = {"nfs": nfs}
+    web = vm(disks=[{"name": "data", "empty": {"size": "1Gi"}}])
+    assert pools.refusal(web.spec, "default", specs) is None and pools.own_pool(web.spec, specs) == "nfs"
+    assert pools.unshared_disks(web.spec, specs) == []
+
+
 def test_a_vm_names_pools_only_and_the_refusal_names_the_field():
     images = {"pool": "dir", "volume": "debian.qcow2"}
     assert pools.refusal(vm(disks=[{"name": "root", "image": images}]).spec, "default", SPECS) is None

@@ -45,7 +45,8 @@ def label_node(agent: Agent) -> None:
     except libvirt.libvirtError:
         kvm_caps = None
     specs = agent.pools.specs()
-    pools = [p for p in agent.hv.active_pools() if p in specs]  # those an admin offers, not others
+    # Those an admin offers, not others; nfs pools live outside libvirt.
+    pools = sorted({p for p in agent.hv.active_pools() if p in specs} | set(agent.pools.active_outside_libvirt()))
     dom_caps = agent.hv.domain_capabilities(agent.virt_type)
     labels = nodelabels.node_labels(caps, dom_caps, agent.virt_type,
                                     nodelabels.kvm_offered(kvm_caps), pools,

@@ -14,7 +14,7 @@ import threading
 
 import libvirt
 
-from ..clients import kube
+from ..clients import kube, nfs
 from ..clients.libvirt import Hypervisor
 from ..core import disks, pools
 from ..core.vmspec import VM
@@ -31,6 +31,14 @@ def _mount_answers(path: str, entry: dict) -> dict:
         return entry
     except OSError as e:
         return {"state": "Failed", "message": f"{path}: {e.strerror}"}
+
+
+def _nfs_state(location: str) -> dict:
+    """An nfs pool has no libvirt pool: asking the server (libnfs) is its state."""
+    try:
+        return {"state": "Active", **nfs.usage(location)}
+    except OSError as e:
+        return {"state": "Failed", "message": str(e)}
 
 
 class PoolNotReady(Exception):
@@ -67,8 +75,11 @@ class Pools:
             for name, spec in self.specs().items():
                 if not pools.offered_on(spec, self.node_labels):
                     continue
-                entry = self.hv.ensure_pool(name, pools.pool_xml(name, spec),
-                                            probe=spec.type in pools.BLOCK_POOL_TYPES)
+                if not pools.in_libvirt(spec):
+                    entry = _nfs_state(pools.target_path(name, spec))
+                else:
+                    entry = self.hv.ensure_pool(name, pools.pool_xml(name, spec),
+                                                probe=spec.type in pools.BLOCK_POOL_TYPES)
                 if spec.type == "netfs" and entry.get("state") == "Active":
                     entry = _mount_answers(pools.target_path(name, spec), entry)
                 if entry.get("state") != "Active":
@@ -83,8 +94,21 @@ class Pools:
                                       plural=pools.PLURAL)
                 self.reported[name] = entry
 
+    def active_outside_libvirt(self) -> list[str]:
+        """The nfs pools active here: as last probed, or before the first probe as this
+        node last reported them (a restarted agent does not drop its labels for a moment)."""
+        out = []
+        for name, spec in self.specs().items():
+            entry = self.reported.get(name)
+            if entry is None:
+                entry = ((self.objects[name].get("status") or {}).get("nodes") or {}).get(self.node) or {}
+            if not pools.in_libvirt(spec) and entry.get("state") == "Active":
+                out.append(name)
+        return out
+
     def forget(self, name: str) -> None:
-        """A deleted StoragePool (the webhook let it go: no VM uses it) leaves libvirt too."""
+        """A deleted StoragePool (the webhook let it go: no VM uses it) leaves libvirt too
+        (an nfs pool was never there: removing finds nothing)."""
         with self.lock:
             try:
                 self.hv.remove_pool(name)
@@ -142,18 +166,21 @@ class Pools:
         own = self.own_pool(vm, specs)
         refreshed: set[str] = set()
 
-        def path_of(pool: str, volume: str, disk: str | None = None) -> str:
-            self._usable(pool, specs, vm.namespace, f"disk {disk}" if disk else f"pool {pool}")
-            path = self.hv.volume_path(pool, volume, refresh=pool not in refreshed)
-            refreshed.add(pool)
+        def path_of(pool: str, volume: str) -> str:
+            spec = self._usable(pool, specs, vm.namespace, f"pool {pool}")
+            if pools.in_libvirt(spec):
+                path = self.hv.volume_path(pool, volume, refresh=pool not in refreshed)
+                refreshed.add(pool)
+            else:
+                path = os.path.join(pools.target_path(pool, spec), volume)
+                try:
+                    path = path if nfs.exists(path) else None
+                except OSError as e:
+                    raise PoolNotReady("StoragePoolNotReady", f"StoragePool {pool}: {e}") from None
             if path is None:
-                raise PoolNotReady("VolumeNotFound", (f"disk {disk}: " if disk else "") +
-                                   f"volume {volume} is not in StoragePool {pool}")
+                raise PoolNotReady("VolumeNotFound", f"volume {volume} is not in StoragePool {pool}")
             return path
 
         volumes = {(pool, volume): path_of(pool, volume) for pool, volume in disks.named_volumes(vm)}
-        for d in vm.spec.disks:
-            if d.pool:
-                path_of(d.pool.pool, d.pool.volume, d.name)
         return disks.plan(vm, self._own_dir(vm, own), volumes,
                           own_pool_shared=own is not None and pools.is_shared(own[1]))

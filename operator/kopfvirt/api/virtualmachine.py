@@ -192,7 +192,7 @@ class VirtualMachineSpec:
     firmware: Firmware = field(Firmware, description="BIOS or UEFI.")
     kernel_boot: KernelBoot | None = field(None, description="Boot a kernel directly (as the lab guest does).")
     storage_pool: str | None = field(None, pattern=DNS_LABEL, max_length=63, description=(
-        "The StoragePool (dir or netfs) that keeps the VM's own disks: overlays, empty disks and cloud-init "
+        "The StoragePool (dir, netfs or nfs) that keeps the VM's own disks: overlays, empty disks and cloud-init "
         "media. Empty: the pool the admin marks default. On a shared pool the VM can live-migrate."))
     disks: list[Disk] = field([], max_items=16, list_map_keys=("name",), description="The VM's disks.", rules=((
         "self.all(a, !has(a.target) || self.exists_one(b, has(b.target) && b.target == a.target))",

@@ -1,15 +1,19 @@
 """Disk files on the node's storage: qcow2 overlays and empty disks (qemu-img) and
-cloud-init NoCloud ISOs (genisoimage). Only the node agent imports this."""
+cloud-init NoCloud ISOs (genisoimage). A location is a path on the node or an nfs://
+URL: qemu-img reaches NFS with QEMU's own client, and directories there are made and
+removed through libnfs (clients/nfs.py). Only the node agent imports this."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from ..core.disks import PlannedDisk
+from ..core.disks import PlannedDisk, nfs_parts
+from . import nfs
 
 
 class DiskError(RuntimeError):
@@ -23,8 +27,28 @@ def _run(*argv: str) -> str:
     return result.stdout
 
 
+def _exists(location: str) -> bool:
+    return nfs.exists(location) if nfs_parts(location) else Path(location).exists()
+
+
+def _makedirs(location: str) -> bool:
+    """mkdir -p; True when the directory is new."""
+    if nfs_parts(location):
+        return nfs.makedirs(location)
+    new = not Path(location).exists()
+    Path(location).mkdir(parents=True, exist_ok=True)
+    return new
+
+
+def _remove(location: str) -> None:
+    if nfs_parts(location):
+        nfs.remove(location)
+    else:
+        Path(location).unlink(missing_ok=True)
+
+
 def _overlay(d: PlannedDisk) -> None:
-    if not Path(d.backing).is_file():
+    if not (nfs.exists(d.backing) if nfs_parts(d.backing) else Path(d.backing).is_file()):
         raise DiskError(f"disk {d.name}: base image {d.backing} does not exist on this node")
     info = json.loads(_run("qemu-img", "info", "--output=json", "-U", d.backing))
     if info.get("backing-filename"):  # it would let a volume name reach any file of the node
@@ -43,7 +67,10 @@ def _cidata(d: PlannedDisk, files: dict[str, str]) -> None:
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
             names.append(str(Path(tmp) / name))
-        _run("genisoimage", "-quiet", "-output", d.path, "-volid", "cidata", "-joliet", "-rock", *names)
+        iso = str(Path(tmp) / "cidata.iso") if nfs_parts(d.path) else d.path
+        _run("genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock", *names)
+        if iso != d.path:
+            _run("qemu-img", "convert", "-q", "-f", "raw", "-O", "raw", iso, d.path)
 
 
 def ensure(plan: list[PlannedDisk], vm_dir: str | None, cloud_init: dict[str, dict[str, str]]) -> None:
@@ -54,13 +81,12 @@ def ensure(plan: list[PlannedDisk], vm_dir: str | None, cloud_init: dict[str, di
     """
     if vm_dir is None:
         return
-    created: list[Path] = []
-    directory = Path(vm_dir)
-    new_dir = not directory.exists()
+    created: list[str] = []
+    new_dir = False
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        new_dir = _makedirs(vm_dir)
         for d in plan:
-            if d.path is None or Path(d.path).exists():
+            if d.path is None or d.kind == "volume" or _exists(d.path):
                 continue
             if d.kind == "overlay":
                 _overlay(d)
@@ -68,14 +94,20 @@ def ensure(plan: list[PlannedDisk], vm_dir: str | None, cloud_init: dict[str, di
                 _empty(d)
             elif d.kind == "cloudinit":
                 _cidata(d, cloud_init[d.name])
-            created.append(Path(d.path))
-    except Exception:
-        for path in created:
-            path.unlink(missing_ok=True)
-        if new_dir:
-            shutil.rmtree(directory, ignore_errors=True)
+            created.append(d.path)
+    except Exception as e:
+        with contextlib.suppress(OSError):  # a server gone mid-way: its error is the one to tell
+            for location in created:
+                _remove(location)
+            if new_dir:
+                remove(vm_dir)
+        if isinstance(e, nfs.NFSError):
+            raise DiskError(str(e)) from None
         raise
 
 
 def remove(vm_dir: str) -> None:
-    shutil.rmtree(vm_dir, ignore_errors=True)
+    if nfs_parts(vm_dir):
+        nfs.remove_tree(vm_dir)
+    else:
+        shutil.rmtree(vm_dir, ignore_errors=True)

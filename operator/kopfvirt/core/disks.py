@@ -8,7 +8,8 @@ own disks in its storage pool, and the path of every volume the spec names.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import PurePosixPath
+import posixpath
+from urllib.parse import urlsplit
 
 from . import quantity
 from .vmspec import VM
@@ -21,7 +22,7 @@ class PlannedDisk:
     bus: str
     device: str                      # disk | cdrom
     kind: str                        # overlay | empty | cloudinit | volume
-    path: str | None = None          # file the domain opens (overlay, empty, ISO)
+    path: str | None = None          # file (or nfs:// URL) the domain opens: overlay, empty, ISO, nfs volume
     backing: str | None = None       # base image of an overlay
     size_bytes: int | None = None    # empty disks
     pool: str | None = None          # pool volumes
@@ -31,7 +32,21 @@ class PlannedDisk:
     cache: str | None = None         # "none" on shared file pools: what live migration requires
 
 
-Volumes = dict[tuple[str, str], str]   # (pool, volume) -> its path on the node
+Volumes = dict[tuple[str, str], str]   # (pool, volume) -> its path (or nfs:// URL) on the node
+NFS = "nfs://"
+
+
+def nfs_location(server: str, path: str) -> str:
+    """The URL of a file or directory QEMU opens with its own NFS client."""
+    return f"{NFS}{server}/{path.strip('/')}"
+
+
+def nfs_parts(location: str | None) -> tuple[str, str] | None:
+    """(server, absolute path) of an nfs:// URL; None for a path on the node."""
+    if not location or not location.startswith(NFS):
+        return None
+    parts = urlsplit(location)
+    return parts.hostname, posixpath.normpath("/" + parts.path.lstrip("/"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +61,8 @@ class Plan:
 
 def vm_dir(pool_root: str, namespace: str, name: str, uid: str) -> str:
     """Per VM, inside its storage pool (the UID's head keeps a re-created VM of the same
-    name off stale files)."""
-    return str(PurePosixPath(pool_root) / "vms" / namespace / f"{name}-{uid[:8]}")
+    name off stale files). `pool_root` may be an nfs:// URL."""
+    return posixpath.join(pool_root, "vms", namespace, f"{name}-{uid[:8]}")
 
 
 def named_volumes(vm: VM) -> list[tuple[str, str]]:
@@ -57,6 +72,7 @@ def named_volumes(vm: VM) -> list[tuple[str, str]]:
     if kb:
         out += [(kb.pool, kb.kernel)] + ([(kb.pool, kb.initrd)] if kb.initrd else [])
     out += [(d.image.pool, d.image.volume) for d in vm.spec.disks if d.image]
+    out += [(d.pool.pool, d.pool.volume) for d in vm.spec.disks if d.pool]
     return out
 
 
@@ -76,26 +92,31 @@ def plan(vm: VM, own_dir: str | None, volumes: Volumes, own_pool_shared: bool = 
     """`own_dir`: vm_dir() in the VM's storage pool (None: no disk of its own); `volumes`:
     named_volumes() resolved.
     libvirt lets a writable file on a shared filesystem migrate only without the host's
-    page cache (cache=none), so the VM's own disks on a shared pool bypass it."""
-    base = PurePosixPath(own_dir) if own_dir is not None else None  # only disks of its own use it
+    page cache (cache=none), so the VM's own disks on a shared pool bypass it. A volume
+    of a libvirt pool stays a pool volume in the domain; one of an nfs pool (no libvirt
+    pool) carries its URL."""
+    def own(file: str) -> str:
+        return posixpath.join(own_dir, file)
+
     cache = "none" if own_pool_shared else None
     out = []
     for d in vm.spec.disks:
         common = dict(name=d.name, target=vm.targets[d.name], read_only=d.read_only, boot_order=d.boot_order)
         if d.image:
             out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="overlay",
-                                   path=str(base / f"{d.name}.qcow2"), backing=volumes[d.image.pool, d.image.volume],
+                                   path=own(f"{d.name}.qcow2"), backing=volumes[d.image.pool, d.image.volume],
                                    cache=cache))
         elif d.empty:
             out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="empty",
-                                   path=str(base / f"{d.name}.qcow2"), size_bytes=quantity.to_bytes(d.empty.size),
+                                   path=own(f"{d.name}.qcow2"), size_bytes=quantity.to_bytes(d.empty.size),
                                    cache=cache))
         elif d.pool:
-            out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="volume",
-                                   pool=d.pool.pool, volume=d.pool.volume))
+            location = volumes.get((d.pool.pool, d.pool.volume))
+            out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="volume", pool=d.pool.pool,
+                                   volume=d.pool.volume, path=location if nfs_parts(location) else None))
         else:
             out.append(PlannedDisk(**{**common, "read_only": True}, bus="sata", device="cdrom", kind="cloudinit",
-                                   path=str(base / f"{d.name}-cidata.iso")))
+                                   path=own(f"{d.name}-cidata.iso")))
     kb = vm.spec.kernel_boot
     if kb is None:
         return Plan(out, own_dir)

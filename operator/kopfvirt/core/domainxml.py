@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from . import quantity
-from .disks import Plan, PlannedDisk
+from .disks import Plan, PlannedDisk, nfs_parts
 from .vmspec import VM
 
 METADATA_NS = "https://kopfvirt.io/xmlns/domain/v1alpha1"
@@ -57,15 +57,24 @@ def _os(dom: ET.Element, vm: VM, plan: Plan) -> None:
 
 
 def _disk(devices: ET.Element, d: PlannedDisk) -> None:
-    if d.kind == "volume":
+    nfs = nfs_parts(d.path)
+    if nfs:  # no libvirt pool reaches it: QEMU's own NFS client opens the file
+        disk = _sub(devices, "disk", type="network", device=d.device)
+    elif d.kind == "volume":
         disk = _sub(devices, "disk", type="volume", device=d.device)
-        _sub(disk, "driver", name="qemu", type="raw")
-        _sub(disk, "source", pool=d.pool, volume=d.volume)
     else:
         disk = _sub(devices, "disk", type="file", device=d.device)
-        fmt = "raw" if d.kind == "cloudinit" else "qcow2"
-        _sub(disk, "driver", name="qemu", type=fmt, **({} if d.device == "cdrom" else {"discard": "unmap"}),
-             **({"cache": d.cache} if d.cache else {}))
+    fmt = "qcow2" if d.kind in ("overlay", "empty") else "raw"
+    _sub(disk, "driver", name="qemu", type=fmt, **({"discard": "unmap"} if d.kind in ("overlay", "empty") else {}),
+         **({"cache": d.cache} if d.cache else {}))
+    if nfs:
+        source = _sub(disk, "source", protocol="nfs", name=nfs[1])
+        _sub(source, "host", name=nfs[0])
+        # The agent makes the files as root through libnfs; QEMU must reach them as the same user.
+        _sub(source, "identity", user="root", group="root")
+    elif d.kind == "volume":
+        _sub(disk, "source", pool=d.pool, volume=d.volume)
+    else:
         _sub(disk, "source", file=d.path)
     _sub(disk, "target", dev=d.target, bus=d.bus)
     if d.boot_order:

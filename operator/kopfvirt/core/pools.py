@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 
 from ..api.schema import SpecError, from_dict
 from ..api.storagepool import FILE_POOL_TYPES, NETWORK_POOL_TYPES, StoragePoolSpec
+from .disks import nfs_location
 
 BLOCK_POOL_TYPES = ("iscsi-direct", "rbd")  # volumes on a server, no mount to look at
 
@@ -40,12 +41,21 @@ def holds_files(spec: StoragePoolSpec) -> bool:
     return spec.type in FILE_POOL_TYPES
 
 
+def in_libvirt(spec: StoragePoolSpec) -> bool:
+    """Whether nodes define it as a libvirt pool. libvirt has no pool that reaches NFS
+    without the kernel's client: an nfs pool's files are QEMU's network disks."""
+    return spec.type != "nfs"
+
+
 def target_path(name: str, spec: StoragePoolSpec) -> str | None:
-    """The directory on a node that holds the pool's files (None: no files, e.g. LUNs)."""
+    """Where a node finds the pool's files: a directory, or an nfs:// URL (None: no
+    files, e.g. LUNs)."""
     if spec.type == "dir":
         return spec.source.path
     if spec.type == "netfs":
         return spec.mount_path or str(MOUNT_ROOT / name)
+    if spec.type == "nfs":
+        return nfs_location(spec.source.host, spec.source.path)
     return None
 
 
@@ -129,7 +139,7 @@ def refusal(spec, namespace: str, pools: dict[str, StoragePoolSpec]) -> SpecErro
             return SpecError(where, f"StoragePool {name} is not offered to namespace {namespace}")
         if "spec.storagePool" in fields and not holds_files(pools[name]):
             return SpecError("spec.storagePool", f"StoragePool {name} is of type {pools[name].type}, which "
-                                                 f"cannot hold the VM's own disks (needs dir or netfs)")
+                                                 f"cannot hold the VM's own disks (needs dir, netfs or nfs)")
         if "spec.storagePool" in fields and pools[name].read_only:
             return SpecError("spec.storagePool", f"StoragePool {name} is read-only: it cannot hold the VM's "
                                                  f"own disks")
