@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (its ConfigMaps)")
     a.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
+    a.add_argument("--lease-dir", help="libvirt's lockd file_lockspace_dir, on storage every node shares: "
+                                       "each writable network disk gets a lease there (default: none)")
 
     lab = sub.add_parser("lab", help="the lab: a real control plane and libvirt nodes on this machine")
     lsub = lab.add_subparsers(dest="lab_command", required=True)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
             args.migration_transport, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
-            args.metrics_port)
+            args.metrics_port, args.lease_dir)
     else:
         sys.exit(_lab(args))
 

@@ -200,6 +200,25 @@ def test_two_vms_never_write_one_volume(vms):
     vms.delete("st-lun-a")
 
 
+@pytest.mark.parametrize("backend", ["nfs", "iscsi"])
+def test_a_second_copy_of_a_running_vm_is_refused_by_its_disk_lease(vms, backend, tmp_path):
+    """QEMU locks no network disk; libvirt's lock manager does, with the lease the agent
+    gives every writable one, kept on storage all nodes share. Tried by hand: the running
+    VM's own domain XML, started on the other node, is refused, and the guest goes on."""
+    name = f"st-lease-{backend}"
+    node, uid = writing_vm(vms, name, backend)
+    xml = lab_exec(node, "virsh", "-c", "qemu:///system", "dumpxml", vms.domain(name)).stdout
+    assert "<lease>" in xml, xml
+    (tmp_path / "copy.xml").write_text(xml)
+    second = lab_exec(OTHER[node], "virsh", "-c", "qemu:///system", "create", str(tmp_path / "copy.xml"),
+                      check=False)
+    assert second.returncode != 0 and "resource busy: Lockspace resource" in second.stderr, second.stderr
+    assert_on_one_node(uid, node)
+    before = disk_records(node, vms.domain(name))
+    wait_for(f"{name} still writing", lambda: disk_records(node, vms.domain(name)) > before)
+    vms.delete(name)
+
+
 def test_a_storage_server_that_dies_is_named_on_the_vm_and_no_write_is_lost(vms):
     """tgtd killed under a guest writing to its LUN: the VM says which pool and why;
     `lab up` starts the server again, and the log on the LUN has every record written."""

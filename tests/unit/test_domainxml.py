@@ -1,3 +1,4 @@
+import hashlib
 import subprocess
 import xml.etree.ElementTree as ET
 
@@ -17,6 +18,7 @@ VOLUMES = {("images", "lab-guest-vmlinuz"): "/var/lib/kopfvirt/images/lab-guest-
            ("nfs", "shared.raw"): "nfs://198.18.0.5/export/shared.raw"}
 # An nfs pool has no path on the node: its files are URLs QEMU opens itself.
 OWN_POOLS = {"nfs": "nfs://198.18.0.5/export"}
+LEASE_DIR = "/var/lib/kopfvirt/pools/gluster/.leases"
 CASES = {
     "minimal": {"memory": {"size": "64Mi"}},
     "lab-guest": {"memory": {"size": "128Mi"}, "cpu": {"cores": 2}, "kernelBoot": KERNEL},
@@ -47,7 +49,8 @@ HOSTDEVS = {"host-devices": [("gpu", "0000:01:00.0"), ("vf", "0000:3b:00.2")]}
 def _xml(case, virt_type="qemu"):
     vm = vmspec.parse("default", case, UID, CASES[case])
     own = OWN_POOLS.get(case, OWN_POOL)
-    plan = disks.plan(vm, disks.vm_dir(own, vm.namespace, vm.name, vm.uid), VOLUMES, own_pool_shared=True)
+    plan = disks.plan(vm, disks.vm_dir(own, vm.namespace, vm.name, vm.uid), VOLUMES, own_pool_shared=True,
+                      lease_dir=LEASE_DIR if case == "nfs" else None)
     return domainxml.domain_xml(vm, plan, virt_type, {"default": "kopfvirt"}, HOSTDEVS.get(case, ()))
 
 
@@ -118,3 +121,16 @@ def test_nfs_files_are_network_disks_qemu_opens_itself():
                        "sda": ("nfs", f"{vm_dir}/seed-cidata.iso", "198.18.0.5")}
     formats = {dev: d.find("driver").get("type") for dev, d in disks_.items()}
     assert formats == {"vda": "qcow2", "vdb": "qcow2", "vdc": "raw", "sda": "raw"}
+
+
+def test_each_writable_network_disk_gets_a_lease_on_shared_storage():
+    """libvirt's lockd leases files itself; a disk QEMU opens over the network gets a lease
+    named after its URL, the same on every node, in the lockspace on shared storage."""
+    root = ET.fromstring(_xml("nfs"))
+    leases = [(le.findtext("lockspace"), le.findtext("key"), le.find("target").get("path"))
+              for le in root.findall("devices/lease")]
+    vm_dir = f"nfs://198.18.0.5/export/vms/default/nfs-{UID[:8]}"
+    expected = [f"{vm_dir}/root.qcow2", f"{vm_dir}/data.qcow2", "nfs://198.18.0.5/export/shared.raw"]
+    assert leases == [(".leases", hashlib.sha256(u.encode()).hexdigest(), "/var/lib/kopfvirt/pools/gluster")
+                      for u in expected]  # not the read-only cloud-init media
+    assert ET.fromstring(_xml("everything")).findall("devices/lease") == []  # files: libvirt's own leases

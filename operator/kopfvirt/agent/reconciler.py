@@ -42,7 +42,8 @@ class NotReady(Exception):
 class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
                  hidden_cpu_features: tuple[str, ...] = (), migration_transport: str = "tls",
-                 sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system"):
+                 sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system",
+                 lease_dir: str | None = None):
         super().__init__(log)
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.networks = node, virt_type, networks
@@ -57,7 +58,7 @@ class Agent(Reconciler):
         self.device_failures: dict[str, tuple[float, NotReady]] = {}
         self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
         self.devices = Devices(node, sysfs_root, load_pci_ids(pci_ids), namespace, self.hv, self.event)
-        self.pools = Pools(node, self.hv)
+        self.pools = Pools(node, self.hv, lease_dir)
 
     # -- inputs -------------------------------------------------------------------------
     def _domain_event(self, uuid: str, event: str, detail: str) -> None:
@@ -203,6 +204,7 @@ class Agent(Reconciler):
                 cloud_init[spec_disk.name] = disks.cloud_init_files(vm, spec_disk.name, secret)
         try:
             images.ensure(plan.disks, plan.own_dir, cloud_init)
+            images.ensure_leases(plan)
         except images.DiskError as e:
             raise NotReady("DiskError", str(e)) from None
         if vm.spec.host_devices:

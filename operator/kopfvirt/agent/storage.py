@@ -50,8 +50,8 @@ class PoolNotReady(Exception):
 
 
 class Pools:
-    def __init__(self, node: str, hv: Hypervisor):
-        self.node, self.hv = node, hv
+    def __init__(self, node: str, hv: Hypervisor, lease_dir: str | None = None):
+        self.node, self.hv, self.lease_dir = node, hv, lease_dir
         self.objects: dict[str, dict] = {}
         self.node_labels: dict[str, str] = {}
         self.reported: dict[str, dict] = {}      # pool -> the node entry last written
@@ -183,4 +183,4 @@ class Pools:
 
         volumes = {(pool, volume): path_of(pool, volume) for pool, volume in disks.named_volumes(vm)}
         return disks.plan(vm, self._own_dir(vm, own), volumes,
-                          own_pool_shared=own is not None and pools.is_shared(own[1]))
+                          own_pool_shared=own is not None and pools.is_shared(own[1]), lease_dir=self.lease_dir)

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..core.disks import PlannedDisk, nfs_parts
+from ..core.disks import Plan, PlannedDisk, nfs_parts
 from . import nfs
 
 
@@ -104,6 +104,19 @@ def ensure(plan: list[PlannedDisk], vm_dir: str | None, cloud_init: dict[str, di
         if isinstance(e, nfs.NFSError):
             raise DiskError(str(e)) from None
         raise
+
+
+def ensure_leases(plan: Plan) -> None:
+    """The lease files libvirt's lockd locks (it creates only those of files it leases itself)."""
+    keys = [d.lease for d in plan.disks if d.lease]
+    if not keys:
+        return
+    try:
+        Path(plan.lease_dir).mkdir(parents=True, exist_ok=True)
+        for key in keys:
+            (Path(plan.lease_dir) / key).touch()
+    except OSError as e:
+        raise DiskError(f"lease directory {plan.lease_dir}: {e.strerror}") from None
 
 
 def remove(vm_dir: str) -> None:

@@ -8,6 +8,7 @@ own disks in its storage pool, and the path of every volume the spec names.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import posixpath
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ class PlannedDisk:
     read_only: bool = False
     boot_order: int | None = None
     cache: str | None = None         # "none" on shared file pools: what live migration requires
+    lease: str | None = None         # key of its lease in Plan.lease_dir (a writable network disk)
 
 
 Volumes = dict[tuple[str, str], str]   # (pool, volume) -> its path (or nfs:// URL) on the node
@@ -55,6 +57,7 @@ class Plan:
 
     disks: list[PlannedDisk]
     own_dir: str | None = None       # where the VM's own disks are made (None: it has none)
+    lease_dir: str | None = None     # libvirt's lockd lockspace on shared storage (None: no leases)
     kernel: str | None = None
     initrd: str | None = None
 
@@ -88,13 +91,33 @@ def cloud_init_files(vm: VM, disk_name: str, secret: dict[str, str] | None) -> d
     return files
 
 
-def plan(vm: VM, own_dir: str | None, volumes: Volumes, own_pool_shared: bool = False) -> Plan:
+def lease_key(location: str) -> str:
+    """The lease of a disk that is no file on the node (an nfs:// URL, a LUN's path):
+    one name on every node, as libvirt names the leases of files (sha256 of the path)."""
+    return hashlib.sha256(location.encode()).hexdigest()
+
+
+def _leased(disks: list[PlannedDisk], volumes: Volumes) -> list[PlannedDisk]:
+    """libvirt's lock manager leases files itself; a writable network disk gets one here."""
+    out = []
+    for d in disks:
+        location = d.path or volumes.get((d.pool, d.volume))
+        if location and not d.read_only and not location.startswith("/"):
+            d = dataclasses.replace(d, lease=lease_key(location))
+        out.append(d)
+    return out
+
+
+def plan(vm: VM, own_dir: str | None, volumes: Volumes, own_pool_shared: bool = False,
+         lease_dir: str | None = None) -> Plan:
     """`own_dir`: vm_dir() in the VM's storage pool (None: no disk of its own); `volumes`:
     named_volumes() resolved.
     libvirt lets a writable file on a shared filesystem migrate only without the host's
     page cache (cache=none), so the VM's own disks on a shared pool bypass it. A volume
     of a libvirt pool stays a pool volume in the domain; one of an nfs pool (no libvirt
-    pool) carries its URL."""
+    pool) carries its URL. With `lease_dir` (the lockspace libvirt's lockd keeps on shared
+    storage), each writable network disk gets a lease there: no second domain, on any
+    node, opens it while this one runs."""
     def own(file: str) -> str:
         return posixpath.join(own_dir, file)
 
@@ -117,8 +140,10 @@ def plan(vm: VM, own_dir: str | None, volumes: Volumes, own_pool_shared: bool = 
         else:
             out.append(PlannedDisk(**{**common, "read_only": True}, bus="sata", device="cdrom", kind="cloudinit",
                                    path=own(f"{d.name}-cidata.iso")))
+    if lease_dir:
+        out = _leased(out, volumes)
     kb = vm.spec.kernel_boot
     if kb is None:
-        return Plan(out, own_dir)
-    return Plan(out, own_dir, kernel=volumes[kb.pool, kb.kernel],
+        return Plan(out, own_dir, lease_dir)
+    return Plan(out, own_dir, lease_dir, kernel=volumes[kb.pool, kb.kernel],
                 initrd=volumes[kb.pool, kb.initrd] if kb.initrd else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import xml.etree.ElementTree as ET
 
 from . import quantity
@@ -150,6 +151,12 @@ def domain_xml(vm: VM, plan: Plan, virt_type: str = "qemu",
         _sub(iface, "source", network=networks.get(i.network, i.network))
         _sub(iface, "model", type=i.model)
         _sub(iface, "alias", name=f"ua-net-{i.name}")
+    for d in plan.disks:
+        if d.lease:  # libvirt's lockd: the lockspace is the directory, the key the file in it
+            lease = _sub(devices, "lease")
+            _sub(lease, "lockspace", posixpath.basename(plan.lease_dir))
+            _sub(lease, "key", d.lease)
+            _sub(lease, "target", path=posixpath.dirname(plan.lease_dir))
     for i, (name, address) in enumerate(hostdevs):
         _hostdev(devices, f"{name}-{i}", address)
     serial = _sub(devices, "serial", type="pty")

@@ -42,6 +42,9 @@ NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs")
 STORAGE_HOST = "storage"
 STORAGE_IP = "198.18.0.5"
 STORAGE_DATA = Path("/var/lib/kopfvirt/storage-server")
+# libvirt's lock manager (virtlockd) keeps its leases here, on the GlusterFS pool every node
+# mounts (StoragePool gluster in lab/storagepools.yaml): a lease taken on one node holds on all.
+LEASE_DIR = "/var/lib/kopfvirt/pools/gluster/.leases"
 POOLS_DIR = Path("/var/lib/kopfvirt/pools")   # where nodes mount pools (same path everywhere)
 GLUSTER_VOLUME = "kopfvirt"
 ISCSI_TARGET = "iqn.2026-11.io.kopfvirt.lab:storage"

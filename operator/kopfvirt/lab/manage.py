@@ -19,8 +19,8 @@ from pathlib import Path
 from .. import GROUP, VERSION
 from . import controlplane, guest, nodes, procs, storage, tokens
 from .errors import LabError
-from .layout import (AGENT_METRICS_PORT, HIDDEN_CPU_FEATURES, HOST_IP, METRICS_PORT, PCI_TREE_NODES, RUN_DIR,
-                     SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names)
+from .layout import (AGENT_METRICS_PORT, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES,
+                     RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names)
 
 OWNER = RUN_DIR / "owner"
 RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon
@@ -106,7 +106,7 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
                 "--resync-seconds", str(RESYNC_SECONDS), "--migration-transport", "tcp",
                 "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ())),
                 "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
-                "--metrics-port", str(AGENT_METRICS_PORT)])
+                "--metrics-port", str(AGENT_METRICS_PORT), "--lease-dir", LEASE_DIR])
     if not procs.running(lab, "controller"):
         pki = lab.pki
         procs.start(lab, "controller", [

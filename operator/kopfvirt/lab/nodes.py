@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import procs
 from .errors import LabError
-from .layout import (K8S_VERSION, BRIDGE, HOST_IP, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR, SHARED_STORAGE,
+from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR, SHARED_STORAGE,
                      Lab, mntns_path, netns, netns_path, node_ip)
 
 PREFIXLEN = NETWORK.prefixlen
@@ -89,14 +89,17 @@ def remove_netns(name: str, ns: Path) -> None:
     _ip("netns", "del", name, check=False)
 
 
-def _libvirt_config(node_root: Path, node: str, index: int) -> None:
+def _libvirt_config(node_root: Path, node: str, index: int) -> bool:
+    """The node's libvirt configuration; True when it changed (a running libvirtd must
+    restart to read it)."""
     etc = node_root / "etc/libvirt"
-    if (etc / "libvirtd.conf").exists():
-        return
-    shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)
-    # No default NAT network (it would want dnsmasq and a private range).
-    shutil.rmtree(etc / "qemu/networks", ignore_errors=True)
-    (etc / "qemu/networks/autostart").mkdir(parents=True)
+    if not (etc / "libvirtd.conf").exists():
+        shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)
+        # No default NAT network (it would want dnsmasq and a private range).
+        shutil.rmtree(etc / "qemu/networks", ignore_errors=True)
+        (etc / "qemu/networks/autostart").mkdir(parents=True)
+    files = ("libvirtd.conf", "qemu.conf", "qemu-lockd.conf")
+    before = [(etc / f).read_text() if (etc / f).exists() else None for f in files]
     ip = node_ip(index)
     (etc / "libvirtd.conf").write_text(f"""\
 # kopfvirt lab node {node}: plain TCP for migration exists only inside the lab.
@@ -120,7 +123,17 @@ user = "root"
 group = "root"
 migration_host = "{ip}"
 migration_address = "{ip}"
+# virtlockd holds a lease on every disk file a domain opens (fcntl locks, which GlusterFS
+# carries between its clients): no second domain, on this node or another, opens it writable.
+lock_manager = "lockd"
 """)
+    (etc / "qemu-lockd.conf").write_text(f"""\
+# kopfvirt lab node {node}: leases on storage every node shares, so they hold between nodes.
+# Files are leased by libvirt itself (auto_disk_leases); the agent (--lease-dir) adds a
+# lease for each writable network disk, which libvirt cannot lease on its own.
+file_lockspace_dir = "{LEASE_DIR}"
+""")
+    return before != [(etc / f).read_text() for f in files]
 
 
 def _smbios_stand_in(node_root: Path, node: str, index: int) -> None:
@@ -177,6 +190,25 @@ def _ensure_mntns(lab: Lab, node: str) -> None:
 
 def libvirtd_pid(lab: Lab, node: str) -> int | None:
     return procs.read_pid(lab.node_dir(node) / "run/libvirt/libvirtd.pid")
+
+
+def virtlockd_pid(lab: Lab, node: str) -> int | None:
+    return procs.read_pid(lab.node_dir(node) / "run/libvirt/virtlockd.pid")
+
+
+def _start_virtlockd(lab: Lab, node: str) -> None:
+    """The node's lock manager; libvirtd (qemu.conf lock_manager) refuses to start domains
+    without it. A virtlockd that died took its leases with it: the domains keep running,
+    and a new one leases what starts from now on."""
+    if virtlockd_pid(lab, node):
+        return
+    result = procs.run([*enter(node), "virtlockd", "-d", "-p", "/run/libvirt/virtlockd.pid"], check=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if virtlockd_pid(lab, node) and Path(lab.node_dir(node) / "run/libvirt/virtlockd-sock").exists():
+            return
+        time.sleep(0.1)
+    raise LabError(f"virtlockd on {node} did not start: {result.stderr.strip()}")
 
 
 def _start_libvirtd(lab: Lab, node: str) -> None:
@@ -246,9 +278,12 @@ def up(lab: Lab, names: list[str]) -> None:
     ensure_ns_dir()
     for index, node in enumerate(names, start=1):
         ensure_netns(netns(node), node_ip(index), str(index))
-        _libvirt_config(lab.node_dir(node), node, index)
+        changed = _libvirt_config(lab.node_dir(node), node, index)
         _smbios_stand_in(lab.node_dir(node), node, index)
         _ensure_mntns(lab, node)
+        _start_virtlockd(lab, node)
+        if changed and (pid := libvirtd_pid(lab, node)):  # its guests keep running
+            procs.kill(pid, grace=10)
         _start_libvirtd(lab, node)
         _ensure_storage_backends(lab, node)
         _ensure_vm_network(node)
@@ -282,6 +317,7 @@ def status(lab: Lab, names: list[str]) -> dict[str, str]:
         if not netns_path(node).exists():
             out[node] = "absent"
             continue
-        pid = libvirtd_pid(lab, node)
-        out[node] = f"{node_ip(index)}, libvirtd " + (f"running (pid {pid})" if pid else "stopped")
+        pid, lockd = libvirtd_pid(lab, node), virtlockd_pid(lab, node)
+        out[node] = (f"{node_ip(index)}, libvirtd " + (f"running (pid {pid})" if pid else "stopped") +
+                     ", virtlockd " + (f"running (pid {lockd})" if lockd else "stopped"))
     return out
