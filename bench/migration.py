@@ -2,16 +2,16 @@
 """Live migration: a Migration object against raw `virsh migrate --live --p2p`, alternating,
 in the same run, between the same two lab nodes.
 
-    .venv/bin/python bench/migration.py [--runs 3] [--rates 0,4,16] [--backends none,gluster,iscsi]
+    .venv/bin/python bench/migration.py [--runs 3] [--rates 0,4,16] [--backends none,gluster,nfs,iscsi]
 
 The same guest (the lab guest, 128 MiB, rewriting N MiB of memory with non-zero data each
 second: kopfvirt.dirty_mibps=N) runs twice: as a VirtualMachine, and as a plain libvirt
 domain of the same XML that kopfvirt does not manage. Each round moves each of them once,
 alternating which goes first, and back and forth between the nodes. With a backend, the
 guest also has a 1 GiB disk on the lab's shared storage and writes a checked log to it
-all the time (kopfvirt.disk_writer=vda): a qcow2 on the GlusterFS pool (the VM's own
-empty disk in the default pool; the raw domain's file made beside it), or an iSCSI LUN
-(each its own). Memory rows are keyed by rate; disk rows by backend, at dirty rate 0.
+all the time (kopfvirt.disk_writer=vda): a qcow2 on the GlusterFS pool or on the NFS
+export (the VM's own empty disk in that pool; the raw domain's file made beside it), or
+an iSCSI LUN (each its own). Memory rows are keyed by rate; disk rows by backend, at dirty rate 0.
 
   total: wall time as a user sees it. kopfvirt: creating the Migration to phase Succeeded
          (target pod scheduling, the move, the hand-off); raw: the virsh command.
@@ -38,6 +38,7 @@ from kubernetes import client, config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+from kopfvirt.clients import nfs  # noqa: E402
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
 from kopfvirt.lab.layout import node_ip  # noqa: E402
 
@@ -45,9 +46,13 @@ NODES = ("node-1", "node-2")
 NAMESPACE = "bench-migration"
 # The lab's read-only StoragePool lab-images, as the agents resolve its volumes.
 IMAGES = "/var/lib/kopfvirt/storage/images"
-GLUSTER_ROOT = "/var/lib/kopfvirt/pools/gluster"   # where every node mounts StoragePool gluster
+# Where each file pool keeps the VM's own disks (lab/storagepools.yaml): the GlusterFS mount
+# of every node, and the NFS export QEMU opens itself.
+OWN_ROOTS = {"gluster": "/var/lib/kopfvirt/pools/gluster", "nfs": "nfs://198.18.0.5/export"}
+EMPTY = [{"name": "log", "empty": {"size": "1Gi"}}]
 BACKENDS = {"none": ([], None),
-            "gluster": ([{"name": "log", "empty": {"size": "1Gi"}}], None),
+            "gluster": (EMPTY, None),
+            "nfs": (EMPTY, None),
             "iscsi": ([{"name": "log", "pool": {"pool": "iscsi", "volume": "unit:0:0:2"}}], "unit:0:0:3")}
 RESULTS = ROOT / "bench" / "results"
 KUBECONFIG = ROOT / ".lab" / "kubeconfig"
@@ -58,6 +63,7 @@ def spec(rate: int, backend: str = "none") -> dict:
     writer = "" if backend == "none" else " kopfvirt.disk_writer=vda"
     return {"runStrategy": "Always", "cpu": {"cores": 1}, "memory": {"size": "128Mi"},
             "terminationGracePeriodSeconds": 0, "disks": BACKENDS[backend][0],
+            **({"storagePool": backend} if backend in OWN_ROOTS else {}),
             "kernelBoot": {"pool": "lab-images", "kernel": "lab-guest-vmlinuz", "initrd": "lab-guest-initrd.img",
                            "cmdline": f"console=ttyS0 quiet kopfvirt.dirty_mibps={rate}{writer}"}}
 
@@ -107,12 +113,15 @@ class Raw:
             body["disks"] = [{"name": "log", "pool": {"pool": "iscsi", "volume": raw_lun}}]
         vm = vmspec.parse("bench", f"raw-{rate}-{backend}", self.uid, body)
         self.domain = vm.domain_name
-        own_dir = f"{GLUSTER_ROOT}/bench/{vm.name}-{self.uid[:8]}"
+        own_dir = f"{OWN_ROOTS.get(backend, OWN_ROOTS['gluster'])}/bench/{vm.name}-{self.uid[:8]}"
         plan = disks.plan(vm, own_dir, {("lab-images", v): f"{IMAGES}/{v}" for _, v in disks.named_volumes(vm)},
                           own_pool_shared=True)
         for d in plan.disks:
             if d.kind == "empty":
-                lab_exec(NODES[0], "mkdir", "-p", own_dir)
+                if backend == "nfs":
+                    nfs.makedirs(own_dir)
+                else:
+                    lab_exec(NODES[0], "mkdir", "-p", own_dir)
                 lab_exec(NODES[0], "qemu-img", "create", "-q", "-f", "qcow2", d.path, str(d.size_bytes))
         self.own_dir = own_dir if any(d.kind == "empty" for d in plan.disks) else None
         xml = domainxml.domain_xml(vm, plan, "qemu", {"default": "kopfvirt"})
@@ -139,7 +148,9 @@ class Raw:
         dom.destroy()
         dom.undefine()
         conn.close()
-        if self.own_dir:
+        if self.own_dir and self.own_dir.startswith("nfs://"):
+            nfs.remove_tree(self.own_dir)
+        elif self.own_dir:
             lab_exec(NODES[0], "rm", "-rf", self.own_dir)
 
 
@@ -222,7 +233,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--rates", default="0,4,16")
-    p.add_argument("--backends", default="none,gluster,iscsi")
+    p.add_argument("--backends", default="none,gluster,nfs,iscsi")
     args = p.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
     backends = [b for b in args.backends.split(",") if b and b != "none"]

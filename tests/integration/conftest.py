@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kopfvirt.clients import nfs
+
 REPO = Path(__file__).resolve().parents[2]
 KOPFVIRT = [sys.executable, "-m", "kopfvirt"]
 KUBECONFIG = REPO / ".lab" / "kubeconfig"
@@ -76,9 +78,13 @@ def heartbeat(node: str, domain: str) -> int | None:
 
 
 def vm_disk_dirs(namespace: str, name: str, pool_root: str = "/var/lib/kopfvirt/pools/gluster") -> list[str]:
-    """The directories of a VM's own disks in a file pool, as node-1 sees the pool."""
-    result = lab_exec("node-1", "ls", f"{pool_root}/vms/{namespace}", check=False)
-    return [d for d in result.stdout.split() if d.startswith(f"{name}-")]
+    """The directories of a VM's own disks in a file pool, as node-1 sees the pool (an
+    nfs:// root is asked through libnfs, as the agent does)."""
+    if pool_root.startswith("nfs://"):
+        found = nfs.listdir(f"{pool_root}/vms/{namespace}")
+    else:
+        found = lab_exec("node-1", "ls", f"{pool_root}/vms/{namespace}", check=False).stdout.split()
+    return [d for d in found if d.startswith(f"{name}-")]
 
 
 def lab_guest(name: str, cmdline: str = "", **spec) -> dict:

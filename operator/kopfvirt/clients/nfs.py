@@ -160,6 +160,12 @@ def makedirs(location: str) -> bool:
         return True
 
 
+def listdir(location: str) -> list[str]:
+    """Names in a directory; empty when it does not exist."""
+    with _mounted(location) as (m, rel):
+        return [] if rel != "." else sorted(name for name, _ in m.entries("."))
+
+
 def remove_tree(location: str) -> None:
     """rm -r of a directory; nothing when it does not exist."""
     with _in_parent(location) as (m, target):
