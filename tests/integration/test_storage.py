@@ -132,30 +132,52 @@ def test_a_writing_vm_migrates_offline_with_its_disk(vms, migrations, backend): 
     vms.delete(name)
 
 
-def dir_pool(name: str) -> None:
+def dir_pool(name: str, path: str | None = None) -> None:
     """A dir StoragePool (not shared: libvirt cannot tell a directory is on shared storage)."""
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "kopfvirt.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": name},
-        "spec": {"type": "dir", "source": {"path": f"/var/lib/kopfvirt/storage/{name}"}}}))
+        "spec": {"type": "dir", "source": {"path": path or f"/var/lib/kopfvirt/storage/{name}"}}}))
 
 
-def test_a_disk_on_local_storage_refuses_the_move_naming_the_disk(vms, migrations):  # noqa: F811
-    name = "st-local"
-    dir_pool("st-local")
+def test_a_vm_on_local_storage_moves_only_with_its_disks_copied(vms, migrations):  # noqa: F811
+    """Each lab node's /var/lib/libvirt is its own: a pool there is truly local. The move
+    is refused, naming the disk, until the Migration asks for copyStorage; then the disks
+    (an empty disk being written, cloud-init media) go with the VM and lose no write."""
+    name, local = "st-local", "/var/lib/libvirt/kopfvirt-local"
+    dir_pool("st-local", local)
     wait_for("StoragePool st-local on both nodes", lambda: {"pool.kopfvirt.io/st-local"} <= set(
         kubectl_json("get", "node", "node-1")["metadata"]["labels"]) & set(
         kubectl_json("get", "node", "node-2")["metadata"]["labels"]), timeout=60)
-    body = lab_guest(name, storagePool="st-local", disks=[{"name": "scratch", "empty": {"size": "16Mi"}}])
+    body = lab_guest(name, WRITER, storagePool="st-local", disks=[
+        {"name": "scratch", "empty": {"size": "64Mi"}},
+        {"name": "seed", "cloudInit": {"userData": "#cloud-config\nhostname: local\n"}}])
     assert vms.apply(body).returncode == 0
-    node = vms.wait_phase(name, "Running", timeout=120)["status"]["nodeName"]
+    vm = vms.wait_phase(name, "Running", timeout=120)
+    node, uid = vm["status"]["nodeName"], vm["metadata"]["uid"]
+    wait_for(f"{name} writing", lambda: (disk_records(node, vms.domain(name)) or 0) >= 20, timeout=90)
     dry = vms.plugin("migrate", name, "--dry-run", check=False)
     assert dry.returncode == 2 and "StorageNotShared" in dry.stdout, dry.stdout + dry.stderr
     assert "disk scratch is in StoragePool st-local, which is not shared storage" in dry.stdout
     migrations.create(name, name)
     m = migrations.wait_phase(name, "Failed", timeout=30)
     assert m["status"]["reason"] == "StorageNotShared" and "disk scratch" in m["status"]["message"]
-    assert domains_of(vms.get(name)["metadata"]["uid"]) == {node: "running"}
+    assert domains_of(uid) == {node: "running"}
+
+    before, records = heartbeat(node, vms.domain(name)), disk_records(node, vms.domain(name))
+    migrations.create(f"{name}-copied", name, options={"copyStorage": True})
+    m = migrations.wait_phase(f"{name}-copied", "Succeeded", "Failed", timeout=150)
+    assert m["status"]["phase"] == "Succeeded", m["status"]
+    target = OTHER[node]
+    vms.wait_phase(name, "Running")
+    assert_on_one_node(uid, target)
+    assert_keeps_counting(vms, name, target, before)
+    wait_for(f"{name} writing on {target}", lambda: (disk_records(target, vms.domain(name)) or 0) > records)
+    vm_dir = f"{local}/vms/{vms.namespace}/{name}-{uid[:8]}"
+    assert lab_exec(target, "ls", vm_dir).stdout.split() == ["scratch.qcow2", "seed-cidata.iso"]
+    assert lab_exec(node, "ls", vm_dir, check=False).returncode != 0, "the source kept stale copies"
+    assert_log_intact(vms, name, target, disk_records(target, vms.domain(name)))
     vms.delete(name)
+    assert lab_exec(target, "ls", vm_dir, check=False).returncode != 0, "the VM's disks outlived it"
     kubectl("delete", "storagepool", "st-local")
 
 

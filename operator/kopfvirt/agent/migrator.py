@@ -16,11 +16,12 @@ import dataclasses
 import logging
 import threading
 import time
+from contextlib import nullcontext
 
 import libvirt
 from kubernetes.client.rest import ApiException
 
-from ..clients import kube
+from ..clients import images, kube
 from ..core import migration, pools, quantity, vmspec
 from ..reconciling import now, write_migration_status
 
@@ -151,11 +152,22 @@ class Migrator:
         watcher = threading.Thread(target=self._watch, args=(body, m, run), name=f"watch-{run.migration}",
                                    daemon=True)
         watcher.start()
+        copy = self._disks_to_copy(body) if options.get("copyStorage") else []
+        own_dir, media = self._own_dir_copied(body) if copy else (None, [])
+
+        def keep() -> bool:  # the copies stay unless the domain is surely not on the target
+            try:
+                return hv.remote(uri, uid)[0] != "absent"
+            except libvirt.libvirtError:
+                return True
+
+        destination = hv.copy_destination(uri, f"kopfvirt-copy-{uid}", own_dir, keep, media) if own_dir \
+            else nullcontext()
         try:
-            hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
-                       auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
-                       copy_disks=self._disks_to_copy(body) if options.get("copyStorage") else [],
-                       tls=self.agent.migration_transport == "tls")
+            with destination:
+                hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
+                           auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
+                           copy_disks=copy, tls=self.agent.migration_transport == "tls")
         except libvirt.libvirtError as e:
             if run.why_aborted:
                 return Outcome(False, *run.why_aborted)
@@ -163,6 +175,8 @@ class Migrator:
         finally:
             run.done.set()
         _state, stats = hv.remote(uri, uid)
+        if own_dir:  # the VM runs on its copies there: these are stale
+            images.remove(own_dir)
         return Outcome(True, results=migration.result(stats))
 
     def _disks_to_copy(self, body: dict) -> list[str]:
@@ -170,6 +184,19 @@ class Migrator:
         meta = body["metadata"]
         vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
         return [vm.targets[disk] for disk, _pool in pools.unshared_disks(vm.spec, self.agent.pools.specs())]
+
+    def _own_dir_copied(self, body: dict) -> tuple[str | None, list[str]]:
+        """The directory of the VM's own disks when they are among the copied ones (its
+        pool is not shared), which the target must offer as a pool for libvirt to fill,
+        and the read-only media in it (cloud-init), which are sent there as they are."""
+        meta = body["metadata"]
+        vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
+        specs = self.agent.pools.specs()
+        own = pools.own_pool(vm.spec, specs)
+        if own is None or own not in {p for _d, p in pools.unshared_disks(vm.spec, specs)}:
+            return None, []
+        plan = self.agent.pools.plan(vm)
+        return plan.own_dir, [d.path for d in plan.disks if d.kind == "cloudinit"]
 
     def _watch(self, body: dict, m: dict, run: Running) -> None:
         """Progress into the Migration's status; the timeouts and cancels applied."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from typing import Callable
 
 import libvirt
@@ -86,6 +88,21 @@ def _undefine(dom: libvirt.virDomain) -> None:
 
 def _is(e: libvirt.libvirtError, *codes: int) -> bool:
     return e.get_error_code() in codes
+
+
+def _upload(conn: libvirt.virConnect, pool: libvirt.virStoragePool, path: str) -> None:
+    """A file of this node, as a volume of the same name in another libvirtd's pool."""
+    vol_xml = ET.Element("volume")
+    ET.SubElement(vol_xml, "name").text = os.path.basename(path)
+    size = os.path.getsize(path)
+    ET.SubElement(vol_xml, "capacity", unit="bytes").text = str(size)
+    ET.SubElement(ET.SubElement(vol_xml, "target"), "format", type="raw")
+    vol = pool.createXML(ET.tostring(vol_xml, encoding="unicode"), 0)
+    stream = conn.newStream(0)
+    vol.upload(stream, 0, size, 0)
+    with open(path, "rb") as f:
+        stream.sendAll(lambda _stream, nbytes, _opaque: f.read(nbytes), None)
+    stream.finish()
 
 
 class Hypervisor:
@@ -305,6 +322,49 @@ class Hypervisor:
 
     def set_max_downtime(self, uuid: str, ms: int) -> None:
         self._domain(uuid).migrateSetMaxDowntime(ms, 0)
+
+    @staticmethod
+    @contextmanager
+    def copy_destination(uri: str, name: str, directory: str, keep: Callable[[], bool], uploads: list[str] = ()):
+        """`directory` on the target, as a dir pool while a move copies disks into it:
+        libvirt creates the file of a disk it copies over NBD only at the top of a pool
+        there. `uploads`: files of this node sent there first as they are (read-only media,
+        which NBD does not copy). The pool goes after the move and the files stay, unless
+        `keep()` says no (the move failed and the domain is not there): then they go, and
+        the directory."""
+        pool_xml = ET.Element("pool", type="dir")
+        ET.SubElement(pool_xml, "name").text = name
+        ET.SubElement(ET.SubElement(pool_xml, "target"), "path").text = directory
+        conn = libvirt.open(uri)
+        try:
+            try:  # left by an agent that died mid-move
+                stale = conn.storagePoolLookupByName(name)
+                if stale.isActive():
+                    stale.destroy()
+                stale.undefine()
+            except libvirt.libvirtError as e:
+                if not _is(e, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                    raise
+            pool = conn.storagePoolDefineXML(ET.tostring(pool_xml, encoding="unicode"))
+            try:
+                pool.build(0)  # mkdir
+                pool.create(0)
+                for path in uploads:
+                    _upload(conn, pool, path)
+                yield
+            finally:
+                kept = keep()
+                if pool.isActive():
+                    if not kept:
+                        pool.refresh(0)
+                        for vol in pool.listAllVolumes():
+                            vol.delete(0)
+                    pool.destroy()
+                if not kept:
+                    pool.delete(0)  # rmdir, once empty
+                pool.undefine()
+        finally:
+            conn.close()
 
     @staticmethod
     def remote(uri: str, uuid: str) -> tuple[str, dict]:

@@ -87,13 +87,6 @@ def vm_refusal(vm: VM, vm_status: dict, mode: str, options: dict,
         return "StorageNotShared", ("; ".join(f"disk {d} is in StoragePool {p}, which is not shared storage"
                                               for d, p in local) + ": set spec.options.copyStorage to copy "
                                                                    "these disks during the move")
-    own = [(d, p) for d, p in local if pools.keeps_own(next(x for x in vm.spec.disks if x.name == d))]
-    if own:  # libvirt creates a copy's file on the target only at the top of a pool there
-        return "StorageNotShared", ("; ".join(f"disk {d} is the VM's own disk in StoragePool {p}, which is not "
-                                              f"shared storage" for d, p in own) +
-                                    ": copyStorage cannot create it on the target (it copies volumes of a "
-                                    "pool only); keep the VM's own disks on a shared pool (spec.storagePool), "
-                                    "or stop the VM and start it elsewhere")
     return None
 
 
