@@ -107,10 +107,12 @@ def ensure(plan: list[PlannedDisk], vm_dir: str | None, cloud_init: dict[str, di
 
 
 def ensure_leases(plan: Plan) -> None:
-    """The lease files libvirt's lockd locks (it creates only those of files it leases itself)."""
-    keys = [d.lease for d in plan.disks if d.lease]
-    if not keys:
+    """The lockspace and the lease files libvirt's lockd locks: it creates the leases of
+    the files it leases itself, but neither the others nor the directory, which it made
+    when libvirtd started, maybe before the shared storage was mounted over it."""
+    if not plan.lease_dir:
         return
+    keys = [d.lease for d in plan.disks if d.lease]
     try:
         Path(plan.lease_dir).mkdir(parents=True, exist_ok=True)
         for key in keys:
