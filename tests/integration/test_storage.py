@@ -60,6 +60,21 @@ def writing_vm(vms, name: str, backend: str) -> tuple[str, str]:
     return node, vm["metadata"]["uid"]
 
 
+def live_move(vms, migrations, migration: str, name: str, uid: str, node: str, **spec) -> str:  # noqa: F811
+    """One live Migration of a writing VM, which must succeed with the guest counting and
+    writing on, on the other node only; that node."""
+    before, records = heartbeat(node, vms.domain(name)), disk_records(node, vms.domain(name))
+    migrations.create(migration, name, **spec)
+    m = migrations.wait_phase(migration, "Succeeded", "Failed", timeout=150)
+    assert m["status"]["phase"] == "Succeeded", m["status"]
+    target = OTHER[node]
+    vms.wait_phase(name, "Running")
+    assert_on_one_node(uid, target)
+    assert_keeps_counting(vms, name, target, before)
+    wait_for(f"{name} writing on {target}", lambda: (disk_records(target, vms.domain(name)) or 0) > records)
+    return target
+
+
 def assert_log_intact(vms, name: str, node: str, written: int) -> None:
     """Boot the guest again (the plugin's restart): it verifies every record it wrote."""
     seen = len(verifications(node, vms.domain(name)))
@@ -98,15 +113,7 @@ def test_a_writing_vm_live_migrates_there_and_back_and_loses_no_write(vms, migra
     assert "Fit" in dry.stdout, dry.stdout
     node = source
     for step in range(2):
-        before, records = heartbeat(node, vms.domain(name)), disk_records(node, vms.domain(name))
-        migrations.create(f"{name}-{step}", name)
-        m = migrations.wait_phase(f"{name}-{step}", "Succeeded", "Failed", timeout=150)
-        assert m["status"]["phase"] == "Succeeded", m["status"]
-        node = OTHER[node]
-        vms.wait_phase(name, "Running")
-        assert_on_one_node(uid, node)
-        assert_keeps_counting(vms, name, node, before)
-        wait_for(f"{name} writing on {node}", lambda: (disk_records(node, vms.domain(name)) or 0) > records)
+        node = live_move(vms, migrations, f"{name}-{step}", name, uid, node)
     assert node == source
     assert_log_intact(vms, name, node, disk_records(node, vms.domain(name)))
     vms.delete(name)
@@ -133,10 +140,14 @@ def test_a_writing_vm_migrates_offline_with_its_disk(vms, migrations, backend): 
 
 
 def dir_pool(name: str, path: str | None = None) -> None:
-    """A dir StoragePool (not shared: libvirt cannot tell a directory is on shared storage)."""
+    """A dir StoragePool (not shared: libvirt cannot tell a directory is on shared storage),
+    once both nodes offer it."""
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "kopfvirt.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": name},
         "spec": {"type": "dir", "source": {"path": path or f"/var/lib/kopfvirt/storage/{name}"}}}))
+    wait_for(f"StoragePool {name} on both nodes", lambda: {f"pool.kopfvirt.io/{name}"} <= set(
+        kubectl_json("get", "node", "node-1")["metadata"]["labels"]) & set(
+        kubectl_json("get", "node", "node-2")["metadata"]["labels"]), timeout=60)
 
 
 def test_a_vm_on_local_storage_moves_only_with_its_disks_copied(vms, migrations):  # noqa: F811
@@ -145,9 +156,6 @@ def test_a_vm_on_local_storage_moves_only_with_its_disks_copied(vms, migrations)
     (an empty disk being written, cloud-init media) go with the VM and lose no write."""
     name, local = "st-local", "/var/lib/libvirt/kopfvirt-local"
     dir_pool("st-local", local)
-    wait_for("StoragePool st-local on both nodes", lambda: {"pool.kopfvirt.io/st-local"} <= set(
-        kubectl_json("get", "node", "node-1")["metadata"]["labels"]) & set(
-        kubectl_json("get", "node", "node-2")["metadata"]["labels"]), timeout=60)
     body = lab_guest(name, WRITER, storagePool="st-local", disks=[
         {"name": "scratch", "empty": {"size": "64Mi"}},
         {"name": "seed", "cloudInit": {"userData": "#cloud-config\nhostname: local\n"}}])
@@ -163,15 +171,7 @@ def test_a_vm_on_local_storage_moves_only_with_its_disks_copied(vms, migrations)
     assert m["status"]["reason"] == "StorageNotShared" and "disk scratch" in m["status"]["message"]
     assert domains_of(uid) == {node: "running"}
 
-    before, records = heartbeat(node, vms.domain(name)), disk_records(node, vms.domain(name))
-    migrations.create(f"{name}-copied", name, options={"copyStorage": True})
-    m = migrations.wait_phase(f"{name}-copied", "Succeeded", "Failed", timeout=150)
-    assert m["status"]["phase"] == "Succeeded", m["status"]
-    target = OTHER[node]
-    vms.wait_phase(name, "Running")
-    assert_on_one_node(uid, target)
-    assert_keeps_counting(vms, name, target, before)
-    wait_for(f"{name} writing on {target}", lambda: (disk_records(target, vms.domain(name)) or 0) > records)
+    target = live_move(vms, migrations, f"{name}-copied", name, uid, node, options={"copyStorage": True})
     vm_dir = f"{local}/vms/{vms.namespace}/{name}-{uid[:8]}"
     assert lab_exec(target, "ls", vm_dir).stdout.split() == ["scratch.qcow2", "seed-cidata.iso"]
     assert lab_exec(node, "ls", vm_dir, check=False).returncode != 0, "the source kept stale copies"
@@ -179,6 +179,29 @@ def test_a_vm_on_local_storage_moves_only_with_its_disks_copied(vms, migrations)
     vms.delete(name)
     assert lab_exec(target, "ls", vm_dir, check=False).returncode != 0, "the VM's disks outlived it"
     kubectl("delete", "storagepool", "st-local")
+
+
+def test_copy_storage_never_copies_a_disk_onto_itself(vms, migrations):  # noqa: F811
+    """A pool left `shared: false` that both nodes see (here the same directory of the lab
+    machine): copying its disks would write them onto themselves, and removing the
+    source's copies would remove the VM's. The move is refused; the guest writes on."""
+    name = "st-same"
+    dir_pool("st-same")
+    body = lab_guest(name, WRITER, storagePool="st-same", disks=[{"name": "scratch", "empty": {"size": "64Mi"}}])
+    assert vms.apply(body).returncode == 0
+    vm = vms.wait_phase(name, "Running", timeout=120)
+    node, uid = vm["status"]["nodeName"], vm["metadata"]["uid"]
+    wait_for(f"{name} writing", lambda: (disk_records(node, vms.domain(name)) or 0) >= 20, timeout=90)
+    migrations.create(name, name, options={"copyStorage": True})
+    m = migrations.wait_phase(name, "Failed", "Succeeded", timeout=120)
+    assert m["status"]["phase"] == "Failed" and m["status"]["reason"] == "CopyRefused", m["status"]
+    assert "mark it shared: true" in m["status"]["message"], m["status"]
+    assert domains_of(uid) == {node: "running"}
+    records = disk_records(node, vms.domain(name))
+    wait_for(f"{name} writing on", lambda: disk_records(node, vms.domain(name)) > records)
+    assert_log_intact(vms, name, node, disk_records(node, vms.domain(name)))
+    vms.delete(name)
+    kubectl("delete", "storagepool", "st-same")
 
 
 def test_a_read_only_pool_cannot_be_written(vms):

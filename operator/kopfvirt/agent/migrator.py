@@ -22,6 +22,7 @@ import libvirt
 from kubernetes.client.rest import ApiException
 
 from ..clients import images, kube
+from ..clients.libvirt import CopyRefused
 from ..core import migration, pools, quantity, vmspec
 from ..reconciling import now, write_migration_status
 
@@ -168,6 +169,8 @@ class Migrator:
                 hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
                            auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
                            copy_disks=copy, tls=self.agent.migration_transport == "tls")
+        except CopyRefused as e:
+            return Outcome(False, "CopyRefused", str(e))
         except libvirt.libvirtError as e:
             if run.why_aborted:
                 return Outcome(False, *run.why_aborted)

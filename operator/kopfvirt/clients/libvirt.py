@@ -65,6 +65,10 @@ def _ensure_event_loop() -> None:
         _loop_started = True
 
 
+class CopyRefused(RuntimeError):
+    """A move that would copy disks onto themselves."""
+
+
 class DomainConflict(RuntimeError):
     """Another domain holds the name this VM's domain needs."""
 
@@ -349,6 +353,18 @@ class Hypervisor:
             try:
                 pool.build(0)  # mkdir
                 pool.create(0)
+                found = pool.listVolumes()
+            except libvirt.libvirtError:
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+                raise
+            if found:  # the same files seen from there: copying (then removing) them would destroy them
+                pool.destroy()
+                pool.undefine()
+                raise CopyRefused(f"the target already has {directory} ({', '.join(sorted(found))}): the "
+                                  f"VM's storage pool is shared between the nodes; mark it shared: true")
+            try:
                 for path in uploads:
                     _upload(conn, pool, path)
                 yield
