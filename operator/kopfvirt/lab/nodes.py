@@ -10,6 +10,8 @@ storage host's servers (lab/storage.py), which libvirt treats as shared storage.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -202,31 +204,37 @@ def _start_virtlockd(lab: Lab, node: str) -> None:
     and a new one leases what starts from now on."""
     if virtlockd_pid(lab, node):
         return
-    result = procs.run([*enter(node), "virtlockd", "-d", "-p", "/run/libvirt/virtlockd.pid"], check=False)
+    log = _reaped(lab, node, "virtlockd", ["virtlockd", "-d", "-p", "/run/libvirt/virtlockd.pid"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if virtlockd_pid(lab, node) and Path(lab.node_dir(node) / "run/libvirt/virtlockd-sock").exists():
             return
         time.sleep(0.1)
-    raise LabError(f"virtlockd on {node} did not start: {result.stderr.strip()}")
+    raise LabError(f"virtlockd on {node} did not start: see {log}")
+
+
+def _reaped(lab: Lab, node: str, name: str, argv: list[str]) -> Path:
+    """Start a daemon of the node under a subreaper (lab/reaper.py): its orphans, the
+    QEMUs among them, are reaped as soon as they exit. Returns the log of its start."""
+    lab.logs.mkdir(parents=True, exist_ok=True)
+    log = lab.logs / f"{name}-{node}.log"
+    with open(log, "ab") as out:
+        subprocess.Popen([*enter(node), sys.executable, "-m", "kopfvirt.lab.reaper", *argv], stdout=out,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return log
 
 
 def _start_libvirtd(lab: Lab, node: str) -> None:
     if libvirtd_pid(lab, node):
         return
-    log = lab.logs / f"libvirtd-{node}.log"
-    lab.logs.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        result = procs.run([*enter(node), "libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd.pid"],
-                           check=False)
-        out.write((result.stdout + result.stderr).encode())
+    log = _reaped(lab, node, "libvirtd", ["libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd.pid"])
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if libvirtd_pid(lab, node) and Path(lab.node_dir(node) / "run/libvirt/libvirt-sock").exists():
             return
         time.sleep(0.2)
-    raise LabError(f"libvirtd on {node} did not start: {result.stderr.strip()} "
-                   f"(see {lab.node_dir(node) / 'var/log/libvirt/libvirtd.log'})")
+    raise LabError(f"libvirtd on {node} did not start: see {log} and "
+                   f"{lab.node_dir(node) / 'var/log/libvirt/libvirtd.log'}")
 
 
 def _virsh(node: str) -> list[str]:
