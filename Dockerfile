@@ -22,6 +22,8 @@ ENTRYPOINT ["kopfvirt"]
 FROM debian:bookworm-slim AS libvirt
 RUN apt-get update && apt-get install -y --no-install-recommends libvirt-daemon-system \
     qemu-system-x86 qemu-utils qemu-block-extra libvirt-daemon-driver-storage-gluster \
-    libvirt-daemon-driver-storage-iscsi-direct glusterfs-client ovmf dmidecode && rm -rf /var/lib/apt/lists/*
+    libvirt-daemon-driver-storage-iscsi-direct glusterfs-client ovmf dmidecode tini && rm -rf /var/lib/apt/lists/*
 # No TCP listener: peers reach this libvirtd over TLS only (see docs/architecture.md).
-ENTRYPOINT ["libvirtd"]
+# tini as PID 1 reaps the QEMUs libvirtd daemonizes: libvirt waits for an exited QEMU to be
+# reaped, and libvirtd as PID 1 would leave them zombies (every stop would hang).
+ENTRYPOINT ["tini", "--", "libvirtd"]
