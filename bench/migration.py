@@ -40,12 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 from kopfvirt.clients import nfs  # noqa: E402
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
-from kopfvirt.lab.layout import node_ip  # noqa: E402
+from kopfvirt.lab.layout import LEASE_DIR, node_ip  # noqa: E402
 
 NODES = ("node-1", "node-2")
 NAMESPACE = "bench-migration"
-# The lab's read-only StoragePool lab-images, as the agents resolve its volumes.
-IMAGES = "/var/lib/kopfvirt/storage/images"
 # Where each file pool keeps the VM's own disks (lab/storagepools.yaml): the GlusterFS mount
 # of every node, and the NFS export QEMU opens itself.
 OWN_ROOTS = {"gluster": "/var/lib/kopfvirt/pools/gluster", "nfs": "nfs://198.18.0.5/export"}
@@ -114,8 +112,15 @@ class Raw:
         vm = vmspec.parse("bench", f"raw-{rate}-{backend}", self.uid, body)
         self.domain = vm.domain_name
         own_dir = f"{OWN_ROOTS.get(backend, OWN_ROOTS['gluster'])}/bench/{vm.name}-{self.uid[:8]}"
-        plan = disks.plan(vm, own_dir, {("lab-images", v): f"{IMAGES}/{v}" for _, v in disks.named_volumes(vm)},
-                          own_pool_shared=True)
+        conn = libvirt.open(uri(NODES[0]))  # volumes as the agents resolve them
+        volumes = {(p, v): conn.storagePoolLookupByName(p).storageVolLookupByName(v).path()
+                   for p, v in disks.named_volumes(vm)}
+        conn.close()
+        # The same domain as kopfvirt's, leases included (libvirt hands them over in the pause).
+        plan = disks.plan(vm, own_dir, volumes, own_pool_shared=True, lease_dir=LEASE_DIR)
+        keys = [d.lease for d in plan.disks if d.lease]
+        if keys:
+            lab_exec(NODES[0], "sh", "-c", f"mkdir -p {LEASE_DIR} && cd {LEASE_DIR} && touch {' '.join(keys)}")
         for d in plan.disks:
             if d.kind == "empty":
                 if backend == "nfs":
