@@ -71,6 +71,13 @@ def lab_exec(node: str, *argv: str) -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
+def fresh_console(domain: str) -> None:
+    """A console log of its own for this run: libvirt appends to the log of a domain of
+    the same name, and a counter left by an earlier run would read as this guest's."""
+    for node in NODES:
+        lab_exec(node, "rm", "-f", f"/var/log/libvirt/qemu/{domain}-serial.log")
+
+
 def uri(node: str) -> str:
     return f"qemu+tcp://{node_ip(NODES.index(node) + 1)}/system"
 
@@ -111,6 +118,7 @@ class Raw:
             body["disks"] = [{"name": "log", "pool": {"pool": "iscsi", "volume": raw_lun}}]
         vm = vmspec.parse("bench", f"raw-{rate}-{backend}", self.uid, body)
         self.domain = vm.domain_name
+        fresh_console(self.domain)
         own_dir = f"{OWN_ROOTS.get(backend, OWN_ROOTS['gluster'])}/bench/{vm.name}-{self.uid[:8]}"
         conn = libvirt.open(uri(NODES[0]))  # volumes as the agents resolve them
         volumes = {(p, v): conn.storagePoolLookupByName(p).storageVolLookupByName(v).path()
@@ -165,6 +173,7 @@ class Ours:
     def __init__(self, rate: int, backend: str = "none"):
         self.api = client.CustomObjectsApi()
         self.name = f"mig-{rate}-{backend}"
+        fresh_console(f"{NAMESPACE}_{self.name}")
         self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "virtualmachines", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine", "metadata": {"name": self.name},
             "spec": spec(rate, backend)})
