@@ -23,7 +23,7 @@ from kubernetes.client.rest import ApiException
 
 from ..clients import images, kube
 from ..clients.libvirt import CopyRefused
-from ..core import migration, pools, quantity, vmspec
+from ..core import disks, migration, pools, quantity, vmspec
 from ..reconciling import now, write_migration_status
 
 log = logging.getLogger("kopfvirt.agent.migrator")
@@ -153,12 +153,12 @@ class Migrator:
         watcher = threading.Thread(target=self._watch, args=(body, m, run), name=f"watch-{run.migration}",
                                    daemon=True)
         watcher.start()
-        copy = self._disks_to_copy(body) if options.get("copyStorage") else []
-        own_dir, media = self._own_dir_copied(body) if copy else (None, [])
+        copy, own_dir, media = self._copies(body) if options.get("copyStorage") else ([], None, [])
+        moved = False
 
         def keep() -> bool:  # the copies stay unless the domain is surely not on the target
             try:
-                return hv.remote(uri, uid)[0] != "absent"
+                return moved or hv.remote(uri, uid)[0] != "absent"
             except libvirt.libvirtError:
                 return True
 
@@ -169,6 +169,7 @@ class Migrator:
                 hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
                            auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
                            copy_disks=copy, tls=self.agent.migration_transport == "tls")
+                moved = True
         except CopyRefused as e:
             return Outcome(False, "CopyRefused", str(e))
         except libvirt.libvirtError as e:
@@ -182,24 +183,20 @@ class Migrator:
             images.remove(own_dir)
         return Outcome(True, results=migration.result(stats))
 
-    def _disks_to_copy(self, body: dict) -> list[str]:
-        """The targets of the VM's writable disks on storage the target does not share."""
-        meta = body["metadata"]
-        vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
-        return [vm.targets[disk] for disk, _pool in pools.unshared_disks(vm.spec, self.agent.pools.specs())]
-
-    def _own_dir_copied(self, body: dict) -> tuple[str | None, list[str]]:
-        """The directory of the VM's own disks when they are among the copied ones (its
-        pool is not shared), which the target must offer as a pool for libvirt to fill,
-        and the read-only media in it (cloud-init), which are sent there as they are."""
+    def _copies(self, body: dict) -> tuple[list[str], str | None, list[str]]:
+        """What a copyStorage move copies: the targets (vda, ...) of the VM's writable disks
+        on storage the target does not share; when the VM's own disks are among them, their
+        directory, which the target must offer as a pool for libvirt to fill, and the
+        cloud-init media in it, which are sent there as they are."""
         meta = body["metadata"]
         vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
         specs = self.agent.pools.specs()
-        own = pools.own_pool(vm.spec, specs)
-        if own is None or own not in {p for _d, p in pools.unshared_disks(vm.spec, specs)}:
-            return None, []
-        plan = self.agent.pools.plan(vm)
-        return plan.own_dir, [d.path for d in plan.disks if d.kind == "cloudinit"]
+        unshared = pools.unshared_disks(vm.spec, specs)
+        targets = [vm.targets[disk] for disk, _pool in unshared]
+        if pools.own_pool(vm.spec, specs) not in {pool for _disk, pool in unshared}:
+            return targets, None, []
+        own_dir = self.agent.pools.own_dir(vm)
+        return targets, own_dir, [disks.cloud_init_iso(own_dir, d.name) for d in vm.spec.disks if d.cloud_init]
 
     def _watch(self, body: dict, m: dict, run: Running) -> None:
         """Progress into the Migration's status; the timeouts and cancels applied."""

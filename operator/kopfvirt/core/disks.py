@@ -68,6 +68,11 @@ def vm_dir(pool_root: str, namespace: str, name: str, uid: str) -> str:
     return posixpath.join(pool_root, "vms", namespace, f"{name}-{uid[:8]}")
 
 
+def cloud_init_iso(own_dir: str, disk_name: str) -> str:
+    """Where a cloud-init disk's NoCloud ISO lives, among the VM's own disks."""
+    return posixpath.join(own_dir, f"{disk_name}-cidata.iso")
+
+
 def named_volumes(vm: VM) -> list[tuple[str, str]]:
     """The (pool, volume) pairs the spec names, which the node must resolve to paths."""
     out = []
@@ -139,7 +144,7 @@ def plan(vm: VM, own_dir: str | None, volumes: Volumes, own_pool_shared: bool = 
                                    volume=d.pool.volume, path=location if nfs_parts(location) else None))
         else:
             out.append(PlannedDisk(**{**common, "read_only": True}, bus="sata", device="cdrom", kind="cloudinit",
-                                   path=own(f"{d.name}-cidata.iso")))
+                                   path=cloud_init_iso(own_dir, d.name)))
     if lease_dir:
         out = _leased(out, volumes)
     kb = vm.spec.kernel_boot

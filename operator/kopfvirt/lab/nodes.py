@@ -202,39 +202,34 @@ def _start_virtlockd(lab: Lab, node: str) -> None:
     """The node's lock manager; libvirtd (qemu.conf lock_manager) refuses to start domains
     without it. A virtlockd that died took its leases with it: the domains keep running,
     and a new one leases what starts from now on."""
-    if virtlockd_pid(lab, node):
-        return
-    log = _reaped(lab, node, "virtlockd", ["virtlockd", "-d", "-p", "/run/libvirt/virtlockd.pid"])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if virtlockd_pid(lab, node) and Path(lab.node_dir(node) / "run/libvirt/virtlockd-sock").exists():
-            return
-        time.sleep(0.1)
-    raise LabError(f"virtlockd on {node} did not start: see {log}")
-
-
-def _reaped(lab: Lab, node: str, name: str, argv: list[str]) -> Path:
-    """Start a daemon of the node under a subreaper (lab/reaper.py): its orphans, the
-    QEMUs among them, are reaped as soon as they exit. Returns the log of its start."""
-    lab.logs.mkdir(parents=True, exist_ok=True)
-    log = lab.logs / f"{name}-{node}.log"
-    with open(log, "ab") as out:
-        subprocess.Popen([*enter(node), sys.executable, "-m", "kopfvirt.lab.reaper", *argv], stdout=out,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return log
+    if not virtlockd_pid(lab, node):
+        _start_reaped(lab, node, "virtlockd", [], "virtlockd-sock", timeout=10)
 
 
 def _start_libvirtd(lab: Lab, node: str) -> None:
-    if libvirtd_pid(lab, node):
-        return
-    log = _reaped(lab, node, "libvirtd", ["libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd.pid"])
-    deadline = time.monotonic() + 20
+    if not libvirtd_pid(lab, node):
+        _start_reaped(lab, node, "libvirtd", ["--listen"], "libvirt-sock", timeout=20,
+                      see=lab.node_dir(node) / "var/log/libvirt/libvirtd.log")
+
+
+def _start_reaped(lab: Lab, node: str, daemon: str, args: list[str], socket: str, timeout: float,
+                  see: Path | None = None) -> None:
+    """Start one of the node's libvirt daemons under a subreaper (lab/reaper.py), so its
+    orphans, the QEMUs among them, are reaped as soon as they exit; wait for its pid file
+    and socket."""
+    lab.logs.mkdir(parents=True, exist_ok=True)
+    log = lab.logs / f"{daemon}-{node}.log"
+    with open(log, "ab") as out:
+        subprocess.Popen([*enter(node), sys.executable, "-m", "kopfvirt.lab.reaper", daemon, "-d", *args,
+                          "-p", f"/run/libvirt/{daemon}.pid"], stdout=out, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    run_dir = lab.node_dir(node) / "run/libvirt"
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if libvirtd_pid(lab, node) and Path(lab.node_dir(node) / "run/libvirt/libvirt-sock").exists():
+        if procs.read_pid(run_dir / f"{daemon}.pid") and (run_dir / socket).exists():
             return
-        time.sleep(0.2)
-    raise LabError(f"libvirtd on {node} did not start: see {log} and "
-                   f"{lab.node_dir(node) / 'var/log/libvirt/libvirtd.log'}")
+        time.sleep(0.1)
+    raise LabError(f"{daemon} on {node} did not start: see {log}" + (f" and {see}" if see else ""))
 
 
 def _virsh(node: str) -> list[str]:
