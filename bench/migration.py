@@ -13,8 +13,9 @@ all the time (kopfvirt.disk_writer=vda): a qcow2 on the GlusterFS pool or on the
 export (the VM's own empty disk in that pool; the raw domain's file made beside it), or
 an iSCSI LUN (each its own). Memory rows are keyed by rate; disk rows by backend, at dirty rate 0.
 
-  total: wall time as a user sees it. kopfvirt: creating the Migration to phase Succeeded
-         (target pod scheduling, the move, the hand-off); raw: the virsh command.
+  total: wall time as a user sees it. kopfvirt: creating the Migration to phase Succeeded,
+         seen by a watch (target pod scheduling, the move, the hand-off); raw: the virsh
+         command.
   job:   libvirt's own time for the move (completed job statistics on the target).
   downtime: the guest's pause at the switch-over (the same statistics).
 After each move the guest's heartbeat must go on on the target (`survived`).
@@ -34,7 +35,7 @@ import uuid
 from pathlib import Path
 
 import libvirt
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
@@ -196,15 +197,19 @@ class Ours:
         before = heartbeat(self.node, self.domain)
         name = f"{self.name}-{uuid.uuid4().hex[:6]}"
         t0 = time.monotonic()
-        self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "migrations", {
+        m = self.api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "migrations", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "Migration", "metadata": {"name": name},
             "spec": {"vmName": self.name}})
-        while True:
-            m = self.api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "migrations", name)
+        # Watched, not polled: the end is seen when the API has it, as virsh's exit is.
+        stream = watch.Watch().stream(self.api.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE,
+                                      "migrations", field_selector=f"metadata.name={name}",
+                                      resource_version=m["metadata"]["resourceVersion"], timeout_seconds=120)
+        phase = None
+        for event in stream:
+            m = event["object"]
             phase = (m.get("status") or {}).get("phase")
             if phase in ("Succeeded", "Failed", "Cancelled"):
                 break
-            time.sleep(0.05)
         total = time.monotonic() - t0
         if phase != "Succeeded":
             raise RuntimeError(f"Migration {name} {phase}: {m['status'].get('message')}")

@@ -8,7 +8,7 @@ import datetime
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from kubernetes.client.rest import ApiException
 
@@ -22,6 +22,18 @@ def older(a: dict, b: dict) -> bool:
         return int(a["metadata"]["resourceVersion"]) < int(b["metadata"]["resourceVersion"])
     except (KeyError, ValueError):
         return False
+
+
+_WRITES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="writes")
+
+
+def concurrently(*calls) -> list:
+    """Run independent API writes at once (a round trip each, not their sum) and return
+    their results; the first failure is raised once all have ended. The calls must not
+    use this function themselves (the pool is small and shared)."""
+    futures = [_WRITES.submit(call) for call in calls]
+    wait(futures)
+    return [f.result() for f in futures]
 
 
 def now() -> str:

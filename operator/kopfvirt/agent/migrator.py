@@ -250,8 +250,9 @@ class Migrator:
 
     # -- endings --------------------------------------------------------------------------
     def conclude(self, body: dict, outcome: Outcome) -> None:
-        """Write how the move ended: the VM's status, then the Migration's. Called with the
-        VM's lock held."""
+        """Write how the move ended. A success goes into the VM's status alone (where it
+        runs now, and libvirt's result), for the controller to hand over; a failure into the
+        Migration's status, then the VM's. Called with the VM's lock held."""
         status = dict(body.get("status") or {})
         record = status.get("migration") or {}
         ns = body["metadata"]["namespace"]
@@ -260,8 +261,9 @@ class Migrator:
             phase = "Running" if record.get("mode") == "Live" else "Starting"
             if record.get("mode") == "Live" and status.get("phase") == "Paused":
                 phase = "Paused"
-            write_migration_status(ns, record["name"], outcome.results)
-            self.agent.write_status(body, {**status, "phase": phase, "nodeName": target})
+            # One write: the controller hands the VM over and closes the Migration with the result.
+            self.agent.write_status(body, {**status, "phase": phase, "nodeName": target,
+                                           "migration": {**record, "result": outcome.results}})
             self.agent.event(body, "Migrated", f"moved to {target}" + (
                 f" in {outcome.results['totalTimeMs']} ms, downtime {outcome.results['downtimeMs']} ms"
                 if "downtimeMs" in outcome.results else ""))

@@ -243,6 +243,16 @@ class HostDeviceStatus:
 
 
 @dataclasses.dataclass(kw_only=True)
+class MigrationResult:
+    """libvirt's measurements of a finished move; the controller copies them into the
+    Migration as it closes it, so a Succeeded Migration always carries them."""
+
+    total_time_ms: int | None = field(None, description="libvirt's time for the move, in ms.")
+    downtime_ms: int | None = field(None, description="How long the guest was paused at the switch-over, in ms.")
+    data_transferred_bytes: int | None = field(None, description="Data sent in all.")
+
+
+@dataclasses.dataclass(kw_only=True)
 class MigrationState:
     """The migration the VM is in, as its source agent records it (it survives an agent restart)."""
 
@@ -252,6 +262,7 @@ class MigrationState:
     target_node: str = field(description="The node the VM moves to.")
     target_pod: str = field(description="The reservation pod held on the target.")
     start_time: str | None = field(None, fmt="date-time", description="When the move began.")
+    result: MigrationResult | None = field(None, description="How the move went, once it succeeded.")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -22,7 +22,7 @@ from ..clients import kube
 from ..core import conditions, migration, reservation, vmspec
 from ..core.migration import FINAL_PHASES, PLURAL
 from ..agent.reconciler import NODE_LABEL
-from ..reconciling import older, write_migration_status
+from ..reconciling import concurrently, older, write_migration_status
 from . import metrics
 
 log = logging.getLogger("kopfvirt.controller.migrations")
@@ -46,6 +46,7 @@ class Migrations:
         self.migrations: dict[str, dict] = {}
         self.lock = threading.Lock()
         self.counted: set[str] = set()  # uids whose end is in the metrics (or ended before we started)
+        self._pass_config: tuple[dict, dict] | None = None
 
     # -- inputs -------------------------------------------------------------------------
     def observe(self, body: dict, deleted: bool = False) -> None:
@@ -64,6 +65,7 @@ class Migrations:
 
     def reconcile_all(self) -> None:
         with self.lock:
+            self._pass_config = None
             pending = []
             for body in sorted(self.migrations.values(), key=lambda b: b["metadata"]["creationTimestamp"]):
                 try:
@@ -92,12 +94,15 @@ class Migrations:
                 metrics.observe_final(m)
             self._clean_up(m)
             return False
+        vm_body = self._vm(m)
         if FINALIZER not in (meta.get("finalizers") or []):
+            # With the source node's label already (its agent watches by it): one write less
+            # before the move, unless the VM moves while this one waits its turn.
             self._remember(m, kube.json_patch(meta["namespace"], meta["name"], [
                 {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
                 {"op": "add", "path": "/metadata/finalizers",
-                 "value": list(meta.get("finalizers") or []) + [FINALIZER]}], plural=PLURAL))
-        vm_body = self._vm(m)
+                 "value": list(meta.get("finalizers") or []) + [FINALIZER]},
+                *self._source_label_ops(m, vm_body)], plural=PLURAL))
         if phase in (None, "Pending"):
             refusal = self._preflight(m, vm_body)
             if refusal:
@@ -139,7 +144,11 @@ class Migrations:
         return refusal
 
     def _config(self) -> tuple[dict, dict]:
-        return migration.cluster_config(kube.config_map_data(self.namespace, CONFIG_MAP))
+        """The cluster's defaults and limits, read once per pass (a pass judges, admits and
+        starts a Migration: one read, not three, before its move)."""
+        if self._pass_config is None:
+            self._pass_config = migration.cluster_config(kube.config_map_data(self.namespace, CONFIG_MAP))
+        return self._pass_config
 
     def _admit(self, pending: list[dict]) -> None:
         """Start what the limits allow, oldest first; the rest wait with a Queued condition."""
@@ -168,18 +177,30 @@ class Migrations:
         source = vm_body["status"]["nodeName"]
         vm = vmspec.parse(meta["namespace"], vm_meta["name"], vm_meta["uid"], vm_body.get("spec") or {})
         options = migration.effective_options(spec.get("options"), self._config()[0])
-        self._remember(m, kube.json_patch(meta["namespace"], meta["name"], [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
-            {"op": "add", "path": "/metadata/labels", "value": {
-                **(meta.get("labels") or {}), migration.SOURCE_NODE_LABEL: source}}], plural=PLURAL))
+        relabel = self._source_label_ops(m, vm_body)
+        if relabel:
+            self._remember(m, kube.json_patch(meta["namespace"], meta["name"], [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}, *relabel],
+                plural=PLURAL))
         pod = migration.target_pod(vm, meta["name"], meta["uid"], source, spec.get("targetNode"),
                                    spec.get("nodeSelector"))
         queued = conditions.get((m.get("status") or {}).get("conditions"), "Queued")
         status = self._condition(m, "Queued", False, "Started", "its turn came") if queued else dict(m.get("status") or {})
-        self._write(m, {**status, "sourceNode": source, "targetPod": pod["metadata"]["name"], "options": options},
-                    "Scheduling")
-        kube.create_pod(pod)
+        # The pod's name is fixed by the Migration's UID: if the status write fails, the
+        # next try finds the pod there already (create_pod takes that as done).
+        concurrently(lambda: self._write(m, {**status, "sourceNode": source, "targetPod": pod["metadata"]["name"],
+                                             "options": options}, "Scheduling"),
+                     lambda: kube.create_pod(pod))
         self.c.event(m, "Scheduling", f"target reservation pod {pod['metadata']['name']} created")
+
+    @staticmethod
+    def _source_label_ops(m: dict, vm_body: dict | None) -> list[dict]:
+        """JSON patch ops that label a Migration with its VM's node, if it lacks that label."""
+        labels = m["metadata"].get("labels") or {}
+        source = ((vm_body or {}).get("status") or {}).get("nodeName")
+        if not source or labels.get(migration.SOURCE_NODE_LABEL) == source:
+            return []
+        return [{"op": "add", "path": "/metadata/labels", "value": {**labels, migration.SOURCE_NODE_LABEL: source}}]
 
     def _target_pod(self, m: dict) -> dict | None:
         name = (m.get("status") or {}).get("targetPod")
@@ -216,31 +237,38 @@ class Migrations:
     # -- endings ------------------------------------------------------------------------
     def hand_over(self, vm_body: dict) -> None:
         """The VM runs on the target (its status says so): make the target's pod its
-        reservation, release the source's, give the VM to the target's agent, and close
-        the Migration. Each step is idempotent; a restart redoes what is left."""
+        reservation, release the source's, give the VM to the target's agent and close the
+        Migration with libvirt's result, all at once; then clear status.migration, last, so
+        that a failed step is retried by the next reconcile (each step is idempotent). Under
+        the Migrations' lock: no new Migration of the VM is judged halfway through."""
         meta, status = vm_body["metadata"], vm_body.get("status") or {}
         record, ns = status["migration"], meta["namespace"]
         target = record["targetNode"]
-        pods = self.c.pods.get((ns, meta["name"]), {}).values()
+        pods = list(self.c.pods.get((ns, meta["name"]), {}).values())
         target_pod = next((p for p in pods if p["metadata"]["name"] == record["targetPod"]), None) \
             or kube.get_pod(ns, record["targetPod"])
+        steps = []
         if target_pod is not None and (target_pod["metadata"].get("labels") or {}).get(reservation.ROLE_LABEL) \
                 != "reservation":
-            kube.patch_pod_labels(ns, record["targetPod"], {reservation.ROLE_LABEL: "reservation",
-                                                            migration.MIGRATION_LABEL: None})
-        for p in list(pods):
-            if p["metadata"]["name"] != record["targetPod"] and not p["metadata"].get("deletionTimestamp"):
-                kube.delete_pod(ns, p["metadata"]["name"], p["metadata"]["uid"])
+            steps.append(lambda: kube.patch_pod_labels(ns, record["targetPod"], {
+                reservation.ROLE_LABEL: "reservation", migration.MIGRATION_LABEL: None}))
+        steps += [lambda p=p: kube.delete_pod(ns, p["metadata"]["name"], p["metadata"]["uid"]) for p in pods
+                  if p["metadata"]["name"] != record["targetPod"] and not p["metadata"].get("deletionTimestamp")]
         if (meta.get("labels") or {}).get(NODE_LABEL) != target:
-            self.c.hand_off(vm_body, target)
-        self.c.write_status(vm_body, {**status, "migration": None})
+            steps.append(lambda: self.c.hand_off(vm_body, target))
         with self.lock:
             m = next((b for b in self.migrations.values()
                       if b["metadata"]["namespace"] == ns and b["metadata"]["name"] == record["name"]), None)
             if m is not None and (m.get("status") or {}).get("phase") not in FINAL_PHASES:
-                self._write(m, self._condition(m, "Succeeded", True, "HandedOver", f"the VM runs on {target}"),
-                            "Succeeded")
-                self.c.event(m, "Succeeded", f"VM {meta['name']} moved from {record['sourceNode']} to {target}")
+                steps.append(lambda: self._succeed(m, vm_body["metadata"]["name"], record))
+            concurrently(*steps)
+            self.c.write_status(vm_body, {**vm_body.get("status", {}), "migration": None})
+
+    def _succeed(self, m: dict, vm_name: str, record: dict) -> None:
+        result = record.get("result") or {}
+        self._write(m, {**self._condition(m, "Succeeded", True, "HandedOver", f"the VM runs on {record['targetNode']}"),
+                        **result}, "Succeeded")
+        self.c.event(m, "Succeeded", f"VM {vm_name} moved from {record['sourceNode']} to {record['targetNode']}")
 
     def _deleting(self, m: dict) -> None:
         """A deleted Migration is cancelled: before the source agent claimed it, here (a
