@@ -84,7 +84,8 @@ def uri(node: str) -> str:
 
 
 def heartbeat(node: str, domain: str) -> int | None:
-    out = subprocess.run([sys.executable, "-m", "kopfvirt", "lab", "exec", node, "--", "tail", "-n", "5",
+    """The guest's last counter on its console (kernel and disk-writer lines come between)."""
+    out = subprocess.run([sys.executable, "-m", "kopfvirt", "lab", "exec", node, "--", "tail", "-n", "200",
                           f"/var/log/libvirt/qemu/{domain}-serial.log"], capture_output=True, text=True).stdout
     counts = re.findall(r"kopfvirt-heartbeat (\d+)", out)
     return int(counts[-1]) if counts else None
