@@ -1,8 +1,10 @@
-# Two images from one file:
-#   docker build --target operator -t kopfvirt:0.1.0 .         (controller and node agent)
-#   docker build --target libvirt  -t kopfvirt-libvirt:0.1.0 .  (libvirtd + QEMU for the libvirt DaemonSet)
+# Three images from one file:
+#   docker build --target operator    -t kopfvirt:0.1.0 .              (controller and node agent)
+#   docker build --target reservation -t kopfvirt-reservation:0.1.0 .  (what reservation pods run)
+#   docker build --target libvirt     -t kopfvirt-libvirt:0.1.0 .      (libvirtd + QEMU for the libvirt DaemonSet)
+# The lab builds them without a registry (operator/kopfvirt/lab/images.py).
 FROM python:3.11-slim-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc pkg-config libvirt-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config libvirt-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -18,6 +20,19 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER 65532:65532
 ENTRYPOINT ["kopfvirt"]
+
+# A VM's reservation pod only holds its place on the node (the VM runs under libvirtd):
+# one static program that waits, in an otherwise empty image, run as a non-root user.
+FROM debian:bookworm-slim AS reservation-build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY images/reservation.c /src/
+RUN gcc -static -Os -s -o /reservation /src/reservation.c
+
+FROM scratch AS reservation
+COPY --from=reservation-build /reservation /reservation
+USER 65532:65532
+ENTRYPOINT ["/reservation"]
 
 FROM debian:bookworm-slim AS libvirt
 RUN apt-get update && apt-get install -y --no-install-recommends libvirt-daemon-system \

@@ -2,6 +2,7 @@
 """VM start latency: kopfvirt against raw libvirt, in the same run, on the same lab nodes.
 
     .venv/bin/python bench/vm_start.py [--vms 100] [--interval 0.1] [--runs 2]
+    .venv/bin/python bench/vm_start.py --single [--starts 10]
 
 Each run creates N tiny domains (32 MiB, no OS) 100 ms apart, alternating lab nodes:
 first with raw virDomainCreateXML through each node's libvirtd (the baseline), then as
@@ -10,6 +11,11 @@ controller, agent). Latency is creation to Running: for raw libvirt, the call's 
 for kopfvirt, the watch event that shows status.phase Running. Writes to the
 VirtualMachine objects per start are counted in the API server's audit log.
 Writes bench/results/vm_start.json and vm_start.png.
+
+--single: one VM at a time on an idle cluster, N starts each way, alternating which goes
+first: the latency of one start with nothing else going on (the agent starts the domain
+once the reservation pod is bound, without waiting for the kubelet to run its container).
+Writes bench/results/vm_start_single.json and vm_start_single.png.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from kubernetes import client, config, watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
-from kopfvirt.lab.layout import node_ip  # noqa: E402
+from kopfvirt.lab.layout import Lab, node_ip  # noqa: E402
 
 NODES = ("node-1", "node-2")
 SPEC = {"memory": {"size": "32Mi"}, "runStrategy": "Always", "terminationGracePeriodSeconds": 0}
@@ -118,7 +124,7 @@ def writes_per_start(names: list[str]) -> dict:
 
 
 def cleanup() -> None:
-    subprocess.run(["kubectl", "--kubeconfig", str(ROOT / ".lab" / "kubeconfig"), "-n", NAMESPACE, "delete",
+    subprocess.run([Lab(ROOT).kubectl, "--kubeconfig", str(ROOT / ".lab" / "kubeconfig"), "-n", NAMESPACE, "delete",
                     "virtualmachines", "--all", "--wait=true", "--timeout=600s"], check=True, capture_output=True)
 
 
@@ -142,11 +148,46 @@ def plot(result: dict) -> None:
     fig.savefig(RESULTS / "vm_start.png", dpi=110)
 
 
+def single(starts: int) -> None:
+    """One VM at a time: raw and ours alternate, each start followed by a clean removal."""
+    raw, ours = [], []
+    for i in range(starts):
+        for path in (("raw", "kopfvirt") if i % 2 == 0 else ("kopfvirt", "raw")):
+            if path == "raw":
+                raw += raw_run(1, 0)
+            else:
+                latencies, _ = kopfvirt_run(1, 0, f"s{i}{uuid.uuid4().hex[:4]}")
+                ours += latencies
+                cleanup()
+            time.sleep(1)
+        print(f"start {i + 1}: raw {raw[-1]:.3f}s kopfvirt {ours[-1]:.3f}s", flush=True)
+    result = {"starts": starts, "nodes": list(NODES), "raw": raw, "kopfvirt": ours,
+              "summary": {"raw": summary(raw), "kopfvirt": summary(ours),
+                          "p50_overhead_s": pct(ours, 50) - pct(raw, 50),
+                          "p95_overhead_s": pct(ours, 95) - pct(raw, 95)}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "vm_start_single.json").write_text(json.dumps(result, indent=1))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.boxplot([raw, ours], labels=["raw libvirt (virDomainCreateXML)", "kopfvirt (VirtualMachine -> Running)"])
+    s = result["summary"]
+    ax.set_ylabel("creation to running (s)")
+    ax.set_title(f"one VM at a time, {starts} starts each: median {s['kopfvirt']['p50']:.2f} s vs "
+                 f"{s['raw']['p50']:.2f} s raw")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "vm_start_single.png", dpi=110)
+    print(json.dumps(result["summary"], indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vms", type=int, default=100)
     p.add_argument("--interval", type=float, default=0.1)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--single", action="store_true", help="one VM at a time on an idle cluster")
+    p.add_argument("--starts", type=int, default=10, help="starts each way with --single")
     args = p.parse_args()
     config.load_kube_config(str(ROOT / ".lab" / "kubeconfig"))
     try:
@@ -154,6 +195,9 @@ def main() -> None:
     except client.ApiException as e:
         if e.status != 409:
             raise
+    if args.single:
+        single(args.starts)
+        return
     runs, writes = [], []
     for r in range(args.runs):
         raw = raw_run(args.vms, args.interval)

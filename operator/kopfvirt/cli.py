@@ -7,11 +7,20 @@ import os
 import sys
 from pathlib import Path
 
+from .core.reservation import DEFAULT_POD_SETTINGS, PodSettings
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
 
 def _repo() -> Path:
     """The checkout the lab belongs to: this source tree, else the working directory."""
     here = Path(__file__).resolve().parents[2]
-    return here if (here / "lab" / "build-control-plane.sh").exists() else Path.cwd()
+    return here if (here / "lab" / "build-kubernetes.sh").exists() else Path.cwd()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (ConfigMap kopfvirt-migration)")
     c.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: none)")
+    c.add_argument("--reservation-image", default=DEFAULT_POD_SETTINGS.image,
+                   help="the image reservation pods run (the Dockerfile's reservation target)")
+    c.add_argument("--cpu-allocation-ratio", type=_positive, default=DEFAULT_POD_SETTINGS.cpu_allocation_ratio,
+                   help="vCPUs per CPU a reservation pod requests (a vCPU requests 1/ratio of a CPU)")
 
     a = sub.add_parser("agent", help="run the node agent of one node")
     a.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ)
@@ -59,19 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     up = lsub.add_parser("up", help="start (or repair) the lab")
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--virt-type", choices=("qemu", "kvm"), default="qemu")
-    up.add_argument("--node-cpu", default="8", help="CPU capacity each lab node declares")
-    up.add_argument("--node-memory", default="16Gi", help="memory capacity each lab node declares")
     lsub.add_parser("down", help="remove everything the lab made but the build cache")
     lsub.add_parser("status", help="show the lab's parts and their health")
     ex = lsub.add_parser("exec", help="run a command inside a lab node's namespaces")
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
-    kl = lsub.add_parser("kubelet", help=argparse.SUPPRESS)
-    kl.add_argument("--node", required=True)
-    kl.add_argument("--ip", required=True)
-    kl.add_argument("--kubeconfig", required=True)
-    kl.add_argument("--cpu", default="8")
-    kl.add_argument("--memory", default="16Gi")
     return p
 
 
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         from .controller.main import main as run
         webhook = Webhook(args.webhook_host, args.webhook_port, args.webhook_cert, args.webhook_key,
                           args.webhook_ca) if args.webhook_host else None
-        run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port)
+        run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port,
+            PodSettings(args.reservation_image, args.cpu_allocation_ratio))
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
@@ -100,7 +106,7 @@ def _lab(args) -> int:
     try:
         if args.lab_command == "up":
             from .lab.manage import up
-            up(lab, args.nodes, args.virt_type, args.node_cpu, args.node_memory)
+            up(lab, args.nodes, args.virt_type)
         elif args.lab_command == "down":
             from .lab.manage import down
             down(lab)
@@ -113,9 +119,6 @@ def _lab(args) -> int:
             if not argv:
                 raise LabError("nothing to run: kopfvirt lab exec NODE -- CMD...")
             exec_(lab, args.node, argv)
-        elif args.lab_command == "kubelet":
-            from .lab.kubelet import run
-            run(args.node, args.ip, args.kubeconfig, args.cpu, args.memory)
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ test would count as not written.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,10 +20,15 @@ import pytest
 import yaml
 
 from kopfvirt.clients import nfs
+from kopfvirt.lab.layout import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 KOPFVIRT = [sys.executable, "-m", "kopfvirt"]
 KUBECONFIG = REPO / ".lab" / "kubeconfig"
+# The pinned release's kubectl (the lab builds it), first on PATH for the tests' own runs
+# of kubectl, and the plugin next to it as a user installs it.
+os.environ["PATH"] = os.pathsep.join([str(Lab(REPO).k8s_bin), str(Path(sys.executable).parent),
+                                      os.environ.get("PATH", "")])
 
 
 def run(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

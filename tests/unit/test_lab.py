@@ -8,7 +8,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from kopfvirt.lab import controlplane, kubeconfig, layout, manage, nodes, pki, procs, storage
+from kopfvirt.lab import controlplane, images, kubeconfig, layout, manage, nodes, pki, procs, storage
 from kopfvirt.lab.errors import LabError
 
 
@@ -92,6 +92,7 @@ def test_failed_first_up_removes_what_it_started(tmp_path, monkeypatch):
     monkeypatch.setattr(manage, "OWNER", tmp_path / "run" / "owner")
     monkeypatch.setattr(manage.controlplane, "build", lambda lab: calls.append("build"))
     monkeypatch.setattr(manage.guest, "install", lambda lab: calls.append("guest"))
+    monkeypatch.setattr(manage.images, "build", lambda lab: calls.append("images") or {})
     monkeypatch.setattr(manage.nodes, "ensure_bridge", lambda: calls.append("bridge"))
     monkeypatch.setattr(manage.controlplane, "prepare_pki", lambda lab: calls.append("pki"))
 
@@ -159,3 +160,31 @@ def test_libvirtd_missing_an_installed_backend_is_found(monkeypatch):
     monkeypatch.setattr(nodes.procs, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, caps, ""))
     monkeypatch.setattr(nodes.Path, "glob", lambda self, pattern: iter(["x.so"]))
     assert nodes._missing_backends("node-1") == ["iscsi-direct"]
+
+
+def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path):
+    lab = layout.Lab(tmp_path)
+    (tmp_path / "charts/kopfvirt").mkdir(parents=True)
+    (tmp_path / "charts/kopfvirt/Chart.yaml").write_text('appVersion: "0.1.0"\n')
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "operator/kopfvirt/__pycache__").mkdir(parents=True)
+    (tmp_path / "operator/kopfvirt/a.py").write_text("x = 1\n")
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "README.md").write_text("")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/reservation.c").write_text("int main(void) {}\n")
+    before = {t: images.target_hash(lab, t) for t in ("operator", "reservation", "libvirt")}
+    (tmp_path / "operator/kopfvirt/__pycache__/a.cpython-311.pyc").write_bytes(b"\0")
+    assert {t: images.target_hash(lab, t) for t in before} == before  # bytecode is no input
+    (tmp_path / "operator/kopfvirt/a.py").write_text("x = 2\n")
+    after = {t: images.target_hash(lab, t) for t in before}
+    assert after["operator"] != before["operator"]
+    assert (after["reservation"], after["libvirt"]) == (before["reservation"], before["libvirt"])
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nUSER 1\n")
+    assert all(images.target_hash(lab, t) != after[t] for t in before)
+    assert images.reference(lab, "reservation") == "docker.io/library/kopfvirt-reservation:0.1.0"
+
+
+def test_a_failed_build_step_names_itself_and_the_tools_words():
+    with pytest.raises(LabError, match=r"(?s)image build: the root filesystem failed \(exit 1\).*no such suite"):
+        images._step("the root filesystem", ["sh", "-c", "echo no such suite >&2; exit 1"])

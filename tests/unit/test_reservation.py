@@ -1,3 +1,4 @@
+import pytest
 import yaml
 
 from kopfvirt.core import reservation, vmspec
@@ -23,8 +24,25 @@ def test_requests_are_vm_size_plus_overhead_and_guaranteed():
     vm = _vm({"memory": {"size": "1Gi"}, "cpu": {"sockets": 1, "cores": 3}})
     container = reservation.reservation_pod(vm)["spec"]["containers"][0]
     assert reservation.overhead_mib(vm) == 64 + 8 * 3 + 2
-    want = {"cpu": "3", "memory": f"{1024 + 64 + 24 + 2}Mi"}
+    want = {"cpu": "300m", "memory": f"{1024 + 64 + 24 + 2}Mi"}  # 3 vCPUs at the default ratio 10
     assert container["resources"] == {"requests": want, "limits": want}
+
+
+@pytest.mark.parametrize("ratio, vcpus, want", [(1, 3, "3000m"), (10, 1, "100m"), (4, 3, "750m"), (3, 1, "334m"),
+                                                (10000, 1, "1m")])
+def test_cpu_allocation_ratio(ratio, vcpus, want):
+    vm = _vm({"cpu": {"cores": vcpus}, "memory": {"size": "1Gi"}})
+    settings = reservation.PodSettings(image="x:1", cpu_allocation_ratio=ratio)
+    container = reservation.reservation_pod(vm, settings=settings)["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == want and container["image"] == "x:1"
+
+
+def test_reservation_pods_pass_the_restricted_pod_security_profile():
+    pod = reservation.reservation_pod(_vm({"memory": {"size": "1Gi"}}))
+    sc = pod["spec"]["containers"][0]["securityContext"]
+    assert sc["runAsNonRoot"] and sc["runAsUser"] != 0 and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostNetwork" not in pod["spec"] and "volumes" not in pod["spec"]
 
 
 def test_hugepages_are_requested_as_hugepages():

@@ -183,7 +183,7 @@ class Migrations:
                 {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}, *relabel],
                 plural=PLURAL))
         pod = migration.target_pod(vm, meta["name"], meta["uid"], source, spec.get("targetNode"),
-                                   spec.get("nodeSelector"))
+                                   spec.get("nodeSelector"), self.c.pod_settings)
         queued = conditions.get((m.get("status") or {}).get("conditions"), "Queued")
         status = self._condition(m, "Queued", False, "Started", "its turn came") if queued else dict(m.get("status") or {})
         # The pod's name is fixed by the Migration's UID: if the status write fails, the
@@ -216,7 +216,7 @@ class Migrations:
             vm = vmspec.parse(m["metadata"]["namespace"], vm_meta["name"], vm_meta["uid"], vm_body.get("spec") or {})
             kube.create_pod(migration.target_pod(vm, m["metadata"]["name"], m["metadata"]["uid"],
                                                  m["status"]["sourceNode"], m["spec"].get("targetNode"),
-                                                 m["spec"].get("nodeSelector")))
+                                                 m["spec"].get("nodeSelector"), self.c.pod_settings))
             return
         bound = (pod.get("spec") or {}).get("nodeName")
         if bound:

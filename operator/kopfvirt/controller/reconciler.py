@@ -28,8 +28,10 @@ def vm_has_devices(body: dict) -> bool:
 class Controller(Reconciler):
     component = "kopfvirt-controller"
 
-    def __init__(self, namespace: str = "kopfvirt-system"):
+    def __init__(self, namespace: str = "kopfvirt-system",
+                 pod_settings: reservation.PodSettings = reservation.DEFAULT_POD_SETTINGS):
         super().__init__(log)
+        self.pod_settings = pod_settings
         self.nodes: dict[str, migration.Node] = {}
         self.storage_pools: dict[str, dict] = {}   # StoragePool objects by name
         self.pools_listed = False                   # listed from the API once, before the watch fills it
@@ -185,7 +187,7 @@ class Controller(Reconciler):
             if status.get("phase") not in ACTIVE_PHASES:
                 status["phase"] = "Scheduling"
             self.write_status(body, {**status, "observedGeneration": meta.get("generation")})
-            if kube.create_pod(reservation.reservation_pod(vm, node)):
+            if kube.create_pod(reservation.reservation_pod(vm, node, self.pod_settings)):
                 self.event(body, "Scheduling", f"reservation pod {reservation.pod_name(name)} created")
             return
         if pod["metadata"].get("deletionTimestamp"):

@@ -148,10 +148,11 @@ def target_pod_name(vm_name: str, migration_uid: str) -> str:
 
 
 def target_pod(vm: VM, migration: str, migration_uid: str, source: str, target_node: str | None,
-               node_selector: dict[str, str] | None) -> dict:
+               node_selector: dict[str, str] | None,
+               settings: reservation.PodSettings = reservation.DEFAULT_POD_SETTINGS) -> dict:
     """The VM's reservation pod, placed away from the source (and on the target, when named),
     and marked as a migration target: no agent runs the VM on it until the hand-off."""
-    pod = reservation.reservation_pod(vm)
+    pod = reservation.reservation_pod(vm, settings=settings)
     meta = pod["metadata"]
     meta["name"] = target_pod_name(vm.name, migration_uid)
     meta["labels"] = {**meta["labels"], reservation.ROLE_LABEL: TARGET_ROLE, MIGRATION_LABEL: migration}

@@ -7,13 +7,35 @@ apply to VMs as they do to pods.
 
 from __future__ import annotations
 
-from .. import GROUP, VERSION
+import dataclasses
+
+from .. import GROUP, VERSION, __version__
 from . import pools
 from .vmspec import VM
 
 VM_LABEL = f"{GROUP}/vm"
 ROLE_LABEL = f"{GROUP}/role"
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+
+
+@dataclasses.dataclass(frozen=True)
+class PodSettings:
+    """What the cluster's admin sets for every reservation pod (chart values `reservation.*`).
+
+    image: the Dockerfile's `reservation` target, a static program that only waits; the
+    VM's QEMU runs outside the pod (libvirt's own process), so the pod holds the VM's share
+    of the node and nothing runs in it.
+    cpu_allocation_ratio: vCPUs per requested CPU, as KubeVirt's cpuAllocationRatio (a
+    vCPU requests 1/ratio of a CPU): guests' vCPUs are threads that share the node's CPUs.
+    """
+
+    image: str = f"kopfvirt-reservation:{__version__}"
+    cpu_allocation_ratio: float = 10
+
+
+DEFAULT_POD_SETTINGS = PodSettings()
+# The Pod Security "restricted" profile: the container is a program that only waits.
+RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "allowPrivilegeEscalation": False,
+              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def pod_name(vm_name: str) -> str:
@@ -55,18 +77,25 @@ def require_node_fields(pod: dict, fields: list[dict]) -> None:
     spec["affinity"] = affinity
 
 
-def reservation_pod(vm: VM, node: str | None = None) -> dict:
+def cpu_request(vm: VM, settings: PodSettings) -> str:
+    """The VM's vCPUs over the allocation ratio, in millicores (at least 1m)."""
+    return f"{max(1, -(-vm.vcpus * 1000 // settings.cpu_allocation_ratio)):.0f}m"
+
+
+def reservation_pod(vm: VM, node: str | None = None, settings: PodSettings = DEFAULT_POD_SETTINGS) -> dict:
     """`node`: where the VM's host devices are; the pod may only go there."""
     spec = vm.spec
     mib = -(-vm.memory_bytes // 2**20) + overhead_mib(vm)
-    resources = {"cpu": str(vm.vcpus), "memory": f"{mib}Mi"}
+    resources = {"cpu": cpu_request(vm, settings), "memory": f"{mib}Mi"}
     if spec.memory.hugepages:
         size = spec.memory.hugepages.page_size
         resources[f"hugepages-{size}"] = f"{vm.memory_bytes // 2**20}Mi"
         resources["memory"] = f"{overhead_mib(vm)}Mi"
     pod_spec = {
-        "containers": [{"name": "reservation", "image": PAUSE_IMAGE,
-                        "resources": {"requests": resources, "limits": dict(resources)}}],
+        "containers": [{"name": "reservation", "image": settings.image,
+                        "resources": {"requests": resources, "limits": dict(resources)},
+                        "securityContext": dict(RESTRICTED)}],
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "restartPolicy": "Always",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

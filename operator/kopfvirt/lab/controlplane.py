@@ -27,7 +27,7 @@ def build(lab: Lab) -> None:
                        "modules. Install Go >= 1.26 and put it on PATH.")
     if shutil.which("etcd") is None:
         raise LabError("etcd is missing: apt-get install etcd-server (make lab-deps does it)")
-    script = lab.repo / "lab" / "build-control-plane.sh"
+    script = lab.repo / "lab" / "build-kubernetes.sh"
     result = procs.run(["bash", str(script)], check=False, env=_env(K8S_VERSION=K8S_VERSION))
     if result.returncode != 0:
         raise LabError(f"building the control plane failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -49,6 +49,8 @@ def prepare_pki(lab: Lab) -> None:
     pki.ensure_cert(p, "controller-manager", "system:kube-controller-manager")
     pki.ensure_cert(p, "scheduler", "system:kube-scheduler")
     pki.ensure_cert(p, "webhook", "kopfvirt-webhook", ips=(HOST_IP,))
+    # The API server's identity towards kubelets (logs, exec): bound to system:kubelet-api-admin.
+    pki.ensure_cert(p, "apiserver-kubelet-client", "kube-apiserver-kubelet-client")
     server = server_url()
     for user, name in (("admin", "admin"), ("system:kube-controller-manager", "controller-manager"),
                        ("system:kube-scheduler", "scheduler")):
@@ -75,6 +77,10 @@ def _argv(lab: Lab, component: str) -> list[str]:
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
                 f"--audit-policy-file={lab.root / 'audit-policy.yaml'}",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={p / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 f"--audit-log-path={lab.logs / 'audit.log'}", "--audit-log-maxsize=200",
                 "--audit-log-maxbackup=1", "--profiling=false", "--v=1"]
     if component == "kube-controller-manager":

@@ -1,162 +1,129 @@
-"""The lab's node stand-in: what a kubelet does towards the API, and nothing more.
+"""Each lab node's kubelet: the pinned release, in the node's network and mount namespaces.
 
-There is no container runtime in the lab. This process registers its Node with capacity
-and a Ready condition, renews the node Lease, reports pods bound to the node Running
-(they are reservation pods whose container only waits) and finishes their deletion as a
-kubelet would, so scheduling, eviction and garbage collection behave as in a cluster.
+It registers its Node, renews its Lease and reports status itself, with a client
+certificate of the lab CA for `system:node:<node>` (Node authorization and the
+NodeRestriction admission plugin apply to it as in a cluster), and runs pods through
+the node's containerd (lab/containerd.py).
+
+This machine has cgroup v1 (cgroup2 is mounted without controllers): kubelet 1.36 runs
+on it only with `failCgroupV1: false`, the cgroupfs driver, and a cgroup root per node
+(/kvlab-node-N in every v1 hierarchy), so two kubelets on one machine do not manage the
+same cgroups. kubelet also tunes machine-wide sysctls (vm.overcommit_memory, kernel.panic,
+...); in the lab those entries are plain files in the node's mount namespace.
 """
 
 from __future__ import annotations
 
-import datetime
-import logging
-import threading
-import time
+import json
+from pathlib import Path
 
-from kubernetes import client, config, watch
-from kubernetes.client.rest import ApiException
+from . import kubeconfig, pki, procs
+from .errors import LabError
+from .layout import Lab, node_ip
 
-from .layout import K8S_VERSION
-
-log = logging.getLogger("kopfvirt.lab.kubelet")
-LEASE_SECONDS = 40
-RENEW_EVERY = 10
-STATUS_EVERY = 30
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# What kubelet writes under /proc/sys when protectKernelDefaults is false.
+SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
+LAB_NODE_LABEL = "kopfvirt.io/lab-node=true"  # the plugin reaches lab nodes by `kopfvirt lab exec`
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+def cgroup_name(node: str) -> str:
+    return f"kvlab-{node}"
 
 
-def _ts(t: datetime.datetime | None = None) -> str:
-    return (t or _now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+def v1_hierarchies() -> list[Path]:
+    """The mount points of the machine's cgroup v1 hierarchies (cpu,cpuacct counted once)."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        if fields[sep + 1] == "cgroup":
+            out.append(Path(fields[4]))
+    return out
 
 
-class NodeStandIn:
-    def __init__(self, node: str, ip: str, cpu: str, memory: str, pods: str = "110"):
-        self.node, self.ip = node, ip
-        self.capacity = {"cpu": cpu, "memory": memory, "pods": pods, "ephemeral-storage": "100Gi"}
-        self.core = client.CoreV1Api()
-        self.coord = client.CoordinationV1Api()
-        self.started = _now()
-
-    def _conditions(self) -> list[dict]:
-        now = _ts()
-        ok = {"status": "False", "lastHeartbeatTime": now, "lastTransitionTime": _ts(self.started)}
-        return [
-            {"type": "Ready", "status": "True", "reason": "KubeletReady",
-             "message": "kopfvirt lab node stand-in is posting ready status",
-             "lastHeartbeatTime": now, "lastTransitionTime": _ts(self.started)},
-            {**ok, "type": "MemoryPressure", "reason": "KubeletHasSufficientMemory", "message": "ok"},
-            {**ok, "type": "DiskPressure", "reason": "KubeletHasNoDiskPressure", "message": "ok"},
-            {**ok, "type": "PIDPressure", "reason": "KubeletHasSufficientPID", "message": "ok"},
-        ]
-
-    def _status(self) -> dict:
-        return {
-            "capacity": self.capacity, "allocatable": self.capacity,
-            "conditions": self._conditions(),
-            "addresses": [{"type": "InternalIP", "address": self.ip},
-                          {"type": "Hostname", "address": self.node}],
-            "nodeInfo": {"kubeletVersion": K8S_VERSION, "kubeProxyVersion": "",
-                         "operatingSystem": "linux", "architecture": "amd64",
-                         "containerRuntimeVersion": "kopfvirt-lab://none", "kernelVersion": "",
-                         "osImage": "kopfvirt lab node", "machineID": "", "systemUUID": "",
-                         "bootID": ""},
-        }
-
-    def register(self) -> None:
-        body = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.node, "labels": {
-                    "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64", "kopfvirt.io/lab-node": "true"}}}
-        try:
-            self.core.create_node(body)
-            log.info("registered node %s", self.node)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-        self.post_status()
-
-    def post_status(self) -> None:
-        self.core.patch_node_status(self.node, {"status": self._status()})
-
-    def renew_lease(self) -> None:
-        body = {"metadata": {"name": self.node, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_SECONDS,
-                         "renewTime": _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
-        try:
-            self.coord.patch_namespaced_lease(self.node, "kube-node-lease", body)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            self.coord.create_namespaced_lease("kube-node-lease", body)
-
-    def heartbeat_forever(self) -> None:
-        last_status = 0.0
-        while True:
-            try:
-                self.renew_lease()
-                if time.monotonic() - last_status >= STATUS_EVERY:
-                    self.post_status()
-                    last_status = time.monotonic()
-            except Exception:  # keep beating: a blip of the API must not make the node NotReady
-                log.exception("heartbeat of %s failed", self.node)
-            time.sleep(RENEW_EVERY)
-
-    def handle_pod(self, pod) -> None:
-        meta = pod.metadata
-        if meta.deletion_timestamp:
-            # The container (which only waits) is gone at once; finish as a kubelet does.
-            try:
-                self.core.delete_namespaced_pod(meta.name, meta.namespace, grace_period_seconds=0,
-                                                body=client.V1DeleteOptions(
-                                                    grace_period_seconds=0,
-                                                    preconditions={"uid": meta.uid}))
-                log.info("finished deletion of pod %s/%s", meta.namespace, meta.name)
-            except ApiException as e:
-                if e.status not in (404, 409):
-                    raise
-            return
-        if pod.status.phase in ("Running", "Succeeded", "Failed"):
-            return
-        now = _ts()
-        conditions = [{"type": t, "status": "True", "lastTransitionTime": now}
-                      for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-        statuses = [{"name": c.name, "image": c.image, "imageID": "", "ready": True, "started": True,
-                     "restartCount": 0, "state": {"running": {"startedAt": now}}}
-                    for c in pod.spec.containers]
-        self.core.patch_namespaced_pod_status(meta.name, meta.namespace, {"status": {
-            "phase": "Running", "conditions": conditions, "hostIP": self.ip,
-            "hostIPs": [{"ip": self.ip}], "startTime": now, "containerStatuses": statuses}})
-        log.info("pod %s/%s is Running", meta.namespace, meta.name)
-
-    def pods_forever(self) -> None:
-        selector = f"spec.nodeName={self.node}"
-        while True:
-            try:
-                for pod in self.core.list_pod_for_all_namespaces(field_selector=selector).items:
-                    self.handle_pod(pod)
-                stream = watch.Watch().stream(self.core.list_pod_for_all_namespaces,
-                                              field_selector=selector, timeout_seconds=300)
-                for event in stream:
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self.handle_pod(event["object"])
-            except Exception:
-                log.exception("pod watch of %s failed; retrying", self.node)
-                time.sleep(2)
+def ensure_cgroup_root(node: str) -> None:
+    """/kvlab-<node> in every v1 hierarchy; cpuset needs its CPUs and memory nodes copied in."""
+    for hierarchy in v1_hierarchies():
+        path = hierarchy / cgroup_name(node)
+        path.mkdir(exist_ok=True)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if (path / knob).exists() and not (path / knob).read_text().strip():
+                (path / knob).write_text((hierarchy / knob).read_text())
 
 
-def run(node: str, ip: str, kubeconfig: str, cpu: str, memory: str) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config.load_kube_config(kubeconfig)
-    stand_in = NodeStandIn(node, ip, cpu, memory)
-    while True:
-        try:
-            stand_in.register()
-            break
-        except Exception:
-            log.exception("registering %s failed; retrying", node)
-            time.sleep(2)
-    threading.Thread(target=stand_in.heartbeat_forever, daemon=True, name="heartbeat").start()
-    stand_in.pods_forever()
+def remove_cgroup_root(node: str) -> None:
+    """Kill what is left in the node's cgroups (containers live in pod network namespaces,
+    not the node's) and remove them, deepest first."""
+    for hierarchy in v1_hierarchies():
+        top = hierarchy / cgroup_name(node)
+        if not top.exists():
+            continue
+        for procs_file in top.rglob("cgroup.procs"):
+            for pid in procs_file.read_text().split():
+                procs.kill(int(pid), grace=2)
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            d.rmdir()
+        top.rmdir()
+
+
+def sysctl_binds(node_root: Path) -> list[str]:
+    """Shell commands that put plain files over the sysctls kubelet writes."""
+    binds = []
+    for name in SYSCTLS:
+        source = Path("/proc/sys") / name
+        if not source.exists():
+            continue
+        stand_in = node_root / "sysctl" / name.replace("/", ".")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text(source.read_text())
+        binds.append(f"mount --bind {stand_in} {source}")
+    return binds
+
+
+def ensure_certs(lab: Lab, node: str, index: int) -> None:
+    """The kubelet's certificate: a client of the API server as system:node:<node>, and the
+    server the API server reaches for logs and exec, at the node's address."""
+    pki.ensure_cert(lab.pki, f"kubelet-{node}", f"system:node:{node}", orgs=("system:nodes",),
+                    dns=(node,), ips=(node_ip(index),))
+
+
+def config(lab: Lab, node: str, index: int) -> dict:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{cgroup_name(node)}",
+        "address": node_ip(index), "port": 10250, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+        "tlsCertFile": str(lab.pki / f"kubelet-{node}.crt"), "tlsPrivateKeyFile": str(lab.pki / f"kubelet-{node}.key"),
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(lab.pki / "ca.crt")}},
+        "authorization": {"mode": "Webhook"},
+        "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock",
+        "failSwapOn": False, "protectKernelDefaults": False,
+        # The images are imported, not pulled: never collect them, however full the disk.
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        "registerNode": True, "rotateCertificates": False, "serializeImagePulls": False,
+        "resolvConf": "/etc/resolv.conf", "clusterDomain": "cluster.local",
+    }
+
+
+def start(lab: Lab, node: str, index: int, enter: list[str], server: str) -> None:
+    name = f"kubelet-{node}"
+    if procs.running(lab, name):
+        return
+    binary = lab.k8s_bin / "kubelet"
+    if not binary.exists():
+        raise LabError(f"{binary} is missing: lab/build-kubernetes.sh builds it")
+    ensure_certs(lab, node, index)
+    ensure_cgroup_root(node)
+    root = lab.node_dir(node) / "kubelet"
+    root.mkdir(parents=True, exist_ok=True)
+    kc = root / "kubeconfig"
+    kubeconfig.write(kc, server, lab.pki / "ca.crt", f"system:node:{node}",
+                     cert=lab.pki / f"kubelet-{node}.crt", key=lab.pki / f"kubelet-{node}.key")
+    (root / "config.json").write_text(json.dumps(config(lab, node, index), indent=1))
+    procs.start(lab, name, [*enter, str(binary), f"--config={root / 'config.json'}", f"--kubeconfig={kc}",
+                            f"--hostname-override={node}", f"--node-ip={node_ip(index)}",
+                            f"--node-labels={LAB_NODE_LABEL}", "--v=1"])

@@ -18,12 +18,16 @@ SHARED_STORAGE = Path("/var/lib/kopfvirt/storage")   # same path on every node
 NETWORK = ipaddress.ip_network("198.18.0.0/24")
 HOST_IP = "198.18.0.1"                       # the control plane, seen from the nodes
 SERVICE_CIDR = "198.19.0.0/16"
+POD_CIDR = ipaddress.ip_network("10.244.0.0/16")  # node-N's pods: 10.244.N.0/24
 APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 23790
 ETCD_PEER_PORT = 23800
 WEBHOOK_PORT = 19443                          # the controller's admission webhook
 METRICS_PORT = 19080                          # the controller's Prometheus /metrics
 AGENT_METRICS_PORT = 19081                    # each agent's, on its node's address
+# A lab node has the machine's 2 CPUs: at 50 vCPUs per CPU (the chart's default is 10)
+# bench/vm_start.py's 100 tiny VMs fit, and tests fill nodes by memory instead.
+CPU_ALLOCATION_RATIO = 50
 # A narrower CPU for node-2: an older host beside node-1, so the CPU rule of migration
 # has a real pair to judge (sse4a is AMD-only: like moving from an EPYC to a Xeon).
 HIDDEN_CPU_FEATURES = {"node-2": ("sse4a",)}
@@ -35,7 +39,10 @@ LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
                 "/var/log/libvirt", "/var/cache/libvirt")
 # Per node, bind-mounted from .lab/nodes/<node>/: libvirt's own, and the GlusterFS client's
 # logs (every node mounts the volume at the same path, hence the same log name).
-NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs")
+# The kubelet's and containerd's state, pod logs and CNI's configuration and leases too.
+KUBELET_DIRS = ("/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/var/lib/cni", "/etc/cni/net.d",
+                "/var/log/pods", "/var/log/containers")
+NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs", *KUBELET_DIRS)
 
 # The storage host: GlusterFS, iSCSI and NFS servers in their own namespaces (lab/storage.py).
 # Their data is machine-wide like SHARED_STORAGE, so a repeated `lab up` finds it.
@@ -57,6 +64,10 @@ NFS_EXPORT = "/export"                        # NFSv3 mount path and NFSv4 pseud
 def node_ip(index: int) -> str:
     """node-1 is 198.18.0.11, node-2 .12, ..."""
     return str(NETWORK.network_address + 10 + index)
+
+
+def pod_cidr(index: int) -> str:
+    return str(list(POD_CIDR.subnets(new_prefix=24))[index])
 
 
 def cache_dir() -> Path:
@@ -102,6 +113,11 @@ class Lab:
     @property
     def k8s_bin(self) -> Path:
         return cache_dir() / "k8s" / K8S_VERSION / "bin"
+
+    @property
+    def kubectl(self) -> str:
+        """The pinned release's kubectl (lab/build-kubernetes.sh), not whatever the machine has."""
+        return str(self.k8s_bin / "kubectl")
 
     @property
     def guest_cache(self) -> Path:

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from .. import GROUP, VERSION
-from . import controlplane, guest, nodes, procs, storage, tokens
+from . import containerd, controlplane, guest, images, kubelet, nodes, procs, storage, tokens
 from .errors import LabError
-from .layout import (AGENT_METRICS_PORT, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES,
+from .layout import (AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES,
                      RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names)
 
 OWNER = RUN_DIR / "owner"
@@ -27,9 +27,10 @@ RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repai
 REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "findmnt": "util-linux",
     "libvirtd": "libvirt-daemon-system", "virsh": "libvirt-clients",
-    "qemu-system-x86_64": "qemu-system-x86", "etcd": "etcd-server", "kubectl": "kubectl",
+    "qemu-system-x86_64": "qemu-system-x86", "etcd": "etcd-server",
     "cpio": "cpio", "glusterd": "glusterfs-server", "mount.glusterfs": "glusterfs-client", "tgtd": "tgt",
     "ganesha.nfsd": "nfs-ganesha", "rpcbind": "rpcbind", "rpcinfo": "rpcbind",
+    "containerd": "containerd", "ctr": "containerd", "runc": "runc", "buildah": "buildah", "mmdebstrap": "mmdebstrap",
 }
 
 
@@ -74,20 +75,18 @@ def _sweep_processes(marker: str) -> None:
 
 
 def _apply(lab: Lab, *paths: Path) -> None:
-    result = subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "apply", "--server-side",
+    result = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "apply", "--server-side",
                              "--force-conflicts", *sum((["-f", str(p)] for p in paths), [])],
                             text=True, capture_output=True)
     if result.returncode != 0:
         raise LabError(f"kubectl apply failed: {result.stderr.strip()}")
 
 
-def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, memory: str) -> None:
+def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
     python = sys.executable
     for index, node in enumerate(names, start=1):
-        if not procs.running(lab, f"kubelet-{node}"):
-            procs.start(lab, f"kubelet-{node}", [
-                *nodes.enter(node), python, "-m", "kopfvirt", "lab", "kubelet", "--node", node,
-                "--ip", node_ip(index), "--kubeconfig", str(lab.kubeconfig), "--cpu", cpu, "--memory", memory])
+        containerd.start(lab, node, index, nodes.enter(node))
+        kubelet.start(lab, node, index, nodes.enter(node), controlplane.server_url())
         sysfs_root = "/sys"
         if node in PCI_TREE_NODES:
             sysfs_root = str(lab.sysfs_root(node))
@@ -114,7 +113,9 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str, cpu: str, 
             "--kubeconfig", str(lab.root / "controller.kubeconfig"), "--webhook-host", HOST_IP,
             "--webhook-port", str(WEBHOOK_PORT), "--webhook-cert", str(pki / "webhook.crt"),
             "--webhook-key", str(pki / "webhook.key"), "--webhook-ca", str(pki / "ca.crt"),
-            "--namespace", "kopfvirt-system", "--metrics-port", str(METRICS_PORT)])
+            "--namespace", "kopfvirt-system", "--metrics-port", str(METRICS_PORT),
+            "--reservation-image", images.reference(lab, "reservation"),
+            "--cpu-allocation-ratio", str(CPU_ALLOCATION_RATIO)])
 
 
 def _webhook_configuration(lab: Lab) -> None:
@@ -164,7 +165,7 @@ def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 180) -> None:
     jsonpath = ('{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}'
                 '/{.metadata.labels.cpu\\.kopfvirt\\.io/host-cpu-digest} {end}')
     while time.monotonic() < deadline:
-        out = subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "get", "nodes", "-o",
+        out = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "get", "nodes", "-o",
                               f"jsonpath={jsonpath}"], text=True, capture_output=True).stdout
         ready = {pair.split("=")[0] for pair in out.split() if "=True/" in pair and not pair.endswith("/")}
         if set(names) <= ready:
@@ -174,7 +175,7 @@ def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 180) -> None:
                    f"see {lab.logs}/kubelet-*.log and agent-*.log")
 
 
-def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: str = "16Gi") -> None:
+def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
     _preflight()
     t0 = time.monotonic()
     names = node_names(count)
@@ -190,6 +191,9 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
     lab.state_file.write_text(json.dumps({"nodes": names, "virtType": virt_type}))
     try:
         controlplane.build(lab)
+        took = images.build(lab)
+        if any(took.values()):
+            print("images built: " + ", ".join(f"{t} {s:.0f}s" for t, s in took.items() if s), flush=True)
         guest.install(lab)
         nodes.ensure_bridge()  # before the API server: its address lives on the bridge
         controlplane.prepare_pki(lab)
@@ -197,13 +201,13 @@ def up(lab: Lab, count: int, virt_type: str = "qemu", cpu: str = "8", memory: st
         _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml",
                lab.repo / "manifests" / "rbac.yaml", lab.repo / "manifests" / "migration-config.yaml",
                lab.repo / "manifests" / "passthrough-config.yaml")
-        subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
+        subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
                         "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
-        _apply(lab, lab.repo / "lab" / "storagepools.yaml")
+        _apply(lab, lab.repo / "lab" / "storagepools.yaml", lab.repo / "lab" / "kubelet-api.yaml")
         storage.up(lab)
         nodes.up(lab, names)
         tokens.write_kubeconfigs(lab, controlplane.server_url())
-        _start_node_processes(lab, names, virt_type, cpu, memory)
+        _start_node_processes(lab, names, virt_type)
         _webhook_configuration(lab)
         _wait_nodes_ready(lab, names)
     except (LabError, subprocess.CalledProcessError, KeyboardInterrupt) as e:
@@ -263,8 +267,8 @@ def status(lab: Lab) -> int:
     for node, state in nodes.status(lab, names).items():
         healthy &= "running" in state
         print(f"  {node:26} {state}")
-    print("kopfvirt and node stand-ins:")
-    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("agent", "kubelet")] + \
+    print("kubelets, container runtimes and kopfvirt:")
+    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("kubelet", "containerd", "agent")] + \
             [f"pcitree-{n}" for n in names if n in PCI_TREE_NODES]:
         pid = procs.running(lab, name)
         healthy &= pid is not None
@@ -283,4 +287,7 @@ def exec_(lab: Lab, node: str, argv: list[str]) -> None:
     from .layout import netns_path
     if not netns_path(node).exists():
         raise LabError(f"no lab node {node!r} (kopfvirt lab status lists them)")
+    # The lab's kubectl and crictl first on PATH; crictl talks to the node's containerd.
+    os.environ["PATH"] = f"{lab.k8s_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.setdefault("CONTAINER_RUNTIME_ENDPOINT", f"unix://{containerd.SOCKET}")
     os.execvp("nsenter", [*nodes.enter(node), *argv])

@@ -16,10 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
-from . import procs
+from . import kubelet, procs
 from .errors import LabError
 from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR, SHARED_STORAGE,
-                     Lab, mntns_path, netns, netns_path, node_ip)
+                     Lab, mntns_path, netns, netns_path, node_ip, pod_cidr)
 
 PREFIXLEN = NETWORK.prefixlen
 
@@ -80,6 +80,17 @@ def make_mntns(ns: Path, binds: list[str], what: str) -> None:
     if result.returncode != 0:
         procs.run(["umount", "-l", str(ns)], check=False)
         raise LabError(f"could not make the mount namespace of {what}: {result.stderr.strip()}")
+
+
+def ensure_pod_routes(names: list[str]) -> None:
+    """Each node forwards for its pods and routes the other nodes' pod subnets to them; the
+    host routes every node's (the API server answers pods, and reaches them as webhooks)."""
+    for index, node in enumerate(names, start=1):
+        procs.run(["ip", "netns", "exec", netns(node), "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        _ip("route", "replace", pod_cidr(index), "via", node_ip(index))
+        for other in range(1, len(names) + 1):
+            if other != index:
+                _ip("-n", netns(node), "route", "replace", pod_cidr(other), "via", node_ip(other))
 
 
 def remove_netns(name: str, ns: Path) -> None:
@@ -182,6 +193,7 @@ def _ensure_mntns(lab: Lab, node: str) -> None:
     for d in NODE_PRIVATE_DIRS:
         Path(d).mkdir(parents=True, exist_ok=True)
     binds = [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in NODE_PRIVATE_DIRS]
+    binds += kubelet.sysctl_binds(node_root)
     lab_bin = node_root / "var/lib/libvirt/lab-bin"
     if Path("/usr/sbin/dmidecode").exists():
         (lab_bin / "dmidecode.real").touch()
@@ -290,6 +302,7 @@ def up(lab: Lab, names: list[str]) -> None:
         _start_libvirtd(lab, node)
         _ensure_storage_backends(lab, node)
         _ensure_vm_network(node)
+    ensure_pod_routes(names)
 
 
 def existing_netns() -> list[str]:
@@ -303,6 +316,7 @@ def teardown() -> list[str]:
     for name in existing_netns():
         node = name[len(NETNS_PREFIX):]
         remove_netns(name, mntns_path(node))
+        kubelet.remove_cgroup_root(node)
         done.append(node)
     ns_dir = RUN_DIR / "ns"
     if ns_dir.exists():

@@ -18,7 +18,7 @@ def write_kubeconfigs(lab: Lab, server: str) -> None:
         target = lab.root / f"{role}.kubeconfig"
         if target.exists():
             continue
-        result = subprocess.run(["kubectl", "--kubeconfig", str(lab.kubeconfig), "-n", NAMESPACE,
+        result = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "-n", NAMESPACE,
                                  "create", "token", account, f"--duration={DURATION}"],
                                 text=True, capture_output=True)
         if result.returncode != 0:

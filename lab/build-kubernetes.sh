@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager and kube-scheduler of one pinned
-# Kubernetes release from the official Go modules, into a cache under $HOME that
-# every checkout (and CI) shares. A second run with the binaries present builds nothing.
+# Build the lab's Kubernetes of one pinned release from the official Go modules: the
+# control plane (kube-apiserver, kube-controller-manager, kube-scheduler), the nodes'
+# kubelet and the kubectl the lab and its tests use, into a cache under $HOME that every
+# checkout (and CI) shares. A second run with the binaries present builds nothing.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+# crictl, the CRI's own command-line client (a separate module; this version speaks CRI v1).
+CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
 CACHE="${KOPFVIRT_CACHE:-$HOME/.cache/kopfvirt}"
 OUT="$CACHE/k8s/$K8S_VERSION/bin"
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 
-have_all() { for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
-if have_all; then echo "control plane $K8S_VERSION: cached in $OUT"; exit 0; fi
+have_all() { for b in "${BINARIES[@]}" crictl; do [ -x "$OUT/$b" ] || return 1; done; }
+if have_all; then echo "kubernetes $K8S_VERSION: cached in $OUT"; exit 0; fi
 
 command -v go >/dev/null || { echo "error: Go is not installed (need go >= 1.26 on PATH)" >&2; exit 2; }
 
@@ -44,6 +47,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
 go mod tidy -e >/dev/null 2>&1 || true
@@ -56,9 +61,7 @@ LDFLAGS="-s -w \
  -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) \
  -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-echo "building control plane $K8S_VERSION (first time: 10-20 minutes on 2 cores)"
-go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/" \
-  k8s.io/kubernetes/cmd/kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler
-have_all && echo "control plane $K8S_VERSION: built into $OUT"
+echo "building kubernetes $K8S_VERSION (first time: 10-20 minutes on 2 cores)"
+go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/" "${BINARIES[@]/#/k8s.io/kubernetes/cmd/}"
+[ -x "$OUT/crictl" ] || GOFLAGS= GOBIN="$OUT" go install -trimpath "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+have_all && echo "kubernetes $K8S_VERSION: built into $OUT"
