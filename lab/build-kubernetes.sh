@@ -15,7 +15,9 @@ BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 have_all() { for b in "${BINARIES[@]}" crictl; do [ -x "$OUT/$b" ] || return 1; done; }
 if have_all; then echo "kubernetes $K8S_VERSION: cached in $OUT"; exit 0; fi
 
-command -v go >/dev/null || { echo "error: Go is not installed (need go >= 1.26 on PATH)" >&2; exit 2; }
+# The machine's go if recent enough, else the pinned toolchain fetched into the cache.
+GO="$(bash "$(dirname "$0")/ensure-go.sh")"
+export PATH="$(dirname "$GO"):$PATH"
 
 MOD="$CACHE/k8s/$K8S_VERSION/module"
 mkdir -p "$MOD" "$OUT"

@@ -5,15 +5,19 @@ and one node capacity that kube-scheduler shares out between pods and VMs."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 
 import yaml
 
 from kopfvirt.core import quantity
 from kopfvirt.lab.layout import K8S_VERSION
 
-from .conftest import domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
+from .conftest import KOPFVIRT, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
 
 WEB_IMAGE = "kopfvirt-lab-web:0.1.0"  # lab/web.Dockerfile, built and imported by `lab up`
+LAB = REPO / ".lab"
 
 
 def apply(namespace: str, body: dict) -> None:
@@ -169,3 +173,32 @@ def test_the_walkthrough_of_docs_containers_md(vms):
     kubectl(*ns, "delete", "pod", "hello", "hello-2", "--wait=true", "--timeout=60s")
     wait_for("the container and its layer to be removed", lambda: "hello" not in lab_exec(
         node, "crictl", "ps", "-a", "--name", "^hello$").stdout, timeout=150, interval=3)
+
+
+def test_killed_kubelet_and_containerd_come_back_without_touching_guests_or_containers(vms):
+    """`lab up` repairs a node whose kubelet and containerd died: the VM's QEMU and the
+    pod's container are the same processes afterwards, and both kept running."""
+    ns, node = vms.namespace, "node-1"
+    running_vm(vms, "steady", node)
+    apply(ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "steady-web"}, "spec": web_pod_spec(node)})
+    kubectl("-n", ns, "wait", "--for=condition=Ready", "pod/steady-web", "--timeout=120s")
+    container = kubectl_json("-n", ns, "get", "pod", "steady-web")["status"]["containerStatuses"][0]
+    qemu = int((LAB / "nodes" / node / "run/libvirt/qemu" / f"{vms.domain('steady')}.pid").read_text())
+    for daemon in ("kubelet", "containerd"):
+        pid = int((LAB / "pids" / f"{daemon}-{node}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_for(f"{daemon} to die", lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
+    assert "degraded" in subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True, text=True).stdout
+    count = heartbeat(node, vms.domain("steady"))
+    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    assert subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True).returncode == 0
+    wait_for("node-1 Ready again", lambda: next(c for c in kubectl_json("get", "node", node)["status"]["conditions"]
+                                                if c["type"] == "Ready")["status"] == "True")
+    assert os.path.exists(f"/proc/{qemu}")
+    wait_for("the guest to keep counting", lambda: (heartbeat(node, vms.domain("steady")) or 0) > count)
+    after = kubectl_json("-n", ns, "get", "pod", "steady-web")["status"]["containerStatuses"][0]
+    assert (after["containerID"], after["restartCount"], after["state"].get("running")) == \
+        (container["containerID"], 0, container["state"]["running"]), after
+    assert vms.get("steady")["status"]["phase"] == "Running"
+    kubectl("-n", ns, "delete", "pod", "steady-web", "--wait=true", "--timeout=60s")
+    vms.delete("steady")
