@@ -2,6 +2,7 @@
 
 import socket
 import subprocess
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
@@ -66,11 +67,22 @@ def test_lab_names_missing_tools(monkeypatch):
         manage._preflight()
 
 
-def test_no_go_and_no_cached_build_says_so(tmp_path, monkeypatch):
-    monkeypatch.setenv("KOPFVIRT_CACHE", str(tmp_path))
-    monkeypatch.setattr(controlplane.shutil, "which", lambda tool: None if tool == "go" else "/bin/x")
-    with pytest.raises(LabError, match="Go is not installed"):
-        controlplane.build(layout.Lab(tmp_path))
+def _fake_go(path, version):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\n[ "$1 $2" = "env GOVERSION" ] && echo go{version}\n')
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("machine, uses", [("1.26.8", "machine"), ("1.27.1", "machine"), ("1.19.8", "cached"),
+                                           ("1.26.7", "cached")])
+def test_go_is_the_machines_when_recent_enough_else_the_cached_toolchain(tmp_path, machine, uses):
+    script = Path(__file__).resolve().parents[2] / "lab" / "ensure-go.sh"
+    _fake_go(tmp_path / "bin" / "go", machine)
+    cached = tmp_path / "cache/go-toolchain/golang.org/toolchain@v0.0.1-go1.26.8.linux-amd64/bin/go"
+    _fake_go(cached, "1.26.8")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True, env={
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "KOPFVIRT_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path)})
+    assert out.stdout.strip() == str(tmp_path / "bin" / "go" if uses == "machine" else cached)
 
 
 def test_busy_port_refuses_to_start_apiserver(tmp_path, monkeypatch):
