@@ -171,7 +171,7 @@ def single(starts: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.boxplot([raw, ours], labels=["raw libvirt (virDomainCreateXML)", "kopfvirt (VirtualMachine -> Running)"])
+    ax.boxplot([raw, ours], tick_labels=["raw libvirt (virDomainCreateXML)", "kopfvirt (VirtualMachine -> Running)"])
     s = result["summary"]
     ax.set_ylabel("creation to running (s)")
     ax.set_title(f"one VM at a time, {starts} starts each: median {s['kopfvirt']['p50']:.2f} s vs "
