@@ -107,12 +107,13 @@ class Agent(Reconciler):
                        warning=stop[0] == lifecycle.GUEST_CRASHED)
         annotations = meta.get("annotations") or {}
         run = lifecycle.wants_running(vm.run_strategy, annotations, status)
-        pod = self.reservation_of(ns, name, self.node) or kube.reservation_pod_on(ns, name, self.node)
         # Never on two nodes: this node runs the VM only while its reservation pod is bound
         # here and the controller has not placed it elsewhere.
-        held_here = (pod is not None and not pod["metadata"].get("deletionTimestamp")
-                     and (pod.get("spec") or {}).get("nodeName") == self.node
-                     and status.get("nodeName") in (None, self.node))
+        held_here = self._held(self.reservation_of(ns, name, self.node), status)
+        if not held_here:  # ask the API, not this agent's pod watch, which may lag its VM watch:
+            # after a migration's hand-off the relabelled target pod may not have arrived yet,
+            # and a running guest would be stopped as if evicted
+            held_here = self._held(kube.reservation_pod_on(ns, name, self.node), status)
         if run and not held_here:
             if state not in ACTIVE and status.get("nodeName") != self.node:
                 # Stopped here and released: the controller places it anew and writes its
@@ -137,6 +138,11 @@ class Agent(Reconciler):
             status.get("conditions"), "Reconciling", not settled, reason,
             "" if settled else "working towards the spec", meta.get("generation"))
         self.write_status(body, status)
+
+    def _held(self, pod: dict | None, status: dict) -> bool:
+        return (pod is not None and not pod["metadata"].get("deletionTimestamp")
+                and (pod.get("spec") or {}).get("nodeName") == self.node
+                and status.get("nodeName") in (None, self.node))
 
     def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict, state: str) -> dict:
         """`state` is the domain's, as handle() read it at the start of this reconcile."""

@@ -188,9 +188,8 @@ class Migrations:
         status = self._condition(m, "Queued", False, "Started", "its turn came") if queued else dict(m.get("status") or {})
         # The pod's name is fixed by the Migration's UID: if the status write fails, the
         # next try finds the pod there already (create_pod takes that as done).
-        concurrently(lambda: self._write(m, {**status, "sourceNode": source, "targetPod": pod["metadata"]["name"],
-                                             "options": options}, "Scheduling"),
-                     lambda: kube.create_pod(pod))
+        started = {**status, "sourceNode": source, "targetPod": pod["metadata"]["name"], "options": options}
+        concurrently(lambda: self._write(m, started, "Scheduling"), lambda: kube.create_pod(pod))
         self.c.event(m, "Scheduling", f"target reservation pod {pod['metadata']['name']} created")
 
     @staticmethod
@@ -237,10 +236,12 @@ class Migrations:
     # -- endings ------------------------------------------------------------------------
     def hand_over(self, vm_body: dict) -> None:
         """The VM runs on the target (its status says so): make the target's pod its
-        reservation, release the source's, give the VM to the target's agent and close the
-        Migration with libvirt's result, all at once; then clear status.migration, last, so
-        that a failed step is retried by the next reconcile (each step is idempotent). Under
-        the Migrations' lock: no new Migration of the VM is judged halfway through."""
+        reservation, release the source's and close the Migration with libvirt's result, at
+        once; then give the VM to the target's agent, which must find its reservation pod
+        when it looks (else it would stop the guest as evicted); then clear
+        status.migration, last, so that a failed step is retried by the next reconcile
+        (each step is idempotent). Under the Migrations' lock: no new Migration of the VM
+        is judged halfway through."""
         meta, status = vm_body["metadata"], vm_body.get("status") or {}
         record, ns = status["migration"], meta["namespace"]
         target = record["targetNode"]
@@ -254,14 +255,14 @@ class Migrations:
                 reservation.ROLE_LABEL: "reservation", migration.MIGRATION_LABEL: None}))
         steps += [lambda p=p: kube.delete_pod(ns, p["metadata"]["name"], p["metadata"]["uid"]) for p in pods
                   if p["metadata"]["name"] != record["targetPod"] and not p["metadata"].get("deletionTimestamp")]
-        if (meta.get("labels") or {}).get(NODE_LABEL) != target:
-            steps.append(lambda: self.c.hand_off(vm_body, target))
         with self.lock:
             m = next((b for b in self.migrations.values()
                       if b["metadata"]["namespace"] == ns and b["metadata"]["name"] == record["name"]), None)
             if m is not None and (m.get("status") or {}).get("phase") not in FINAL_PHASES:
                 steps.append(lambda: self._succeed(m, vm_body["metadata"]["name"], record))
             concurrently(*steps)
+            if (meta.get("labels") or {}).get(NODE_LABEL) != target:
+                self.c.hand_off(vm_body, target)
             self.c.write_status(vm_body, {**vm_body.get("status", {}), "migration": None})
 
     def _succeed(self, m: dict, vm_name: str, record: dict) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from .. import GROUP, VERSION
 from . import containerd, controlplane, guest, images, kubelet, nodes, procs, storage, tokens
 from .errors import LabError
-from .layout import (AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES,
-                     RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_ip, node_names)
+from .layout import (AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR,
+                     METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_names)
 
 OWNER = RUN_DIR / "owner"
 RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon

@@ -1,8 +1,9 @@
-"""Lab nodes: a network namespace, a mount namespace and a libvirtd each.
+"""Lab nodes: a network namespace, a mount namespace and a libvirtd each (and a kubelet
+and containerd: lab/kubelet.py, lab/containerd.py).
 
-Every node sees the host's filesystem except libvirt's own directories, which are
-bind-mounted from .lab/nodes/<node>/ so each libvirtd has its own config, state and
-sockets. SHARED_STORAGE is the host's, hence the same path on every node: it holds the
+Every node sees the host's filesystem except libvirt's, the kubelet's and containerd's own
+directories, which are bind-mounted from .lab/nodes/<node>/ so each daemon has its own
+config, state and sockets. SHARED_STORAGE is the host's, hence the same path on every node: it holds the
 read-only kernels and base images (StoragePool lab-images). Writable disks live on the
 storage host's servers (lab/storage.py), which libvirt treats as shared storage.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from . import kubelet, procs
 from .errors import LabError
-from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR, SHARED_STORAGE,
-                     Lab, mntns_path, netns, netns_path, node_ip, pod_cidr)
+from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR,
+                     SHARED_STORAGE, Lab, mntns_path, netns, netns_path, node_ip, pod_cidr)
 
 PREFIXLEN = NETWORK.prefixlen
 
