@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import subprocess
+import uuid
 
 import yaml
 
 from kopfvirt.core import quantity
 from kopfvirt.lab.layout import K8S_VERSION
 
-from .conftest import KOPFVIRT, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
+from .conftest import KOPFVIRT, REPO, VMs, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
 
 WEB_IMAGE = "kopfvirt-lab-web:0.1.0"  # lab/web.Dockerfile, built and imported by `lab up`
 LAB = REPO / ".lab"
@@ -84,6 +85,29 @@ def test_a_vms_reservation_pod_runs_as_a_container(vms):
     wait_for("the reservation container to go", lambda: not any(
         c["labels"].get("io.kubernetes.pod.name") == "kopfvirt-resv" for c in json.loads(
             lab_exec("node-2", "crictl", "ps", "-a", "-o", "json").stdout)["containers"]))
+
+
+def test_vms_run_in_a_namespace_that_enforces_the_restricted_pod_security_profile(lab):
+    """The API server's own PodSecurity admission judges the reservation pod: a VM runs in
+    a namespace whose pods must all pass `restricted`, as its plain pods must."""
+    ns = f"restricted-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    try:
+        kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+        strict = VMs(ns)
+        vm = running_vm(strict, "strict", "node-1")
+        assert vm["status"]["phase"] == "Running"
+        pod = kubectl_json("-n", ns, "get", "pod", "kopfvirt-strict")
+        assert pod["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] is True
+        # The profile is enforced there: a privileged pod is refused with its reasons.
+        spec = web_pod_spec()
+        spec["containers"][0]["securityContext"] = {"privileged": True}
+        refused = kubectl("-n", ns, "apply", "-f", "-", check=False, stdin=yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "loud"}, "spec": spec}))
+        assert refused.returncode != 0 and 'violates PodSecurity "restricted' in refused.stderr
+        strict.delete("strict")
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", check=False)
 
 
 def test_a_deployment_runs_on_both_nodes_beside_vms_and_leaves_them_alone(vms):

@@ -109,11 +109,13 @@ class Agent(Reconciler):
         run = lifecycle.wants_running(vm.run_strategy, annotations, status)
         # Never on two nodes: this node runs the VM only while its reservation pod is bound
         # here and the controller has not placed it elsewhere.
-        held_here = self._held(self.reservation_of(ns, name, self.node), status)
-        if not held_here:  # ask the API, not this agent's pod watch, which may lag its VM watch:
-            # after a migration's hand-off the relabelled target pod may not have arrived yet,
-            # and a running guest would be stopped as if evicted
-            held_here = self._held(kube.reservation_pod_on(ns, name, self.node), status)
+        pod = self.reservation_of(ns, name, self.node)
+        if pod is None or (pod.get("spec") or {}).get("nodeName") != self.node:
+            # None of its own seen yet: ask the API, for this agent's pod watch may lag its VM
+            # watch (after a migration's hand-off, the relabelled target pod), and a running
+            # guest would be stopped as if evicted. A pod of its own seen going is lost.
+            pod = kube.reservation_pod_on(ns, name, self.node)
+        held_here = self._held(pod, status)
         if run and not held_here:
             if state not in ACTIVE and status.get("nodeName") != self.node:
                 # Stopped here and released: the controller places it anew and writes its
