@@ -67,7 +67,10 @@ def test_nodes_are_kubelets_with_containerd(lab):
         assert info["containerRuntimeVersion"].startswith("containerd://"), info
         ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("True", "KubeletReady"), ready
-        lease = kubectl_json("-n", "kube-node-lease", "get", "lease", node)
+        # The kubelet renews its own Lease (made shortly after it registers the Node).
+        lease = wait_for(f"{node}'s Lease", lambda: (r := kubectl(
+            "-n", "kube-node-lease", "get", "lease", node, "-o", "json", check=False)).returncode == 0
+            and json.loads(r.stdout), timeout=60)
         assert lease["spec"]["holderIdentity"] == node
 
 
