@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
 # Build the lab's Kubernetes of one pinned release from the official Go modules: the
 # control plane (kube-apiserver, kube-controller-manager, kube-scheduler), the nodes'
-# kubelet and the kubectl the lab and its tests use, into a cache under $HOME that every
-# checkout (and CI) shares. A second run with the binaries present builds nothing.
+# kubelet and container runtime (containerd 2.x with its runc shim and ctr) and the
+# kubectl the lab and its tests use, into a cache under $HOME that every checkout (and CI)
+# shares. A second run with the binaries present builds nothing.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 # crictl, the CRI's own command-line client (a separate module; this version speaks CRI v1).
 CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
+# containerd 2.x: Kubernetes 1.36 is the last release that still accepts containerd 1.x.
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 CACHE="${KOPFVIRT_CACHE:-$HOME/.cache/kopfvirt}"
 OUT="$CACHE/k8s/$K8S_VERSION/bin"
+CONTAINERD_OUT="$CACHE/containerd/$CONTAINERD_VERSION/bin"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+CONTAINERD_BINARIES=(containerd containerd-shim-runc-v2 ctr)
 
-have_all() { for b in "${BINARIES[@]}" crictl; do [ -x "$OUT/$b" ] || return 1; done; }
-if have_all; then echo "kubernetes $K8S_VERSION: cached in $OUT"; exit 0; fi
+have_kubernetes() { for b in "${BINARIES[@]}" crictl; do [ -x "$OUT/$b" ] || return 1; done; }
+have_containerd() { for b in "${CONTAINERD_BINARIES[@]}"; do [ -x "$CONTAINERD_OUT/$b" ] || return 1; done; }
+if have_kubernetes && have_containerd; then
+  echo "kubernetes $K8S_VERSION, containerd $CONTAINERD_VERSION: cached"; exit 0
+fi
 
 # The machine's go if recent enough, else the pinned toolchain fetched into the cache.
 GO="$(bash "$(dirname "$0")/ensure-go.sh")"
 export PATH="$(dirname "$GO"):$PATH"
+
+if ! have_containerd; then
+  # Its own go.mod resolves it (no replace to rewrite); no_btrfs: no btrfs headers needed,
+  # and the lab's snapshotter is overlayfs.
+  echo "building containerd $CONTAINERD_VERSION (first time: about a minute)"
+  mkdir -p "$CONTAINERD_OUT"
+  packages=()
+  for b in "${CONTAINERD_BINARIES[@]}"; do packages+=("github.com/containerd/containerd/v2/cmd/$b@$CONTAINERD_VERSION"); done
+  GOFLAGS= GOTOOLCHAIN=local GOBIN="$CONTAINERD_OUT" go install -trimpath -tags no_btrfs \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" "${packages[@]}"
+fi
+if have_kubernetes; then echo "kubernetes $K8S_VERSION: cached in $OUT"; exit 0; fi
 
 MOD="$CACHE/k8s/$K8S_VERSION/module"
 mkdir -p "$MOD" "$OUT"
@@ -66,4 +86,4 @@ LDFLAGS="-s -w \
 echo "building kubernetes $K8S_VERSION (first time: 10-20 minutes on 2 cores)"
 go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/" "${BINARIES[@]/#/k8s.io/kubernetes/cmd/}"
 [ -x "$OUT/crictl" ] || GOFLAGS= GOBIN="$OUT" go install -trimpath "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
-have_all && echo "kubernetes $K8S_VERSION: built into $OUT"
+have_kubernetes && echo "kubernetes $K8S_VERSION: built into $OUT"

@@ -1,4 +1,4 @@
-"""Each lab node's container runtime: containerd with runc, and CNI for its pods.
+"""Each lab node's container runtime: containerd 2.x with runc, and CNI for its pods.
 
 containerd runs in the node's network and mount namespaces with its own root, state and
 socket (bind-mounted per node, lab/nodes.py). Pods get addresses from the node's own
@@ -14,39 +14,43 @@ to reap for).
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from . import images, procs
 from .errors import LabError
-from .layout import Lab, pod_cidr
+from .layout import CONTAINERD_VERSION, Lab, pod_cidr
 
 SOCKET = "/run/containerd/containerd.sock"
 
 
 def config(lab: Lab) -> str:
-    """containerd 1.6's config (version 2). No CAP_SYS_RESOURCE in the lab: containers
-    may not lower their OOM score adjustment below containerd's own."""
+    """containerd 2.x's config (version 4, as `containerd config default` prints it). No
+    CAP_SYS_RESOURCE in the lab: containers may not lower their OOM score adjustment
+    below containerd's own."""
     return f"""\
-# kopfvirt lab node: containerd in the node's namespaces; paths are the node's own binds.
-version = 2
+# kopfvirt lab node: containerd {CONTAINERD_VERSION} in the node's namespaces; paths are the node's own binds.
+version = 4
 root = "/var/lib/containerd"
 state = "/run/containerd"
 [grpc]
   address = "{SOCKET}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{images.reference(lab, 'reservation')}"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{images.reference(lab, 'reservation')}"
+[plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "/etc/cni/net.d"
 """
 
@@ -77,7 +81,10 @@ def start(lab: Lab, node: str, index: int, enter: list[str]) -> None:
         procs.stop(lab, name)
     if not procs.running(lab, name):
         (root / SOCKET.lstrip("/")).unlink(missing_ok=True)
-        procs.start(lab, name, [*enter, "containerd", "--config", str(root / "containerd/config.toml")])
+        # Its runc shim is looked up on PATH.
+        path = f"{lab.containerd_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+        procs.start(lab, name, [*enter, str(lab.containerd_bin / "containerd"), "--config",
+                                str(root / "containerd/config.toml")], env={"PATH": path})
         deadline = time.monotonic() + 30
         while not (root / SOCKET.lstrip("/")).exists():
             if time.monotonic() > deadline or not procs.running(lab, name):

@@ -10,8 +10,8 @@ import urllib.request
 
 from . import kubeconfig, pki, procs
 from .errors import LabError
-from .layout import (APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, HOST_IP, K8S_VERSION,
-                     SERVICE_CIDR, Lab)
+from .layout import (APISERVER_PORT, CONTAINERD_VERSION, ETCD_CLIENT_PORT, ETCD_PEER_PORT, HOST_IP,
+                     K8S_VERSION, SERVICE_CIDR, Lab)
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
@@ -21,13 +21,14 @@ def server_url() -> str:
 
 
 def build(lab: Lab) -> None:
-    """Build (or find cached) the pinned release's binaries."""
+    """Build (or find cached) the pinned releases' binaries: Kubernetes and containerd."""
     if shutil.which("etcd") is None:
         raise LabError("etcd is missing: apt-get install etcd-server (make lab-deps does it)")
     script = lab.repo / "lab" / "build-kubernetes.sh"
-    result = procs.run(["bash", str(script)], check=False, env=_env(K8S_VERSION=K8S_VERSION))
+    result = procs.run(["bash", str(script)], check=False,
+                         env=_env(K8S_VERSION=K8S_VERSION, CONTAINERD_VERSION=CONTAINERD_VERSION))
     if result.returncode != 0:
-        raise LabError(f"building the control plane failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        raise LabError(f"building Kubernetes and containerd failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
 
 def _env(**extra) -> dict:

@@ -206,6 +206,6 @@ def import_into(lab: Lab, node: str, enter: list[str], address: str) -> None:
         if mark.exists() and mark.read_text() == digest:
             continue
         _step(f"importing {target} into {node}'s containerd", [
-            *enter, "ctr", "--address", address, "--namespace", "k8s.io", "images", "import",
+            *enter, str(lab.containerd_bin / "ctr"), "--address", address, "--namespace", "k8s.io", "images", "import",
             str(archive(target))])
         mark.write_text(digest)

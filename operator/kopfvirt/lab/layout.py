@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 K8S_VERSION = "v1.36.3"
+CONTAINERD_VERSION = "v2.4.2"  # built by lab/build-kubernetes.sh with the kubelet
 
 # Machine-wide names: a lab left by another checkout must be found and cleared.
 RUN_DIR = Path("/run/kopfvirt-lab")          # owner marker and mount-namespace files
@@ -113,6 +114,11 @@ class Lab:
     @property
     def k8s_bin(self) -> Path:
         return cache_dir() / "k8s" / K8S_VERSION / "bin"
+
+    @property
+    def containerd_bin(self) -> Path:
+        """containerd, its runc shim and ctr (lab/build-kubernetes.sh)."""
+        return cache_dir() / "containerd" / CONTAINERD_VERSION / "bin"
 
     @property
     def kubectl(self) -> str:

@@ -30,7 +30,7 @@ REQUIRED_TOOLS = {
     "qemu-system-x86_64": "qemu-system-x86", "etcd": "etcd-server",
     "cpio": "cpio", "glusterd": "glusterfs-server", "mount.glusterfs": "glusterfs-client", "tgtd": "tgt",
     "ganesha.nfsd": "nfs-ganesha", "rpcbind": "rpcbind", "rpcinfo": "rpcbind",
-    "containerd": "containerd", "ctr": "containerd", "runc": "runc", "buildah": "buildah", "mmdebstrap": "mmdebstrap",
+    "runc": "runc", "buildah": "buildah", "mmdebstrap": "mmdebstrap",
 }
 
 
@@ -287,7 +287,7 @@ def exec_(lab: Lab, node: str, argv: list[str]) -> None:
     from .layout import netns_path
     if not netns_path(node).exists():
         raise LabError(f"no lab node {node!r} (kopfvirt lab status lists them)")
-    # The lab's kubectl and crictl first on PATH; crictl talks to the node's containerd.
-    os.environ["PATH"] = f"{lab.k8s_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    # The lab's kubectl, crictl and ctr first on PATH; crictl talks to the node's containerd.
+    os.environ["PATH"] = os.pathsep.join([str(lab.k8s_bin), str(lab.containerd_bin), os.environ.get("PATH", "")])
     os.environ.setdefault("CONTAINER_RUNTIME_ENDPOINT", f"unix://{containerd.SOCKET}")
     os.execvp("nsenter", [*nodes.enter(node), *argv])
