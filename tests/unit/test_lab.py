@@ -54,6 +54,22 @@ def test_port_in_use_names_the_holder():
     assert holder and "python" in holder
 
 
+def test_a_daemon_is_running_only_while_its_own_process_lives(tmp_path):
+    """A pid file whose pid now belongs to another process (reused after ours exited) is
+    not our daemon: `lab up` starts it again and `lab down` kills nothing."""
+    lab = layout.Lab(tmp_path)
+    pid = procs.start(lab, "sleeper", ["sleep", "30"])
+    try:
+        assert procs.running(lab, "sleeper") == pid
+        (lab.pids / "sleeper.started").write_text("1\n")  # as if pid were handed on
+        assert procs.running(lab, "sleeper") is None
+        procs.stop(lab, "sleeper", grace=1)
+        assert procs.pid_alive(pid), "stop must not kill a process that is not ours"
+        assert not (lab.pids / "sleeper.pid").exists()
+    finally:
+        procs.kill(pid, grace=1)
+
+
 def test_lab_needs_root(monkeypatch):
     monkeypatch.setattr(manage.os, "geteuid", lambda: 1000)
     with pytest.raises(LabError, match="needs root"):

@@ -28,8 +28,24 @@ def read_pid(path: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
+def start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot): a pid reused by another process
+    after ours exited has a different one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
 def running(lab: Lab, name: str) -> int | None:
-    return read_pid(lab.pids / f"{name}.pid")
+    """Our daemon's pid, if that very process still runs (not a later one given its pid,
+    as after another checkout's `lab down` cleared the machine)."""
+    pid = read_pid(lab.pids / f"{name}.pid")
+    try:
+        started = (lab.pids / f"{name}.started").read_text().strip()
+    except FileNotFoundError:
+        return pid
+    return pid if pid and start_time(pid) == started else None
 
 
 def start(lab: Lab, name: str, argv: Sequence[str], env: dict | None = None) -> int:
@@ -41,6 +57,7 @@ def start(lab: Lab, name: str, argv: Sequence[str], env: dict | None = None) -> 
             list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env={**os.environ, **(env or {})}, cwd=lab.repo,
         )
+    (lab.pids / f"{name}.started").write_text(f"{start_time(proc.pid)}\n")
     (lab.pids / f"{name}.pid").write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -60,11 +77,11 @@ def kill(pid: int, grace: float = 10.0) -> None:
 
 
 def stop(lab: Lab, name: str, grace: float = 10.0) -> None:
-    pidfile = lab.pids / f"{name}.pid"
-    pid = read_pid(pidfile)
+    pid = running(lab, name)
     if pid:
         kill(pid, grace)
-    pidfile.unlink(missing_ok=True)
+    (lab.pids / f"{name}.pid").unlink(missing_ok=True)
+    (lab.pids / f"{name}.started").unlink(missing_ok=True)
 
 
 def log_tail(lab: Lab, name: str, lines: int = 15) -> str:
