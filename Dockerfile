@@ -2,7 +2,7 @@
 #   docker build --target operator    -t kopfvirt:0.1.0 .              (controller and node agent)
 #   docker build --target reservation -t kopfvirt-reservation:0.1.0 .  (what reservation pods run)
 #   docker build --target libvirt     -t kopfvirt-libvirt:0.1.0 .      (libvirtd + QEMU for the libvirt DaemonSet)
-# The lab builds them without a registry (operator/kopfvirt/lab/images.py).
+# The lab builds them without a registry (lab/kopfvirt_lab/images.py).
 FROM python:3.11-slim-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config libvirt-dev \
     && rm -rf /var/lib/apt/lists/*

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-KOPFVIRT := $(VENV)/bin/kopfvirt
+LAB := $(VENV)/bin/kopfvirt-lab
 export KUBECONFIG := $(CURDIR)/.lab/kubeconfig
 CACHE := $(HOME)/.cache/kopfvirt
 K8S_VERSION := v1.36.3
@@ -32,7 +32,7 @@ demo: deps lab-up ## bring the lab up, start the example VM, show it running
 	kubectl get virtualmachines,pods -o wide
 	@node=$$(kubectl get virtualmachine demo -o jsonpath='{.status.nodeName}'); sleep 8; \
 	  echo "--- serial console of demo on $$node:"; \
-	  $(KOPFVIRT) lab exec $$node -- tail -n 3 /var/log/libvirt/qemu/default_demo-serial.log
+	  $(LAB) exec $$node -- tail -n 3 /var/log/libvirt/qemu/default_demo-serial.log
 
 test: deps ## unit tests, then integration tests against the lab (started if needed)
 	$(PY) -m pytest -ra
@@ -72,20 +72,21 @@ lab-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The operator and, beside it, the developers' lab (lab/pyproject.toml), both editable.
+$(VENV)/.installed: pyproject.toml lab/pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test]' -e ./lab
 	touch $@
 
 lab-up: deps
-	$(KOPFVIRT) lab up
+	$(LAB) up
 
 lab-down:
-	[ ! -x $(KOPFVIRT) ] || $(KOPFVIRT) lab down
+	[ ! -x $(LAB) ] || $(LAB) down
 
 lab-status:
-	$(KOPFVIRT) lab status
+	$(LAB) status
 
 clean: lab-down
 	rm -rf $(VENV) .pytest_cache

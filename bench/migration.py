@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 from kopfvirt.clients import nfs  # noqa: E402
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
-from kopfvirt.lab.layout import LEASE_DIR, node_ip  # noqa: E402
+from kopfvirt_lab.layout import LEASE_DIR, node_ip  # noqa: E402
 
 NODES = ("node-1", "node-2")
 NAMESPACE = "bench-migration"
@@ -68,7 +68,7 @@ def spec(rate: int, backend: str = "none") -> dict:
 
 
 def lab_exec(node: str, *argv: str) -> str:
-    return subprocess.run([sys.executable, "-m", "kopfvirt", "lab", "exec", node, "--", *argv],
+    return subprocess.run([sys.executable, "-m", "kopfvirt_lab", "exec", node, "--", *argv],
                           capture_output=True, text=True, check=True).stdout
 
 
@@ -85,7 +85,7 @@ def uri(node: str) -> str:
 
 def heartbeat(node: str, domain: str) -> int | None:
     """The guest's last counter on its console (kernel and disk-writer lines come between)."""
-    out = subprocess.run([sys.executable, "-m", "kopfvirt", "lab", "exec", node, "--", "tail", "-n", "200",
+    out = subprocess.run([sys.executable, "-m", "kopfvirt_lab", "exec", node, "--", "tail", "-n", "200",
                           f"/var/log/libvirt/qemu/{domain}-serial.log"], capture_output=True, text=True).stdout
     counts = re.findall(r"kopfvirt-heartbeat (\d+)", out)
     return int(counts[-1]) if counts else None

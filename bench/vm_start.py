@@ -36,7 +36,7 @@ from kubernetes import client, config, watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
-from kopfvirt.lab.layout import Lab, node_ip  # noqa: E402
+from kopfvirt_lab.layout import Lab, node_ip  # noqa: E402
 
 NODES = ("node-1", "node-2")
 SPEC = {"memory": {"size": "32Mi"}, "runStrategy": "Always", "terminationGracePeriodSeconds": 0}

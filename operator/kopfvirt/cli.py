@@ -1,11 +1,9 @@
-"""The `kopfvirt` command: one entry point for the controller, the node agent and the lab."""
+"""The `kopfvirt` command: one entry point for the controller and the node agent."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 from .core.reservation import DEFAULT_POD_SETTINGS, PodSettings
 
@@ -15,12 +13,6 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value
-
-
-def _repo() -> Path:
-    """The checkout the lab belongs to: this source tree, else the working directory."""
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "lab" / "build-kubernetes.sh").exists() else Path.cwd()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,17 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
     a.add_argument("--lease-dir", help="libvirt's lockd file_lockspace_dir, on storage every node shares: "
                                        "each writable network disk gets a lease there (default: none)")
-
-    lab = sub.add_parser("lab", help="the lab: a real control plane and libvirt nodes on this machine")
-    lsub = lab.add_subparsers(dest="lab_command", required=True)
-    up = lsub.add_parser("up", help="start (or repair) the lab")
-    up.add_argument("--nodes", type=int, default=2)
-    up.add_argument("--virt-type", choices=("qemu", "kvm"), default="qemu")
-    lsub.add_parser("down", help="remove everything the lab made but the build cache")
-    lsub.add_parser("status", help="show the lab's parts and their health")
-    ex = lsub.add_parser("exec", help="run a command inside a lab node's namespaces")
-    ex.add_argument("node")
-    ex.add_argument("argv", nargs=argparse.REMAINDER)
     return p
 
 
@@ -95,31 +76,3 @@ def main(argv: list[str] | None = None) -> None:
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
             args.migration_transport, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
             args.metrics_port, args.lease_dir)
-    else:
-        sys.exit(_lab(args))
-
-
-def _lab(args) -> int:
-    from .lab.errors import LabError
-    from .lab.layout import Lab
-    lab = Lab(_repo())
-    try:
-        if args.lab_command == "up":
-            from .lab.manage import up
-            up(lab, args.nodes, args.virt_type)
-        elif args.lab_command == "down":
-            from .lab.manage import down
-            down(lab)
-        elif args.lab_command == "status":
-            from .lab.manage import status
-            return status(lab)
-        elif args.lab_command == "exec":
-            from .lab.manage import exec_
-            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-            if not argv:
-                raise LabError("nothing to run: kopfvirt lab exec NODE -- CMD...")
-            exec_(lab, args.node, argv)
-    except LabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -3,7 +3,7 @@
 Named kopfvirt so it never clashes with KubeVirt's `virt`. Requests are written to the
 VM object (spec or a timestamped annotation) and carried out by the controller and the
 node's agent; console and xml reach the node's libvirt through the agent pod
-(`kubectl exec`) or, in the lab, through `kopfvirt lab exec`.
+(`kubectl exec`) or, in the lab, through `kopfvirt-lab exec`.
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ def _on_node(vms: VMs, name: str, virsh_args: list[str], interactive: bool = Fal
     virsh = ["virsh", "-c", "qemu:///system", *virsh_args, domain]
     labels = client.CoreV1Api().read_node(node).metadata.labels or {}
     if labels.get(LAB_NODE_LABEL) == "true":
-        kopfvirt = shutil.which("kopfvirt") or os.path.join(os.path.dirname(sys.executable), "kopfvirt")
-        argv = [kopfvirt, "lab", "exec", node, "--", *virsh]
+        lab = shutil.which("kopfvirt-lab") or os.path.join(os.path.dirname(sys.executable), "kopfvirt-lab")
+        argv = [lab, "exec", node, "--", *virsh]
     else:
         pods = client.CoreV1Api().list_namespaced_pod(AGENT_NAMESPACE, label_selector=AGENT_SELECTOR,
                                                       field_selector=f"spec.nodeName={node}").items

@@ -1,6 +1,6 @@
 """Integration tests against the lab: started once per session (never skipped).
 
-`kopfvirt lab up` is idempotent, so a lab a developer already runs is reused; CI starts
+`kopfvirt-lab up` is idempotent, so a lab a developer already runs is reused; CI starts
 it from nothing. A lab that cannot come up fails the session: a skipped integration
 test would count as not written.
 """
@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from kopfvirt.clients import nfs
-from kopfvirt.lab.layout import Lab
+from kopfvirt_lab.layout import Lab
 
 REPO = Path(__file__).resolve().parents[2]
-KOPFVIRT = [sys.executable, "-m", "kopfvirt"]
+KOPFVIRT_LAB = [sys.executable, "-m", "kopfvirt_lab"]  # the developers' lab command
 KUBECONFIG = REPO / ".lab" / "kubeconfig"
 # The pinned release's kubectl (the lab builds it), first on PATH for the tests' own runs
 # of kubectl, and the plugin next to it as a user installs it.
@@ -51,7 +51,7 @@ def kubectl_json(*args: str) -> dict:
 
 
 def lab_exec(node: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run(*KOPFVIRT, "lab", "exec", node, "--", *argv, check=check)
+    return run(*KOPFVIRT_LAB, "exec", node, "--", *argv, check=check)
 
 
 def wait_for(what: str, probe, timeout: float = 90, interval: float = 0.5):
@@ -106,9 +106,9 @@ def lab_guest(name: str, cmdline: str = "", **spec) -> dict:
 
 @pytest.fixture(scope="session")
 def lab():
-    result = subprocess.run([*KOPFVIRT, "lab", "up"], capture_output=True, text=True, timeout=1800)
+    result = subprocess.run([*KOPFVIRT_LAB, "up"], capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
-        pytest.fail(f"kopfvirt lab up failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+        pytest.fail(f"kopfvirt-lab up failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
     return REPO / ".lab"
 
 

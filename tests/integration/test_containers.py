@@ -13,9 +13,9 @@ import uuid
 import yaml
 
 from kopfvirt.core import quantity
-from kopfvirt.lab.layout import CONTAINERD_VERSION, K8S_VERSION
+from kopfvirt_lab.layout import CONTAINERD_VERSION, K8S_VERSION
 
-from .conftest import KOPFVIRT, REPO, VMs, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
+from .conftest import KOPFVIRT_LAB, REPO, VMs, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
 
 WEB_IMAGE = "kopfvirt-lab-web:0.1.0"  # lab/web.Dockerfile, built and imported by `lab up`
 LAB = REPO / ".lab"
@@ -216,10 +216,10 @@ def test_killed_kubelet_and_containerd_come_back_without_touching_guests_or_cont
         pid = int((LAB / "pids" / f"{daemon}-{node}.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         wait_for(f"{daemon} to die", lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
-    assert "degraded" in subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True, text=True).stdout
+    assert "degraded" in subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True, text=True).stdout
     count = heartbeat(node, vms.domain("steady"))
-    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
-    assert subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True).returncode == 0
+    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
+    assert subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True).returncode == 0
     wait_for("node-1 Ready again", lambda: next(c for c in kubectl_json("get", "node", node)["status"]["conditions"]
                                                 if c["type"] == "Ready")["status"] == "True")
     assert os.path.exists(f"/proc/{qemu}")

@@ -4,7 +4,7 @@ import datetime
 
 import pytest
 
-from kopfvirt.lab.layout import K8S_VERSION
+from kopfvirt_lab.layout import K8S_VERSION
 
 from .conftest import kubectl, kubectl_json
 

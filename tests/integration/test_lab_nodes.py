@@ -2,7 +2,7 @@
 
 import uuid
 
-from kopfvirt.lab.layout import SHARED_STORAGE
+from kopfvirt_lab.layout import SHARED_STORAGE
 
 from .conftest import lab_exec
 

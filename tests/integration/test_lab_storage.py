@@ -8,10 +8,10 @@ from xml.etree import ElementTree
 
 import pytest
 
-from kopfvirt.lab import storage
-from kopfvirt.lab.layout import GLUSTER_VOLUME, ISCSI_LUNS, POOLS_DIR, STORAGE_DATA
+from kopfvirt_lab import storage
+from kopfvirt_lab.layout import GLUSTER_VOLUME, ISCSI_LUNS, POOLS_DIR, STORAGE_DATA
 
-from .conftest import KOPFVIRT, lab_exec, run
+from .conftest import KOPFVIRT_LAB, lab_exec, run
 
 NODES = ("node-1", "node-2")
 
@@ -119,7 +119,7 @@ def test_a_domain_takes_a_disk_of_each_backend(pools, uid, tmp_path):
 
 
 def test_lab_status_lists_the_storage_servers(lab):
-    out = run(*KOPFVIRT, "lab", "status", check=False).stdout
+    out = run(*KOPFVIRT_LAB, "status", check=False).stdout
     assert f"storage servers ({storage.STORAGE_IP}):" in out
     for server, port in storage.PORTS.items():
         line = next(line for line in out.splitlines() if line.split()[:1] == [server])

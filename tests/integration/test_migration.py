@@ -1,7 +1,7 @@
 """Migration in the lab: live and offline moves between node-1 and node-2, the preflight's
 refusals, cancels, timeouts, drain, and faults of the controller and agents mid-move.
 
-node-2 hides the CPU feature sse4a (lab/layout.py): a VM that requires it can live only
+node-2 hides the CPU feature sse4a (lab/kopfvirt_lab/layout.py): a VM that requires it can live only
 on node-1, and its migration must be refused naming the feature.
 """
 
@@ -14,11 +14,11 @@ import urllib.request
 import pytest
 import yaml
 
-from .conftest import (KOPFVIRT, KUBECONFIG, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run,
+from .conftest import (KOPFVIRT_LAB, KUBECONFIG, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run,
                        wait_for)
 
 OTHER = {"node-1": "node-2", "node-2": "node-1"}
-METRICS_URL = "http://127.0.0.1:19080/metrics"  # the lab controller's (lab/layout.py METRICS_PORT)
+METRICS_URL = "http://127.0.0.1:19080/metrics"  # the lab controller's (lab/kopfvirt_lab/layout.py METRICS_PORT)
 
 
 class Migrations:
@@ -209,7 +209,7 @@ def test_a_killed_part_mid_migration_leaves_the_vm_on_one_node(vms, migrations, 
                               "source-agent": f"agent --node-name {source}",
                               "target-agent": f"agent --node-name {target}"}[victim])
     time.sleep(2)
-    run(*KOPFVIRT, "lab", "up", timeout=300)
+    run(*KOPFVIRT_LAB, "up", timeout=300)
     m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)
     vm = wait_for("the VM settled", lambda: (v := vms.get(name)) and v["status"].get("phase") == "Running"
                   and "migration" not in v["status"] and v, timeout=60)

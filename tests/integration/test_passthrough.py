@@ -1,5 +1,5 @@
 """PCI passthrough in the lab: node-1's agent reads this machine's own /sys (virtio, no
-IOMMU); node-2's reads a built tree of a GPU server (lab/pcitree.py) whose bind, unbind
+IOMMU); node-2's reads a built tree of a GPU server (lab/kopfvirt_lab/pcitree.py) whose bind, unbind
 and drivers_probe a lab process answers as the kernel does. Devices are published,
 permitted, allocated, bound and given back by the real agent and controller; a domain
 with a tree device cannot start (its /dev/vfio group does not exist), which the VM
@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from kopfvirt.clients import sysfs
-from kopfvirt.lab import pcitree
+from kopfvirt_lab import pcitree
 
-from .conftest import KOPFVIRT, REPO, kubectl, kubectl_json, lab_guest, wait_for
+from .conftest import KOPFVIRT_LAB, REPO, kubectl, kubectl_json, lab_guest, wait_for
 
 TREE = REPO / ".lab" / "sysfs" / "node-2"
-CONTROLLER_METRICS = "http://127.0.0.1:19080/metrics"  # lab/layout.py METRICS_PORT
+CONTROLLER_METRICS = "http://127.0.0.1:19080/metrics"  # lab/kopfvirt_lab/layout.py METRICS_PORT
 NODE_2_METRICS = "http://198.18.0.12:19081/metrics"    # node-2's agent, AGENT_METRICS_PORT
 GPU, AUDIO, USB, VF2, VF3 = ("node-2-0000-01-00-0", "node-2-0000-01-00-1", "node-2-0000-05-00-0",
                              "node-2-0000-3b-00-2", "node-2-0000-3b-00-3")
@@ -235,7 +235,7 @@ def test_a_group_left_on_vfio_by_a_crashed_agent_goes_back_when_it_starts(lab, r
                 "-p", json.dumps({"status": {"hostDriver": driver}}))  # as the agent records it first
         sysfs.to_vfio(TREE, address)
     assert (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1")) == ("vfio-pci", "vfio-pci")
-    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
     wait_for("the group back on its host drivers",
              lambda: (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1")) == ("nvidia", "snd_hda_intel"))
     wait_for("the objects current", lambda: status(GPU).get("driver") == "nvidia"

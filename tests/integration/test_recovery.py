@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from .conftest import KOPFVIRT, REPO, domains_of, heartbeat, lab_exec, lab_guest, wait_for
+from .conftest import KOPFVIRT_LAB, REPO, domains_of, heartbeat, lab_exec, lab_guest, wait_for
 
 LAB = REPO / ".lab"
 
@@ -31,12 +31,12 @@ def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
     os.kill(libvirtd, signal.SIGKILL)
     wait_for("agent and libvirtd to die", lambda: not os.path.exists(f"/proc/{agent}")
              and not os.path.exists(f"/proc/{libvirtd}"), timeout=10)
-    status = subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True, text=True)
+    status = subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True, text=True)
     assert status.returncode != 0 and "degraded" in status.stdout
 
     before = heartbeat(node, domain)
-    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
-    assert subprocess.run([*KOPFVIRT, "lab", "status"], capture_output=True).returncode == 0
+    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
+    assert subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True).returncode == 0
 
     # The same QEMU process, still counting: the guest never restarted.
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
@@ -58,7 +58,7 @@ def test_restarted_controller_leaves_running_vms_alone(vms):
     node, domain = vm["status"]["nodeName"], vms.domain("steady")
     qemu = _qemu_pid(node, domain)
     os.kill(_pid(LAB / "pids" / "controller.pid"), signal.SIGTERM)
-    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
     time.sleep(3)
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
     assert vms.get("steady")["status"]["phase"] == "Running"
@@ -73,7 +73,7 @@ def test_libvirtd_down_is_reported_and_repaired(vms):
     os.kill(_pid(LAB / "nodes" / node / "run/libvirt/libvirtd.pid"), signal.SIGKILL)
     condition = vms.wait_condition("orphaned", "Ready", "LibvirtUnavailable", timeout=60)
     assert condition["status"] == "Unknown" and node in condition["message"]
-    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
     vms.wait_condition("orphaned", "Ready", "DomainRunning", timeout=60)
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
     before = heartbeat(node, domain)
@@ -88,7 +88,7 @@ def test_agent_killed_mid_start_ends_with_one_domain(vms):
                   (v["metadata"].get("labels") or {}).get("kopfvirt.io/node") and v, interval=0.05)
     node = vm["metadata"]["labels"]["kopfvirt.io/node"]
     os.kill(_pid(LAB / "pids" / f"agent-{node}.pid"), signal.SIGKILL)
-    subprocess.run([*KOPFVIRT, "lab", "up"], check=True, capture_output=True, timeout=300)
+    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
     vm = vms.wait_phase("halfway", "Running")
     assert domains_of(vm["metadata"]["uid"]) == {node: "running"}
     vms.delete("halfway")

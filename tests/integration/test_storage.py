@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from kopfvirt.clients import nfs
-from kopfvirt.lab import procs
-from kopfvirt.lab.layout import Lab
+from kopfvirt_lab import procs
+from kopfvirt_lab.layout import Lab
 
-from .conftest import KOPFVIRT, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run, wait_for
+from .conftest import KOPFVIRT_LAB, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run, wait_for
 from .test_migration import OTHER, assert_keeps_counting, assert_on_one_node, migrations  # noqa: F401
 
 WRITER = "kopfvirt.disk_writer=vda"
@@ -278,7 +278,7 @@ def test_a_storage_server_that_dies_is_named_on_the_vm_and_no_write_is_lost(vms)
     down = vms.wait_condition(name, "StorageReady", "StoragePoolFailed", timeout=60)
     assert down["status"] == "False" and down["message"].startswith(f"StoragePool iscsi on {node}: "), down
     assert vms.get(name)["status"]["phase"] == "Running"
-    run(*KOPFVIRT, "lab", "up", timeout=300)
+    run(*KOPFVIRT_LAB, "up", timeout=300)
     vms.wait_condition(name, "StorageReady", "StoragePoolsActive", timeout=60)
     entry = kubectl_json("get", "storagepool", "iscsi")["status"]["nodes"][node]
     assert entry["state"] == "Active" and "message" not in entry, entry

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from kopfvirt.lab import controlplane, images, kubeconfig, layout, manage, nodes, pki, procs, storage
-from kopfvirt.lab.errors import LabError
+from kopfvirt_lab import controlplane, images, kubeconfig, layout, manage, nodes, pki, procs, storage
+from kopfvirt_lab.errors import LabError
 
 
 def test_node_addresses_are_in_the_benchmarking_range():

@@ -1,5 +1,5 @@
 """Discovery, assignability, driver moves and allocation of PCI devices, on sysfs trees
-built like real hosts' (lab/pcitree.py) with the PCI core's bind semantics played."""
+built like real hosts' (lab/kopfvirt_lab/pcitree.py) with the PCI core's bind semantics played."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 from kopfvirt.api.schema import SpecError
 from kopfvirt.clients import sysfs
 from kopfvirt.core import passthrough, pci, pciids, vmspec
-from kopfvirt.lab import pcitree
+from kopfvirt_lab import pcitree
 
 IDS = pciids.parse(Path(pciids.SEARCH_PATHS[0]).read_text())
 

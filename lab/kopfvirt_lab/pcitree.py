@@ -7,7 +7,7 @@ SR-IOV card, a host without IOMMU groups) are built as trees in sysfs's layout, 
 FIFOs it reads, and it moves the `driver` links the way the kernel does (honouring
 driver_override). The agent's code is the same for /sys and for these trees.
 
-    python -m kopfvirt.lab.pcitree serve ROOT   # build ROOT (the lab preset) and play its kernel
+    python -m kopfvirt_lab.pcitree serve ROOT   # build ROOT (the lab preset) and play its kernel
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..core.pci import VFIO_DRIVER
+from kopfvirt.core.pci import VFIO_DRIVER
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Lab nodes: a network namespace, a mount namespace and a libvirtd each (and a kubelet
-and containerd: lab/kubelet.py, lab/containerd.py).
+and containerd: lab/kopfvirt_lab/kubelet.py, lab/kopfvirt_lab/containerd.py).
 
 Every node sees the host's filesystem except libvirt's, the kubelet's and containerd's own
 directories, which are bind-mounted from .lab/nodes/<node>/ so each daemon has its own
 config, state and sockets. SHARED_STORAGE is the host's, hence the same path on every node: it holds the
 read-only kernels and base images (StoragePool lab-images). Writable disks live on the
-storage host's servers (lab/storage.py), which libvirt treats as shared storage.
+storage host's servers (lab/kopfvirt_lab/storage.py), which libvirt treats as shared storage.
 """
 
 from __future__ import annotations
@@ -227,13 +227,13 @@ def _start_libvirtd(lab: Lab, node: str) -> None:
 
 def _start_reaped(lab: Lab, node: str, daemon: str, args: list[str], socket: str, timeout: float,
                   see: Path | None = None) -> None:
-    """Start one of the node's libvirt daemons under a subreaper (lab/reaper.py), so its
+    """Start one of the node's libvirt daemons under a subreaper (lab/kopfvirt_lab/reaper.py), so its
     orphans, the QEMUs among them, are reaped as soon as they exit; wait for its pid file
     and socket."""
     lab.logs.mkdir(parents=True, exist_ok=True)
     log = lab.logs / f"{daemon}-{node}.log"
     with open(log, "ab") as out:
-        subprocess.Popen([*enter(node), sys.executable, "-m", "kopfvirt.lab.reaper", daemon, "-d", *args,
+        subprocess.Popen([*enter(node), sys.executable, "-m", "kopfvirt_lab.reaper", daemon, "-d", *args,
                           "-p", f"/run/libvirt/{daemon}.pid"], stdout=out, stderr=subprocess.STDOUT,
                          stdin=subprocess.DEVNULL, start_new_session=True)
     run_dir = lab.node_dir(node) / "run/libvirt"
@@ -249,7 +249,7 @@ def _virsh(node: str) -> list[str]:
     return [*enter(node), "virsh", "-c", "qemu:///system"]
 
 
-# Pool types the lab's storage host is reached by (lab/storage.py) -> their libvirt backend.
+# Pool types the lab's storage host is reached by (lab/kopfvirt_lab/storage.py) -> their libvirt backend.
 STORAGE_BACKENDS = {"iscsi-direct": "iscsi-direct", "netfs": "fs"}
 
 

@@ -3,7 +3,7 @@
 It registers its Node, renews its Lease and reports status itself, with a client
 certificate of the lab CA for `system:node:<node>` (Node authorization and the
 NodeRestriction admission plugin apply to it as in a cluster), and runs pods through
-the node's containerd (lab/containerd.py).
+the node's containerd (lab/kopfvirt_lab/containerd.py).
 
 This machine has cgroup v1 (cgroup2 is mounted without controllers): kubelet 1.36 runs
 on it only with `failCgroupV1: false`, the cgroupfs driver, and a cgroup root per node
@@ -25,7 +25,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # What kubelet writes under /proc/sys when protectKernelDefaults is false.
 SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
-LAB_NODE_LABEL = "kopfvirt.io/lab-node=true"  # the plugin reaches lab nodes by `kopfvirt lab exec`
+LAB_NODE_LABEL = "kopfvirt.io/lab-node=true"  # the plugin reaches lab nodes by `kopfvirt-lab exec`
 
 
 def cgroup_name(node: str) -> str:

@@ -33,7 +33,7 @@ CPU_ALLOCATION_RATIO = 50
 # has a real pair to judge (sse4a is AMD-only: like moving from an EPYC to a Xeon).
 HIDDEN_CPU_FEATURES = {"node-2": ("sse4a",)}
 # node-1's agent reads the machine's own /sys (virtio devices, no IOMMU); node-2's a built
-# tree of a GPU server (lab/pcitree.py), whose kernel side a lab process plays.
+# tree of a GPU server (lab/kopfvirt_lab/pcitree.py), whose kernel side a lab process plays.
 PCI_TREE_NODES = ("node-2",)
 
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
@@ -45,7 +45,7 @@ KUBELET_DIRS = ("/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/
                 "/var/log/pods", "/var/log/containers")
 NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs", *KUBELET_DIRS)
 
-# The storage host: GlusterFS, iSCSI and NFS servers in their own namespaces (lab/storage.py).
+# The storage host: GlusterFS, iSCSI and NFS servers in their own namespaces (lab/kopfvirt_lab/storage.py).
 # Their data is machine-wide like SHARED_STORAGE, so a repeated `lab up` finds it.
 STORAGE_HOST = "storage"
 STORAGE_IP = "198.18.0.5"

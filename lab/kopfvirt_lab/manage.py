@@ -1,4 +1,4 @@
-"""`kopfvirt lab up|down|status|exec`: bring the whole lab up idempotently, or clear it.
+"""`kopfvirt-lab up|down|status|exec`: bring the whole lab up idempotently, or clear it.
 
 `up` starts only what is not running, so after a killed libvirtd, agent or API server
 it brings back the missing parts and leaves running guests alone. A lab left by another
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import GROUP, VERSION
+from kopfvirt import GROUP, VERSION
 from . import containerd, controlplane, guest, images, kubelet, nodes, procs, storage, tokens
 from .errors import LabError
 from .layout import (AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR,
@@ -91,7 +91,7 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
         if node in PCI_TREE_NODES:
             sysfs_root = str(lab.sysfs_root(node))
             if not procs.running(lab, f"pcitree-{node}"):
-                procs.start(lab, f"pcitree-{node}", [python, "-m", "kopfvirt.lab.pcitree", "serve", sysfs_root])
+                procs.start(lab, f"pcitree-{node}", [python, "-m", "kopfvirt_lab.pcitree", "serve", sysfs_root])
                 deadline = time.monotonic() + 15
                 while not (lab.sysfs_root(node) / "native.json").exists():
                     if time.monotonic() > deadline:
@@ -121,7 +121,7 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
 def _webhook_configuration(lab: Lab) -> None:
     """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL."""
     # kopf loads only when needed
-    from ..controller.handlers import EVICTION_PATH, POOL_PATH, WEBHOOK_PATH  # noqa: PLC0415
+    from kopfvirt.controller.handlers import EVICTION_PATH, POOL_PATH, WEBHOOK_PATH  # noqa: PLC0415
     ca = base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()
 
     def webhook(name: str, path: str, api: tuple[str, str], resource: str, operations: list[str], **extra) -> dict:
@@ -183,7 +183,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
     if lab.state_file.exists():
         previous = json.loads(lab.state_file.read_text()).get("nodes", [])
         if previous != names:
-            raise LabError(f"this lab runs nodes {previous}; `kopfvirt lab down` first to change to {count}")
+            raise LabError(f"this lab runs nodes {previous}; `kopfvirt-lab down` first to change to {count}")
     fresh = not lab.state_file.exists()
     lab.root.mkdir(parents=True, exist_ok=True)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -216,8 +216,8 @@ def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
             print(f"lab up failed; everything it started was removed (logs kept in {lab.logs})",
                   file=sys.stderr)
         else:
-            print("lab up failed while repairing a lab; `kopfvirt lab status` shows what runs, "
-                  "`kopfvirt lab down` removes it", file=sys.stderr)
+            print("lab up failed while repairing a lab; `kopfvirt-lab status` shows what runs, "
+                  "`kopfvirt-lab down` removes it", file=sys.stderr)
         if isinstance(e, subprocess.CalledProcessError):
             raise LabError(f"`{' '.join(map(str, e.cmd))}` failed: {(e.stderr or '').strip()}") from None
         raise
@@ -255,7 +255,7 @@ def down(lab: Lab, keep_logs: bool = False, quiet: bool = False) -> None:
 
 def status(lab: Lab) -> int:
     if not lab.state_file.exists():
-        print("no lab here (kopfvirt lab up starts one)")
+        print("no lab here (kopfvirt-lab up starts one)")
         return 1
     names = json.loads(lab.state_file.read_text())["nodes"]
     healthy = True
@@ -279,14 +279,14 @@ def status(lab: Lab) -> int:
         print(f"  {name:26} {state}")
     print(f"kubeconfig: {lab.kubeconfig}")
     print(f"shared storage: {SHARED_STORAGE}")
-    print("healthy" if healthy else "degraded: `kopfvirt lab up` restarts what is missing")
+    print("healthy" if healthy else "degraded: `kopfvirt-lab up` restarts what is missing")
     return 0 if healthy else 1
 
 
 def exec_(lab: Lab, node: str, argv: list[str]) -> None:
     from .layout import netns_path
     if not netns_path(node).exists():
-        raise LabError(f"no lab node {node!r} (kopfvirt lab status lists them)")
+        raise LabError(f"no lab node {node!r} (kopfvirt-lab status lists them)")
     # The lab's kubectl, crictl and ctr first on PATH; crictl talks to the node's containerd.
     os.environ["PATH"] = os.pathsep.join([str(lab.k8s_bin), str(lab.containerd_bin), os.environ.get("PATH", "")])
     os.environ.setdefault("CONTAINER_RUNTIME_ENDPOINT", f"unix://{containerd.SOCKET}")

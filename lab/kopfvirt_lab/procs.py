@@ -49,7 +49,7 @@ def running(lab: Lab, name: str) -> int | None:
 
 
 def start(lab: Lab, name: str, argv: Sequence[str], env: dict | None = None) -> int:
-    """Start `argv` in its own session so it outlives `kopfvirt lab up`."""
+    """Start `argv` in its own session so it outlives `kopfvirt-lab up`."""
     lab.pids.mkdir(parents=True, exist_ok=True)
     lab.logs.mkdir(parents=True, exist_ok=True)
     with open(lab.logs / f"{name}.log", "ab") as log:

@@ -128,7 +128,7 @@ def start(lab: Lab) -> None:
         port = ports.get(component)
         if port and (holder := procs.port_in_use(port)):
             raise LabError(f"cannot start {component}: port {port} is in use by {holder}. "
-                           "Stop it (or run `kopfvirt lab down` in the checkout that owns it).")
+                           "Stop it (or run `kopfvirt-lab down` in the checkout that owns it).")
         procs.start(lab, component, _argv(lab, component))
         if component == "kube-apiserver":
             wait_ready(lab)

@@ -1,7 +1,7 @@
 """Each lab node's container runtime: containerd 2.x with runc, and CNI for its pods.
 
 containerd runs in the node's network and mount namespaces with its own root, state and
-socket (bind-mounted per node, lab/nodes.py). Pods get addresses from the node's own
+socket (bind-mounted per node, lab/kopfvirt_lab/nodes.py). Pods get addresses from the node's own
 subnet of POD_CIDR on a bridge inside the node (CNI bridge + host-local); each node
 routes the other nodes' subnets to them over the lab bridge, and the host routes them
 all, so pods reach each other, the nodes and the API server without NAT.

@@ -1,4 +1,4 @@
-"""A subreaper for a lab node's daemons: `python -m kopfvirt.lab.reaper CMD...`.
+"""A subreaper for a lab node's daemons: `python -m kopfvirt_lab.reaper CMD...`.
 
 libvirtd and virtlockd daemonize, and libvirtd daemonizes every QEMU it starts, so
 they all end up children of PID 1. On a real host that is systemd, which reaps an
