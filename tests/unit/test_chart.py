@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kopfvirt"
@@ -34,6 +35,35 @@ def test_lint_strict(helm):
 def test_values_schema_refuses_a_bad_virt_type(helm):
     result = _helm(helm, "template", "x", str(CHART), *KUBE, "--set", "agent.virtType=xen", check=False)
     assert result.returncode != 0 and "virtType" in result.stderr
+
+
+def test_chart_renders_every_placement_value(helm, golden):
+    """Pull secrets, tolerations, affinity, priority classes, node selectors and the
+    ServiceMonitors, as a user sets them (Helm's `global` included)."""
+    out = _helm(helm, "template", "kopfvirt", str(CHART), "--namespace", "kopfvirt-system", *KUBE,
+                "-f", str(ROOT / "tests/unit/data/chart-values-everything.yaml")).stdout
+    golden("chart-everything.yaml", out)
+
+
+def test_every_pod_template_carries_the_recommended_labels(helm):
+    docs = [d for d in yaml.safe_load_all(_helm(helm, "template", "kopfvirt", str(CHART), *KUBE).stdout) if d]
+    templates = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    assert {d["metadata"]["name"] for d in templates} == {"kopfvirt-controller", "kopfvirt-agent", "kopfvirt-libvirt"}
+    for d in templates:
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        for key in ("name", "instance", "version", "component", "managed-by", "part-of"):
+            assert f"app.kubernetes.io/{key}" in labels, (d["metadata"]["name"], key)
+        assert d["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("value, field", [
+    ("agent.tolerations[0].operator=Maybe", "operator"),
+    ("metrics.serviceMonitor.interval=often", "interval"),
+    ("imagePullSecrets[0].nam=regcred", "nam"),
+])
+def test_values_schema_names_the_bad_field(helm, value, field):
+    result = _helm(helm, "template", "x", str(CHART), *KUBE, "--set", value, check=False)
+    assert result.returncode != 0 and field in result.stderr, result.stderr
 
 
 def test_libvirt_daemonset_can_be_left_out(helm):
