@@ -46,7 +46,6 @@ def prepare_pki(lab: Lab) -> None:
     pki.ensure_cert(p, "admin", "kopfvirt-lab-admin", orgs=("system:masters",))
     pki.ensure_cert(p, "controller-manager", "system:kube-controller-manager")
     pki.ensure_cert(p, "scheduler", "system:kube-scheduler")
-    pki.ensure_cert(p, "webhook", "kopfvirt-webhook", ips=(HOST_IP,))
     # The API server's identity towards kubelets (logs, exec): bound to system:kubelet-api-admin.
     pki.ensure_cert(p, "apiserver-kubelet-client", "kube-apiserver-kubelet-client")
     server = server_url()

@@ -7,7 +7,6 @@ checkout (CI clones elsewhere) is found through a machine-wide owner file and cl
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from .layout import (AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HIDDEN_CPU_FEATUR
                      METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_names)
 
 OWNER = RUN_DIR / "owner"
+WEBHOOK_SECRET = "kopfvirt-webhook-tls"  # the chart's webhook.certSecret
 RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon
 REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "findmnt": "util-linux",
@@ -107,27 +107,29 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
                 "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
                 "--metrics-port", str(AGENT_METRICS_PORT), "--lease-dir", LEASE_DIR])
     if not procs.running(lab, "controller"):
-        pki = lab.pki
+        # The webhook's certificate as in a cluster: issued by the controller into a Secret,
+        # its CA patched into the webhook configuration (checked every few seconds here).
         procs.start(lab, "controller", [
             python, "-m", "kopfvirt", "controller", "--resync-seconds", str(RESYNC_SECONDS),
             "--kubeconfig", str(lab.root / "controller.kubeconfig"), "--webhook-host", HOST_IP,
-            "--webhook-port", str(WEBHOOK_PORT), "--webhook-cert", str(pki / "webhook.crt"),
-            "--webhook-key", str(pki / "webhook.key"), "--webhook-ca", str(pki / "ca.crt"),
+            "--webhook-port", str(WEBHOOK_PORT), "--webhook-secret", WEBHOOK_SECRET,
+            "--webhook-cert-dir", str(lab.root / "webhook"), "--cert-check-seconds", "5",
             "--namespace", "kopfvirt-system", "--metrics-port", str(METRICS_PORT),
             "--reservation-image", images.reference(lab, "reservation"),
             "--cpu-allocation-ratio", str(CPU_ALLOCATION_RATIO)])
 
 
 def _webhook_configuration(lab: Lab) -> None:
-    """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL."""
+    """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL.
+    Applied before the controller starts and without a caBundle, as a chart installs it:
+    the controller gives it its CA (an apply leaves the caBundle it set alone)."""
     # kopf loads only when needed
     from kopfvirt.controller.handlers import EVICTION_PATH, POOL_PATH, WEBHOOK_PATH  # noqa: PLC0415
-    ca = base64.b64encode((lab.pki / "ca.crt").read_bytes()).decode()
 
     def webhook(name: str, path: str, api: tuple[str, str], resource: str, operations: list[str], **extra) -> dict:
         return {"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
                 "timeoutSeconds": 10,
-                "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{path}", "caBundle": ca},
+                "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{path}"},
                 "rules": [{"apiGroups": [api[0]], "apiVersions": [api[1]], "resources": [resource],
                            "operations": operations}], **extra}
 
@@ -149,13 +151,30 @@ def _webhook_configuration(lab: Lab) -> None:
     }
     path = lab.root / "webhook.yaml"
     path.write_text(json.dumps(config))
-    deadline = time.monotonic() + 30
-    while not procs.port_in_use(WEBHOOK_PORT):  # refusing every VM while it starts would be rude
+    _apply(lab, path)
+
+
+def _wait_webhook(lab: Lab) -> None:
+    """Until the webhook serves with the controller's certificate: `lab up` returns when
+    VM writes are judged, not refused."""
+    deadline = time.monotonic() + 60
+    while True:
+        secret = _kubectl_json(lab, "-n", "kopfvirt-system", "get", "secret", WEBHOOK_SECRET)
+        config = _kubectl_json(lab, "get", "validatingwebhookconfiguration", "kopfvirt")
+        ca = ((secret or {}).get("data") or {}).get("ca.crt")
+        bundles = {(w.get("clientConfig") or {}).get("caBundle") for w in (config or {}).get("webhooks") or []}
+        if ca and bundles == {ca} and procs.port_in_use(WEBHOOK_PORT):
+            return
         if time.monotonic() > deadline or not procs.running(lab, "controller"):
-            raise LabError(f"the controller's webhook does not listen on {WEBHOOK_PORT}:\n"
+            raise LabError(f"the controller's webhook does not serve with its certificate on {WEBHOOK_PORT}:\n"
                            f"{procs.log_tail(lab, 'controller')}")
         time.sleep(0.2)
-    _apply(lab, path)
+
+
+def _kubectl_json(lab: Lab, *args: str) -> dict | None:
+    result = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), *args, "-o", "json"],
+                            capture_output=True, text=True)
+    return json.loads(result.stdout) if result.returncode == 0 else None
 
 
 def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 180) -> None:
@@ -207,8 +226,9 @@ def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
         storage.up(lab)
         nodes.up(lab, names)
         tokens.write_kubeconfigs(lab, controlplane.server_url())
-        _start_node_processes(lab, names, virt_type)
         _webhook_configuration(lab)
+        _start_node_processes(lab, names, virt_type)
+        _wait_webhook(lab)
         _wait_nodes_ready(lab, names)
     except (LabError, subprocess.CalledProcessError, KeyboardInterrupt) as e:
         if fresh:  # never leave half a lab behind

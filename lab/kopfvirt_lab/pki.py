@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kopfvirt.core import certificates
 
 VALID_FOR = datetime.timedelta(days=365)
-
-
-def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-    return x509.Name(attrs + [x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _key_pem(key) -> bytes:
@@ -29,24 +23,17 @@ def _write(path: Path, data: bytes) -> None:
     path.chmod(0o600)
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def ensure_ca(pki: Path) -> None:
     if (pki / "ca.crt").exists():
         return
     pki.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name("kopfvirt-lab-ca"))
-            .issuer_name(_name("kopfvirt-lab-ca")).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALID_FOR)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    _write(pki / "ca.key", _key_pem(key))
-    _write(pki / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
+    cert, key = certificates.new_ca("kopfvirt-lab-ca", _now(), VALID_FOR)
+    _write(pki / "ca.key", key)
+    _write(pki / "ca.crt", cert)
 
 
 def ensure_cert(pki: Path, name: str, cn: str, orgs: tuple[str, ...] = (),
@@ -54,23 +41,10 @@ def ensure_cert(pki: Path, name: str, cn: str, orgs: tuple[str, ...] = (),
     """A leaf cert signed by the lab CA; a server cert when it has SANs."""
     if (pki / f"{name}.crt").exists():
         return
-    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    builder = (x509.CertificateBuilder().subject_name(_name(cn, orgs)).issuer_name(ca_cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALID_FOR)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
-    if dns or ips:
-        usage.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    _write(pki / f"{name}.key", _key_pem(key))
-    _write(pki / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
+    cert, key = certificates.new_leaf((pki / "ca.crt").read_bytes(), (pki / "ca.key").read_bytes(), cn, _now(),
+                                      VALID_FOR, orgs=orgs, names=(*dns, *ips))
+    _write(pki / f"{name}.key", key)
+    _write(pki / f"{name}.crt", cert)
 
 
 def ensure_service_account_keys(pki: Path) -> None:

@@ -25,7 +25,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over all VMs")
     c.add_argument("--webhook-host", help="address the API server calls the admission webhook at (none: no webhook)")
     c.add_argument("--webhook-port", type=int, default=9443)
-    c.add_argument("--webhook-cert", help="serving certificate (PEM) for --webhook-host")
+    c.add_argument("--webhook-secret", help="keep the webhook's CA and serving certificate in this Secret of "
+                                            "--namespace: issued, renewed and given to the webhook configuration "
+                                            "by the controller (instead of --webhook-cert/-key/-ca)")
+    c.add_argument("--webhook-configuration", default="kopfvirt",
+                   help="the ValidatingWebhookConfiguration whose caBundle --webhook-secret's CA becomes")
+    c.add_argument("--webhook-cert-dir", default="/run/kopfvirt/webhook",
+                   help="where the webhook server reads --webhook-secret's certificate from (written here)")
+    c.add_argument("--cert-check-seconds", type=_positive, default=600,
+                   help="how often --webhook-secret's certificate and the caBundle are checked")
+    c.add_argument("--webhook-cert", help="serving certificate (PEM) for --webhook-host, issued elsewhere "
+                                          "(cert-manager)")
     c.add_argument("--webhook-key", help="its private key (PEM)")
     c.add_argument("--webhook-ca", help="the CA that signed it, given to the API server as caBundle")
     c.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
@@ -62,14 +72,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "controller":
+        from .controller.certificates import WebhookCertificates
         from .controller.handlers import Webhook
         from .controller.main import main as run
-        webhook = Webhook(args.webhook_host, args.webhook_port, args.webhook_cert, args.webhook_key,
-                          args.webhook_ca) if args.webhook_host else None
+        webhook = certs = None
+        if args.webhook_host and args.webhook_cert:
+            webhook = Webhook(args.webhook_host, args.webhook_port, args.webhook_cert, args.webhook_key,
+                              args.webhook_ca)
+        elif args.webhook_host and args.webhook_secret:
+            certs = WebhookCertificates(args.namespace, args.webhook_secret, [args.webhook_host],
+                                        args.webhook_configuration, args.webhook_cert_dir)
+            webhook = Webhook(args.webhook_host, args.webhook_port, certs.certfile, certs.keyfile, certs.cafile)
+        elif args.webhook_host:
+            parser.error("--webhook-host needs --webhook-secret, or --webhook-cert, --webhook-key and --webhook-ca")
         run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port,
-            PodSettings(args.reservation_image, args.cpu_allocation_ratio))
+            PodSettings(args.reservation_image, args.cpu_allocation_ratio), certs, args.cert_check_seconds)
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,

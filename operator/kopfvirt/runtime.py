@@ -70,7 +70,12 @@ def watch_vms_and_pods(registry: kopf.OperatorRegistry, reconciler) -> None:
         reconciler.observe_pod(dict(body), deleted=type == "DELETED")
 
 
-def run(registry: kopf.OperatorRegistry) -> None:
+def configure_logging() -> None:
+    """Once, before anything logs (a second call changes nothing)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
+
+
+def run(registry: kopf.OperatorRegistry) -> None:
+    configure_logging()
     asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=True))

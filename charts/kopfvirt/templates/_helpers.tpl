@@ -47,3 +47,9 @@ imagePullSecrets:
 {{- define "kopfvirt.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/* Non-empty when the controller issues the webhook's certificate itself (neither
+     cert-manager nor a caBundle of the user's). */}}
+{{- define "kopfvirt.webhookCertsManaged" -}}
+{{- if not (or .Values.webhook.certManagerIssuer .Values.webhook.caBundle) }}true{{ end -}}
+{{- end -}}

@@ -125,13 +125,53 @@ def delete_pod(namespace: str, name: str, uid: str | None = None) -> None:
 
 
 def secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    found = read_secret(namespace, name)
+    return found[0] if found else None
+
+
+def read_secret(namespace: str, name: str) -> tuple[dict[str, str], str] | None:
+    """A Secret's data (decoded) and resourceVersion, for a guarded rewrite; None if absent."""
     try:
         secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
     except ApiException as e:
         if e.status == 404:
             return None
         raise
-    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    return ({k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()},
+            secret.metadata.resource_version)
+
+
+def write_secret(namespace: str, name: str, data: dict[str, str], resource_version: str | None,
+                 labels: dict[str, str], secret_type: str = "Opaque") -> None:
+    """Create the Secret (resource_version None) or replace the one read at that version:
+    of two writers, one wins and the other gets a 409 and reads again."""
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=labels,
+                                     resource_version=resource_version),
+        type=secret_type, data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()})
+    api = client.CoreV1Api()
+    if resource_version is None:
+        api.create_namespaced_secret(namespace, body)
+    else:
+        api.replace_namespaced_secret(name, namespace, body)
+
+
+def webhook_ca_bundles(name: str) -> list[str] | None:
+    """The caBundle (base64) of each webhook of a ValidatingWebhookConfiguration; None if absent."""
+    try:
+        config = client.AdmissionregistrationV1Api().read_validating_webhook_configuration(name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return [w.client_config.ca_bundle or "" for w in config.webhooks or []]
+
+
+def set_webhook_ca_bundle(name: str, ca_bundle: str, count: int) -> None:
+    """Give the first `count` webhooks of the configuration this caBundle (a JSON patch by
+    index: if webhooks were removed since they were counted, it fails and is tried again)."""
+    ops = [{"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle} for i in range(count)]
+    client.AdmissionregistrationV1Api().patch_validating_webhook_configuration(name, ops)
 
 
 def secret_exists(namespace: str, name: str) -> bool:

@@ -39,9 +39,10 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
         controller.start_resync(resync_seconds)
         if webhook:
             with open(webhook.cafile, "rb") as ca:
+                # A renewed certificate is served within seconds of its files changing.
                 settings.admission.server = kopf.WebhookServer(
                     addr="0.0.0.0", port=webhook.port, host=webhook.host, certfile=webhook.certfile,
-                    pkeyfile=webhook.keyfile, cadata=ca.read())
+                    pkeyfile=webhook.keyfile, cadata=ca.read(), file_check_interval=5)
             # The ValidatingWebhookConfiguration is deployed (chart, or the lab), not managed
             # by kopf: kopf would also want to write mutating configurations.
 

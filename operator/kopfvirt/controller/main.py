@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from ..clients import kube
 from ..core.reservation import DEFAULT_POD_SETTINGS, PodSettings
-from ..runtime import run
+from ..runtime import configure_logging, run
 from . import metrics
+from .certificates import WebhookCertificates
 from .handlers import Webhook, build_registry
 from .reconciler import Controller
 
 
 def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | None = None,
          namespace: str = "kopfvirt-system", metrics_port: int = 8080,
-         pod_settings: PodSettings = DEFAULT_POD_SETTINGS) -> None:
+         pod_settings: PodSettings = DEFAULT_POD_SETTINGS, certs: WebhookCertificates | None = None,
+         cert_check_seconds: float = 600) -> None:
+    configure_logging()
     kube.load(kubeconfig)
     if metrics_port:
         metrics.serve(metrics_port)
+    if certs:
+        _first_certificates(certs)
+        certs.keep_fresh(cert_check_seconds)
     run(build_registry(Controller(namespace, pod_settings), resync_seconds, webhook))
+
+
+def _first_certificates(certs: WebhookCertificates) -> None:
+    """The webhook serves nothing without its certificate: wait for the API until it is there."""
+    delay = 1.0
+    while True:
+        try:
+            certs.ensure()
+            return
+        except Exception as e:  # noqa: BLE001 - the API server may still be starting
+            logging.getLogger(__name__).warning("webhook certificates (retrying in %.0fs): %s", delay, e)
+            time.sleep(delay)
+            delay = min(delay * 2, 30)

@@ -1,0 +1,105 @@
+"""The webhook's certificates, kept by the controller: issued into a Secret it owns,
+renewed before they expire, written where its webhook server reads them, and their CA
+patched into the webhook configuration's caBundle (so `helm install` needs no
+cert-manager). Every replica runs the same check; a guarded write lets one of them win.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import os
+import threading
+from pathlib import Path
+
+from kubernetes.client.rest import ApiException
+
+from ..clients import kube
+from ..core import certificates
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kopfvirt-controller", "app.kubernetes.io/name": "kopfvirt"}
+
+
+class WebhookCertificates:
+    def __init__(self, namespace: str, secret: str, names: list[str], configuration: str, directory: str):
+        self.namespace, self.secret, self.names = namespace, secret, names
+        self.configuration = configuration
+        self.directory = Path(directory)
+
+    @property
+    def certfile(self) -> str:
+        """Certificate and key in one file, replaced whole: the server, which reloads when
+        its files change, never pairs a new key with the old certificate."""
+        return str(self.directory / "serving.pem")
+
+    keyfile = certfile
+
+    @property
+    def cafile(self) -> str:
+        return str(self.directory / "ca.crt")
+
+    def ensure(self) -> None:
+        """One pass: the Secret up to date (issued or renewed if needed), the files the
+        server reads equal to it, the caBundle of every webhook its CA bundle."""
+        bundle = self._secret()
+        self._write_files(bundle)
+        self._patch_ca_bundle(bundle)
+
+    def keep_fresh(self, period: float) -> threading.Thread:
+        """Check every `period` seconds in the background (renewal, and a caBundle reset
+        by an apply of the configuration without it)."""
+        def loop() -> None:
+            stop = threading.Event()
+            while not stop.wait(period):
+                try:
+                    self.ensure()
+                except Exception:  # the API may be away for a while; the next pass retries
+                    log.exception("webhook certificates")
+        thread = threading.Thread(target=loop, name="webhook-certificates", daemon=True)
+        thread.start()
+        return thread
+
+    def _secret(self) -> certificates.Bundle:
+        for _ in range(3):
+            now = datetime.datetime.now(datetime.timezone.utc)
+            found = kube.read_secret(self.namespace, self.secret)
+            data, version = found if found else (None, None)
+            bundle = certificates.from_secret_data(data)
+            reason = certificates.renewal_reason(bundle, self.names, now)
+            if reason is None:
+                return bundle
+            renewed = certificates.renew(bundle, self.names, now)
+            try:
+                kube.write_secret(self.namespace, self.secret, certificates.to_secret_data(renewed), version,
+                                  MANAGED_BY, secret_type="kubernetes.io/tls")
+            except ApiException as e:
+                if e.status == 409:  # another replica wrote it first: take theirs
+                    continue
+                raise
+            log.info("webhook certificate issued into Secret %s/%s: %s", self.namespace, self.secret, reason)
+            return renewed
+        raise RuntimeError(f"Secret {self.namespace}/{self.secret} keeps changing under the controller")
+
+    def _write_files(self, bundle: certificates.Bundle) -> None:
+        """Each file replaced whole (renamed into place): the server never reads half of one."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path, data in ((self.cafile, bundle.ca_bundle), (self.certfile, bundle.cert + bundle.key)):
+            target = Path(path)
+            if target.exists() and target.read_bytes() == data:
+                continue
+            temporary = target.with_suffix(".new")
+            temporary.write_bytes(data)
+            temporary.chmod(0o600)
+            os.replace(temporary, target)
+
+    def _patch_ca_bundle(self, bundle: certificates.Bundle) -> None:
+        wanted = base64.b64encode(bundle.ca_bundle).decode()
+        current = kube.webhook_ca_bundles(self.configuration)
+        if current is None:
+            log.warning("no ValidatingWebhookConfiguration %s to give the webhook's CA", self.configuration)
+        elif any(c != wanted for c in current):
+            kube.set_webhook_ca_bundle(self.configuration, wanted, len(current))
+            log.info("caBundle of ValidatingWebhookConfiguration %s set", self.configuration)
