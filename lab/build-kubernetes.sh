@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the lab's Kubernetes of one pinned release from the official Go modules: the
 # control plane (kube-apiserver, kube-controller-manager, kube-scheduler), the nodes'
-# kubelet and container runtime (containerd 2.x with its runc shim and ctr) and the
+# kubelet, kube-proxy and container runtime (containerd 2.x with its runc shim and ctr) and the
 # kubectl the lab and its tests use, into a cache under $HOME that every checkout (and CI)
 # shares. A second run with the binaries present builds nothing.
 set -euo pipefail
@@ -14,7 +14,7 @@ CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 CACHE="${KOPFVIRT_CACHE:-$HOME/.cache/kopfvirt}"
 OUT="$CACHE/k8s/$K8S_VERSION/bin"
 CONTAINERD_OUT="$CACHE/containerd/$CONTAINERD_VERSION/bin"
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 CONTAINERD_BINARIES=(containerd containerd-shim-runc-v2 ctr)
 
 have_kubernetes() { for b in "${BINARIES[@]}" crictl; do [ -x "$OUT/$b" ] || return 1; done; }
@@ -70,6 +70,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO

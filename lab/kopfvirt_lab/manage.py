@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from kopfvirt import GROUP, VERSION
-from . import containerd, controlplane, guest, images, kubelet, nodes, procs, storage, tokens
+from . import containerd, controlplane, guest, images, kubelet, kubeproxy, nodes, procs, storage, tokens
 from .errors import LabError
 from .layout import (AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR,
                      METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_names)
@@ -87,6 +87,7 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
     for index, node in enumerate(names, start=1):
         containerd.start(lab, node, index, nodes.enter(node))
         kubelet.start(lab, node, index, nodes.enter(node), controlplane.server_url())
+        kubeproxy.start(lab, node, index, nodes.enter(node), controlplane.server_url())
         sysfs_root = "/sys"
         if node in PCI_TREE_NODES:
             sysfs_root = str(lab.sysfs_root(node))
@@ -287,8 +288,8 @@ def status(lab: Lab) -> int:
     for node, state in nodes.status(lab, names).items():
         healthy &= "running" in state
         print(f"  {node:26} {state}")
-    print("kubelets, container runtimes and kopfvirt:")
-    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("kubelet", "containerd", "agent")] + \
+    print("kubelets, container runtimes, kube-proxies and kopfvirt:")
+    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("kubelet", "containerd", "kube-proxy", "agent")] + \
             [f"pcitree-{n}" for n in names if n in PCI_TREE_NODES]:
         pid = procs.running(lab, name)
         healthy &= pid is not None

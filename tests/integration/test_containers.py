@@ -135,6 +135,19 @@ def test_a_deployment_runs_on_both_nodes_beside_vms_and_leaves_them_alone(vms):
              f"timeout=10).read().decode().strip())")
     out = kubectl("-n", ns, "exec", by_node["node-1"]["metadata"]["name"], "--", "python3", "-c", fetch).stdout
     assert out.strip() == there["metadata"]["name"]
+    # A Service in front of them (kube-proxy on each node): from either node its ClusterIP
+    # reaches both pods, the one beside the caller and the one across the lab's network.
+    apply(ns, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    ip = kubectl_json("-n", ns, "get", "service", "web")["spec"]["clusterIP"]
+    names = {p["metadata"]["name"] for p in by_node.values()}
+    many = (f"import urllib.request\nfor _ in range(24): print(urllib.request.urlopen('http://{ip}/', "
+            f"timeout=5).read().decode().strip())")
+    for node, pod in by_node.items():
+        answered = wait_for(f"the Service answering from {node}", lambda pod=pod: kubectl(
+            "-n", ns, "exec", pod["metadata"]["name"], "--", "python3", "-c", many, check=False).stdout.split(),
+            timeout=60)
+        assert set(answered) == names, (node, answered)
     kubectl("-n", ns, "delete", "deployment", "web", "--wait=true", "--timeout=60s")
     wait_for("the Deployment's pods to go", lambda: not pods(ns, "app=web"), timeout=60)
     for name, (node, started, count) in before.items():
@@ -144,6 +157,27 @@ def test_a_deployment_runs_on_both_nodes_beside_vms_and_leaves_them_alone(vms):
         assert domains_of(vm["metadata"]["uid"]) == {node: "running"}
         wait_for(f"{name} to keep counting", lambda: (heartbeat(node, vms.domain(name)) or 0) > count)
         vms.delete(name)
+
+
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(vms):
+    """What every in-cluster client (the operator's own pods among them) does: the
+    `kubernetes` Service's address from the environment, the pod's ServiceAccount token."""
+    spec = web_pod_spec("node-2")
+    spec["automountServiceAccountToken"] = True
+    spec["restartPolicy"] = "Never"
+    spec["containers"][0]["command"] = ["python3", "-c", (
+        "import json, os, ssl, urllib.request\n"
+        "sa = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+        "url = f\"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}/api\"\n"
+        "request = urllib.request.Request(url, headers={'Authorization': 'Bearer ' + open(sa + '/token').read()})\n"
+        "context = ssl.create_default_context(cafile=sa + '/ca.crt')\n"
+        "print(os.environ['KUBERNETES_SERVICE_HOST'], json.load(urllib.request.urlopen(request, context=context))['kind'])")]
+    apply(vms.namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "in-cluster"}, "spec": spec})
+    wait_for("the pod to finish", lambda: kubectl_json("-n", vms.namespace, "get", "pod", "in-cluster")["status"].get(
+        "phase") in ("Succeeded", "Failed"), timeout=90)
+    service_ip = kubectl_json("-n", "default", "get", "service", "kubernetes")["spec"]["clusterIP"]
+    assert kubectl("-n", vms.namespace, "logs", "in-cluster").stdout.split() == [service_ip, "APIVersions"]
+    kubectl("-n", vms.namespace, "delete", "pod", "in-cluster", "--wait=false")
 
 
 def test_pods_and_vms_share_one_node_memory(vms):
