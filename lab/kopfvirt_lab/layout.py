@@ -26,6 +26,8 @@ ETCD_PEER_PORT = 23800
 WEBHOOK_PORT = 19443                          # the controller's admission webhook
 METRICS_PORT = 19080                          # the controller's Prometheus /metrics
 AGENT_METRICS_PORT = 19081                    # each agent's, on its node's address
+HEALTH_PORT = 19082                           # the controller's GET /healthz (the chart's probes)
+AGENT_HEALTH_PORT = 19083                     # each agent's, on its node's address
 # A lab node has the machine's 2 CPUs: at 50 vCPUs per CPU (the chart's default is 10)
 # bench/vm_start.py's 100 tiny VMs fit, and tests fill nodes by memory instead.
 CPU_ALLOCATION_RATIO = 50

@@ -18,8 +18,9 @@ from pathlib import Path
 from kopfvirt import GROUP, VERSION
 from . import containerd, controlplane, guest, images, kubelet, kubeproxy, nodes, procs, storage, tokens
 from .errors import LabError
-from .layout import (AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HIDDEN_CPU_FEATURES, HOST_IP, LEASE_DIR,
-                     METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab, node_names)
+from .layout import (AGENT_HEALTH_PORT, AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HEALTH_PORT, HIDDEN_CPU_FEATURES,
+                     HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab,
+                     node_names)
 
 OWNER = RUN_DIR / "owner"
 WEBHOOK_SECRET = "kopfvirt-webhook-tls"  # the chart's webhook.certSecret
@@ -106,7 +107,8 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
                 "--resync-seconds", str(RESYNC_SECONDS), "--migration-transport", "tcp",
                 "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ())),
                 "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
-                "--metrics-port", str(AGENT_METRICS_PORT), "--lease-dir", LEASE_DIR])
+                "--metrics-port", str(AGENT_METRICS_PORT), "--health-port", str(AGENT_HEALTH_PORT),
+                "--lease-dir", LEASE_DIR])
     if not procs.running(lab, "controller"):
         # The webhook's certificate as in a cluster: issued by the controller into a Secret,
         # its CA patched into the webhook configuration (checked every few seconds here).
@@ -116,7 +118,7 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
             "--webhook-port", str(WEBHOOK_PORT), "--webhook-secret", WEBHOOK_SECRET,
             "--webhook-cert-dir", str(lab.root / "webhook"), "--cert-check-seconds", "5",
             "--namespace", "kopfvirt-system", "--metrics-port", str(METRICS_PORT),
-            "--reservation-image", images.reference(lab, "reservation"),
+            "--health-port", str(HEALTH_PORT), "--reservation-image", images.reference(lab, "reservation"),
             "--cpu-allocation-ratio", str(CPU_ALLOCATION_RATIO)])
 
 

@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (ConfigMap kopfvirt-migration)")
     c.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: none)")
+    c.add_argument("--health-port", type=int, default=0, help="GET /healthz port for probes (0: none)")
     c.add_argument("--reservation-image", default=DEFAULT_POD_SETTINGS.image,
                    help="the image reservation pods run (the Dockerfile's reservation target)")
     c.add_argument("--cpu-allocation-ratio", type=_positive, default=DEFAULT_POD_SETTINGS.cpu_allocation_ratio,
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (its ConfigMaps)")
     a.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
+    a.add_argument("--health-port", type=int, default=0, help="GET /healthz port for probes (0: none)")
     a.add_argument("--lease-dir", help="libvirt's lockd file_lockspace_dir, on storage every node shares: "
                                        "each writable network disk gets a lease there (default: none)")
     return p
@@ -89,10 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         elif args.webhook_host:
             parser.error("--webhook-host needs --webhook-secret, or --webhook-cert, --webhook-key and --webhook-ca")
         run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port,
-            PodSettings(args.reservation_image, args.cpu_allocation_ratio), certs, args.cert_check_seconds)
+            PodSettings(args.reservation_image, args.cpu_allocation_ratio), certs, args.cert_check_seconds,
+            args.health_port)
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
             args.migration_transport, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
-            args.metrics_port, args.lease_dir)
+            args.metrics_port, args.lease_dir, args.health_port)

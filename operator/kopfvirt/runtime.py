@@ -76,6 +76,9 @@ def configure_logging() -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
 
 
-def run(registry: kopf.OperatorRegistry) -> None:
+def run(registry: kopf.OperatorRegistry, health_port: int = 0) -> None:
+    """Run kopf; with a health port, kopf's own liveness endpoint answers GET /healthz
+    there (200 while its event loop runs: what the chart's probes ask)."""
     configure_logging()
-    asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=True))
+    liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
+    asyncio.run(kopf.operator(registry=registry, standalone=True, clusterwide=True, liveness_endpoint=liveness))

@@ -1,9 +1,13 @@
 """A running guest survives its node's agent and libvirtd being killed; `lab up` repairs."""
 
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
+
+from kopfvirt_lab.layout import AGENT_HEALTH_PORT, HEALTH_PORT, node_ip
 
 from .conftest import KOPFVIRT_LAB, REPO, domains_of, heartbeat, lab_exec, lab_guest, wait_for
 
@@ -27,16 +31,20 @@ def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
 
     agent = _pid(LAB / "pids" / f"agent-{node}.pid")
     libvirtd = _pid(LAB / "nodes" / node / "run/libvirt/libvirtd.pid")
+    agent_health = f"http://{node_ip(int(node.rsplit('-', 1)[1]))}:{AGENT_HEALTH_PORT}/healthz"
+    assert healthy(agent_health)
     os.kill(agent, signal.SIGKILL)
     os.kill(libvirtd, signal.SIGKILL)
     wait_for("agent and libvirtd to die", lambda: not os.path.exists(f"/proc/{agent}")
              and not os.path.exists(f"/proc/{libvirtd}"), timeout=10)
     status = subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True, text=True)
     assert status.returncode != 0 and "degraded" in status.stdout
+    assert not healthy(agent_health)  # what a liveness probe would see
 
     before = heartbeat(node, domain)
     subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
     assert subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True).returncode == 0
+    wait_for("the new agent's probe", lambda: healthy(agent_health), timeout=30)
 
     # The same QEMU process, still counting: the guest never restarted.
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
@@ -92,3 +100,18 @@ def test_agent_killed_mid_start_ends_with_one_domain(vms):
     vm = vms.wait_phase("halfway", "Running")
     assert domains_of(vm["metadata"]["uid"]) == {node: "running"}
     vms.delete("halfway")
+
+
+def healthy(url: str) -> bool:
+    """GET /healthz as the chart's probes do: 200 with kopf's JSON, or not."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200 and isinstance(json.load(response), dict)
+    except OSError:
+        return False
+
+
+def test_the_controller_and_agents_answer_their_probes(lab):
+    assert healthy(f"http://127.0.0.1:{HEALTH_PORT}/healthz")
+    for index in (1, 2):
+        assert healthy(f"http://{node_ip(index)}:{AGENT_HEALTH_PORT}/healthz")

@@ -14,11 +14,11 @@ def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
          vm_network: str, resync_seconds: float = 30, hidden_cpu_features: tuple[str, ...] = (),
          migration_transport: str = "tls", sysfs_root: str = "/sys", pci_ids: str | None = None,
          device_scan_seconds: float = 10, namespace: str = "kopfvirt-system", metrics_port: int = 0,
-         lease_dir: str | None = None) -> None:
+         lease_dir: str | None = None, health_port: int = 0) -> None:
     kube.load(kubeconfig)
     agent = Agent(node, libvirt_uri, virt_type, networks={"default": vm_network},
                   hidden_cpu_features=hidden_cpu_features, migration_transport=migration_transport,
                   sysfs_root=sysfs_root, pci_ids=pci_ids, namespace=namespace, lease_dir=lease_dir)
     if metrics_port:
         start_http_server(metrics_port)
-    run(build_registry(agent, resync_seconds, device_scan_seconds))
+    run(build_registry(agent, resync_seconds, device_scan_seconds), health_port)

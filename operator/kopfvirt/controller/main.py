@@ -17,7 +17,7 @@ from .reconciler import Controller
 def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | None = None,
          namespace: str = "kopfvirt-system", metrics_port: int = 8080,
          pod_settings: PodSettings = DEFAULT_POD_SETTINGS, certs: WebhookCertificates | None = None,
-         cert_check_seconds: float = 600) -> None:
+         cert_check_seconds: float = 600, health_port: int = 0) -> None:
     configure_logging()
     kube.load(kubeconfig)
     if metrics_port:
@@ -25,7 +25,7 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
     if certs:
         _first_certificates(certs)
         certs.keep_fresh(cert_check_seconds)
-    run(build_registry(Controller(namespace, pod_settings), resync_seconds, webhook))
+    run(build_registry(Controller(namespace, pod_settings), resync_seconds, webhook), health_port)
 
 
 def _first_certificates(certs: WebhookCertificates) -> None:
