@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from . import kubeconfig, pki, procs
-from .errors import LabError
 from .layout import Lab, node_ip
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -113,9 +112,7 @@ def start(lab: Lab, node: str, index: int, enter: list[str], server: str) -> Non
     name = f"kubelet-{node}"
     if procs.running(lab, name):
         return
-    binary = lab.k8s_bin / "kubelet"
-    if not binary.exists():
-        raise LabError(f"{binary} is missing: lab/build-kubernetes.sh builds it")
+    binary = lab.k8s_binary("kubelet")
     ensure_certs(lab, node, index)
     ensure_cgroup_root(node)
     root = lab.node_dir(node) / "kubelet"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 from . import kubeconfig, pki, procs
-from .errors import LabError
 from .layout import POD_CIDR, Lab, node_ip
 
 
@@ -35,9 +34,7 @@ def start(lab: Lab, node: str, index: int, enter: list[str], server: str) -> Non
     name = f"kube-proxy-{node}"
     if procs.running(lab, name):
         return
-    binary = lab.k8s_bin / "kube-proxy"
-    if not binary.exists():
-        raise LabError(f"{binary} is missing: lab/build-kubernetes.sh builds it")
+    binary = lab.k8s_binary("kube-proxy")
     pki.ensure_cert(lab.pki, "kube-proxy", "system:kube-proxy")
     root = lab.node_dir(node) / "kube-proxy"
     root.mkdir(parents=True, exist_ok=True)

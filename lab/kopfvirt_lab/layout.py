@@ -7,6 +7,8 @@ import ipaddress
 import os
 from pathlib import Path
 
+from .errors import LabError
+
 K8S_VERSION = "v1.36.3"
 CONTAINERD_VERSION = "v2.4.2"  # built by lab/build-kubernetes.sh with the kubelet
 
@@ -116,6 +118,13 @@ class Lab:
     @property
     def k8s_bin(self) -> Path:
         return cache_dir() / "k8s" / K8S_VERSION / "bin"
+
+    def k8s_binary(self, name: str) -> Path:
+        """One of the pinned release's binaries; missing: the step that builds it is named."""
+        binary = self.k8s_bin / name
+        if not binary.exists():
+            raise LabError(f"{binary} is missing: lab/build-kubernetes.sh builds it")
+        return binary
 
     @property
     def containerd_bin(self) -> Path:
