@@ -82,3 +82,21 @@ def test_manifests_are_rendered_from_the_chart(helm, template):
 def test_chart_crds_are_the_crds():
     for crd in (ROOT / "crds").glob("*.yaml"):
         assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"run `make manifests` ({crd.name})"
+
+
+@pytest.mark.parametrize("values, managed", [((), True), (("webhook.certManagerIssuer=ca-issuer",), False),
+                                             (("webhook.caBundle=Y2E=",), False)])
+def test_the_webhook_certificate_is_the_controllers_unless_cert_manager_or_yours(helm, values, managed):
+    sets = [arg for v in values for arg in ("--set", v)]
+    docs = [d for d in yaml.safe_load_all(_helm(helm, "template", "kopfvirt", str(CHART), *KUBE, *sets).stdout) if d]
+    controller = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    args = controller["containers"][0]["args"]
+    volume = next(v for v in controller["volumes"] if v["name"] == "webhook-tls")
+    if managed:
+        assert "--webhook-secret=kopfvirt-webhook-tls" in args and "emptyDir" in volume
+        assert not any(a.startswith("--webhook-cert=") for a in args)
+    else:
+        assert "--webhook-cert=/etc/kopfvirt/webhook/tls.crt" in args and volume["secret"]["secretName"] == \
+            "kopfvirt-webhook-tls"
+        assert not any(a.startswith("--webhook-secret") for a in args)
+    assert any(d["kind"] == "Certificate" for d in docs) == ("webhook.certManagerIssuer=ca-issuer" in values)
