@@ -26,7 +26,7 @@ def build(lab: Lab) -> None:
         raise LabError("etcd is missing: apt-get install etcd-server (make lab-deps does it)")
     script = lab.repo / "lab" / "build-kubernetes.sh"
     result = procs.run(["bash", str(script)], check=False,
-                         env=_env(K8S_VERSION=K8S_VERSION, CONTAINERD_VERSION=CONTAINERD_VERSION))
+                       env=_env(K8S_VERSION=K8S_VERSION, CONTAINERD_VERSION=CONTAINERD_VERSION))
     if result.returncode != 0:
         raise LabError(f"building Kubernetes and containerd failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
 

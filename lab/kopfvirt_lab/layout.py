@@ -136,6 +136,10 @@ class Lab:
         """The pinned release's kubectl (lab/build-kubernetes.sh), not whatever the machine has."""
         return str(self.k8s_bin / "kubectl")
 
+    def kubectl_as_admin(self, *args: str) -> list[str]:
+        """argv of that kubectl on this lab as its admin."""
+        return [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args]
+
     @property
     def guest_cache(self) -> Path:
         return cache_dir() / "guest-v5"  # GUEST_VERSION of lab/build-guest.sh

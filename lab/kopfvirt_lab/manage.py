@@ -76,8 +76,8 @@ def _sweep_processes(marker: str) -> None:
 
 
 def _apply(lab: Lab, *paths: Path) -> None:
-    result = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "apply", "--server-side",
-                             "--force-conflicts", *sum((["-f", str(p)] for p in paths), [])],
+    result = subprocess.run(lab.kubectl_as_admin("apply", "--server-side", "--force-conflicts",
+                                                  *sum((["-f", str(p)] for p in paths), [])),
                             text=True, capture_output=True)
     if result.returncode != 0:
         raise LabError(f"kubectl apply failed: {result.stderr.strip()}")
@@ -175,7 +175,7 @@ def _wait_webhook(lab: Lab) -> None:
 
 
 def _kubectl_json(lab: Lab, *args: str) -> dict | None:
-    result = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), *args, "-o", "json"],
+    result = subprocess.run(lab.kubectl_as_admin(*args, "-o", "json"),
                             capture_output=True, text=True)
     return json.loads(result.stdout) if result.returncode == 0 else None
 
@@ -187,8 +187,8 @@ def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 180) -> None:
     jsonpath = ('{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}'
                 '/{.metadata.labels.cpu\\.kopfvirt\\.io/host-cpu-digest} {end}')
     while time.monotonic() < deadline:
-        out = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "get", "nodes", "-o",
-                              f"jsonpath={jsonpath}"], text=True, capture_output=True).stdout
+        out = subprocess.run(lab.kubectl_as_admin("get", "nodes", "-o", f"jsonpath={jsonpath}"),
+                             text=True, capture_output=True).stdout
         ready = {pair.split("=")[0] for pair in out.split() if "=True/" in pair and not pair.endswith("/")}
         if set(names) <= ready:
             return
@@ -223,8 +223,8 @@ def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
         _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml",
                lab.repo / "manifests" / "rbac.yaml", lab.repo / "manifests" / "migration-config.yaml",
                lab.repo / "manifests" / "passthrough-config.yaml")
-        subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "wait", "--for=condition=Established",
-                        "--timeout=60s", "crd", "--all"], check=True, capture_output=True)
+        subprocess.run(lab.kubectl_as_admin("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"),
+                       check=True, capture_output=True)
         _apply(lab, lab.repo / "lab" / "storagepools.yaml", lab.repo / "lab" / "kubelet-api.yaml")
         storage.up(lab)
         nodes.up(lab, names)
@@ -291,7 +291,8 @@ def status(lab: Lab) -> int:
         healthy &= "running" in state
         print(f"  {node:26} {state}")
     print("kubelets, container runtimes, kube-proxies and kopfvirt:")
-    for name in ["controller"] + [f"{p}-{n}" for n in names for p in ("kubelet", "containerd", "kube-proxy", "agent")] + \
+    daemons = ("kubelet", "containerd", "kube-proxy", "agent")
+    for name in ["controller"] + [f"{p}-{n}" for n in names for p in daemons] + \
             [f"pcitree-{n}" for n in names if n in PCI_TREE_NODES]:
         pid = procs.running(lab, name)
         healthy &= pid is not None

@@ -12,12 +12,17 @@ from typing import Sequence
 from .layout import Lab
 
 
-def pid_alive(pid: int) -> bool:
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat from its third field on (state, ...), past the command name; [] if gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
+        return []
+
+
+def pid_alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def read_pid(path: Path) -> int | None:
@@ -31,10 +36,8 @@ def read_pid(path: Path) -> int | None:
 def start_time(pid: int) -> str | None:
     """When the process started (clock ticks since boot): a pid reused by another process
     after ours exited has a different one."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def running(lab: Lab, name: str) -> int | None:

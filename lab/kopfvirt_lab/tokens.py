@@ -18,8 +18,8 @@ def write_kubeconfigs(lab: Lab, server: str) -> None:
         target = lab.root / f"{role}.kubeconfig"
         if target.exists():
             continue
-        result = subprocess.run([lab.kubectl, "--kubeconfig", str(lab.kubeconfig), "-n", NAMESPACE,
-                                 "create", "token", account, f"--duration={DURATION}"],
+        result = subprocess.run(lab.kubectl_as_admin("-n", NAMESPACE, "create", "token", account,
+                                                      f"--duration={DURATION}"),
                                 text=True, capture_output=True)
         if result.returncode != 0:
             raise LabError(f"could not issue a token for {account}: {result.stderr.strip()}")
