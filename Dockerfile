@@ -38,7 +38,16 @@ FROM debian:bookworm-slim AS libvirt
 RUN apt-get update && apt-get install -y --no-install-recommends libvirt-daemon-system \
     qemu-system-x86 qemu-utils qemu-block-extra libvirt-daemon-driver-storage-gluster \
     libvirt-daemon-driver-storage-iscsi-direct glusterfs-client ovmf dmidecode tini && rm -rf /var/lib/apt/lists/*
-# No TCP listener: peers reach this libvirtd over TLS only (see docs/architecture.md).
+# Peers reach this libvirtd over TLS only, with the node's certificate (see docs/migration.md).
+COPY images/libvirt/libvirtd.conf images/libvirt/qemu.conf /usr/share/kopfvirt/
+RUN cat /usr/share/kopfvirt/libvirtd.conf >> /etc/libvirt/libvirtd.conf \
+    && cat /usr/share/kopfvirt/qemu.conf >> /etc/libvirt/qemu.conf \
+    && mkdir -p /etc/pki/CA /etc/pki/libvirt/private && t=/var/lib/kopfvirt/tls \
+    && ln -s $t/cacert.pem /etc/pki/CA/cacert.pem && ln -s $t/servercert.pem /etc/pki/libvirt/servercert.pem \
+    && ln -s $t/serverkey.pem /etc/pki/libvirt/private/serverkey.pem \
+    && ln -s $t/clientcert.pem /etc/pki/libvirt/clientcert.pem \
+    && ln -s $t/clientkey.pem /etc/pki/libvirt/private/clientkey.pem
+COPY images/libvirt/start.sh /usr/local/bin/kopfvirt-libvirtd
 # tini as PID 1 reaps the QEMUs libvirtd daemonizes: libvirt waits for an exited QEMU to be
 # reaped, and libvirtd as PID 1 would leave them zombies (every stop would hang).
-ENTRYPOINT ["tini", "--", "libvirtd"]
+ENTRYPOINT ["tini", "--", "kopfvirt-libvirtd"]

@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 from kopfvirt.clients import nfs  # noqa: E402
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
-from kopfvirt_lab.layout import LEASE_DIR, node_ip  # noqa: E402
+from kopfvirt_lab.layout import LEASE_DIR, TLS_DIR, Lab, node_ip  # noqa: E402
 
 NODES = ("node-1", "node-2")
+LAB = Lab(Path(__file__).resolve().parents[1])
 NAMESPACE = "bench-migration"
 # Where each file pool keeps the VM's own disks (lab/storagepools.yaml): the GlusterFS mount
 # of every node, and the NFS export QEMU opens itself.
@@ -80,7 +81,7 @@ def fresh_console(domain: str) -> None:
 
 
 def uri(node: str) -> str:
-    return f"qemu+tcp://{node_ip(NODES.index(node) + 1)}/system"
+    return LAB.libvirt_uri(node, NODES.index(node) + 1)
 
 
 def heartbeat(node: str, domain: str) -> int | None:
@@ -149,8 +150,12 @@ class Raw:
         target = NODES[1 - NODES.index(self.node)]
         before = heartbeat(self.node, self.domain)
         t0 = time.monotonic()
+        # As the agent moves a VM: TLS between the libvirtds (each with its own certificate)
+        # and for the guest's memory, sent to the target's address.
+        address = node_ip(NODES.index(target) + 1)
         subprocess.run(["virsh", "-c", uri(self.node), "migrate", "--live", "--p2p", "--persistent",
-                        "--undefinesource", self.domain, uri(target)], check=True, capture_output=True)
+                        "--undefinesource", "--tls", self.domain, f"qemu+tls://{address}/system?pkipath={TLS_DIR}",
+                        f"tcp://{address}"], check=True, capture_output=True)
         total = time.monotonic() - t0
         stats = completed_stats(target, self.uid)
         self.node = target

@@ -36,7 +36,7 @@ from kubernetes import client, config, watch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
-from kopfvirt_lab.layout import Lab, node_ip  # noqa: E402
+from kopfvirt_lab.layout import Lab  # noqa: E402
 
 NODES = ("node-1", "node-2")
 SPEC = {"memory": {"size": "32Mi"}, "runStrategy": "Always", "terminationGracePeriodSeconds": 0}
@@ -56,7 +56,7 @@ def summary(values: list[float]) -> dict:
 
 def raw_run(n: int, interval: float) -> list[float]:
     """virDomainCreateXML on each lab node's libvirtd over the lab network, like our agent's call."""
-    conns = {node: libvirt.open(f"qemu+tcp://{node_ip(i)}/system") for i, node in enumerate(NODES, 1)}
+    conns = {node: libvirt.open(Lab(ROOT).libvirt_uri(node, i)) for i, node in enumerate(NODES, 1)}
     latencies, threads, created = [None] * n, [], []
 
     def start(i: int, node: str):

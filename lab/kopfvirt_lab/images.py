@@ -44,7 +44,7 @@ BASES = {
 TARGETS = {
     "operator": ("Dockerfile", "operator", "kopfvirt", ("pyproject.toml", "README.md", "operator")),
     "reservation": ("Dockerfile", "reservation", "kopfvirt-reservation", ("images/reservation.c",)),
-    "libvirt": ("Dockerfile", "libvirt", "kopfvirt-libvirt", ()),
+    "libvirt": ("Dockerfile", "libvirt", "kopfvirt-libvirt", ("images/libvirt",)),
     "lab-web": ("lab/web.Dockerfile", None, "kopfvirt-lab-web", ()),
 }
 

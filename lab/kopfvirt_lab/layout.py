@@ -47,7 +47,10 @@ LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
 # The kubelet's and containerd's state, pod logs and CNI's configuration and leases too.
 KUBELET_DIRS = ("/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/var/lib/cni", "/etc/cni/net.d",
                 "/var/log/pods", "/var/log/containers")
-NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs", *KUBELET_DIRS)
+# The agent's directory for the node's libvirt certificate (its --tls-dir) is the node's own
+# too, and /etc/pki, where libvirtd finds links to it.
+TLS_DIR = "/var/lib/kopfvirt/tls"
+NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs", *KUBELET_DIRS, TLS_DIR, "/etc/pki")
 
 # The storage host: GlusterFS, iSCSI and NFS servers in their own namespaces (lab/kopfvirt_lab/storage.py).
 # Their data is machine-wide like SHARED_STORAGE, so a repeated `lab up` finds it.
@@ -111,6 +114,11 @@ class Lab:
 
     def sysfs_root(self, node: str) -> Path:
         return self.root / "sysfs" / node
+
+    def libvirt_uri(self, node: str, index: int) -> str:
+        """A node's libvirtd as a client on the host reaches it: over TLS like its peers,
+        with that node's own certificate (its TLS_DIR, seen from the host)."""
+        return f"qemu+tls://{node_ip(index)}/system?pkipath={self.node_dir(node) / TLS_DIR.lstrip('/')}"
 
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node

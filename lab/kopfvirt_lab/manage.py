@@ -19,7 +19,7 @@ from kopfvirt import GROUP, VERSION
 from . import containerd, controlplane, guest, images, kubelet, kubeproxy, nodes, procs, storage, tokens
 from .errors import LabError
 from .layout import (AGENT_HEALTH_PORT, AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HEALTH_PORT, HIDDEN_CPU_FEATURES,
-                     HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, WEBHOOK_PORT, Lab,
+                     HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, TLS_DIR, WEBHOOK_PORT, Lab,
                      node_names)
 
 OWNER = RUN_DIR / "owner"
@@ -104,7 +104,7 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
                 *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
                 "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type,
                 "--vm-network", nodes.VM_NETWORK,
-                "--resync-seconds", str(RESYNC_SECONDS), "--migration-transport", "tcp",
+                "--resync-seconds", str(RESYNC_SECONDS), "--tls-dir", TLS_DIR, "--cert-check-seconds", "5",
                 "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ())),
                 "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
                 "--metrics-port", str(AGENT_METRICS_PORT), "--health-port", str(AGENT_HEALTH_PORT),
@@ -232,6 +232,7 @@ def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
         _webhook_configuration(lab)
         _start_node_processes(lab, names, virt_type)
         _wait_webhook(lab)
+        nodes.ensure_tls_listeners(lab, names)
         _wait_nodes_ready(lab, names)
     except (LabError, subprocess.CalledProcessError, KeyboardInterrupt) as e:
         if fresh:  # never leave half a lab behind

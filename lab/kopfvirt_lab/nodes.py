@@ -17,12 +17,17 @@ import time
 import uuid
 from pathlib import Path
 
+from kopfvirt.agent.tls import LIBVIRTD_PATHS
+
 from . import kubelet, procs
 from .errors import LabError
 from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR,
-                     SHARED_STORAGE, Lab, mntns_path, netns, netns_path, node_ip, pod_cidr)
+                     SHARED_STORAGE, TLS_DIR, Lab, mntns_path, netns, netns_path, node_ip, pod_cidr)
 
 PREFIXLEN = NETWORK.prefixlen
+LIBVIRT_TLS_PORT = 16514
+# libvirt matches a client certificate's distinguished name (as GnuTLS prints it) with these.
+TLS_ALLOWED_DN = "*O=kopfvirt:nodes*"
 
 
 def enter(node: str) -> list[str]:
@@ -116,11 +121,15 @@ def _libvirt_config(node_root: Path, node: str, index: int) -> bool:
     before = [(etc / f).read_text() if (etc / f).exists() else None for f in files]
     ip = node_ip(index)
     (etc / "libvirtd.conf").write_text(f"""\
-# kopfvirt lab node {node}: plain TCP for migration exists only inside the lab.
-listen_tls = 0
-listen_tcp = 1
+# kopfvirt lab node {node}: peers reach it for migration over TLS only, with the node's
+# certificate the agent has the controller sign (its --tls-dir), as in a cluster.
+listen_tls = 1
+listen_tcp = 0
 listen_addr = "{ip}"
-auth_tcp = "none"
+# Its certificate at libvirt's default paths, links into {TLS_DIR} (the agent's).
+# Only nodes: the operator's CA signs the webhook's certificate too.
+tls_allowed_dn_list = ["{TLS_ALLOWED_DN}"]
+auth_tls = "none"
 auth_unix_rw = "none"
 auth_unix_ro = "none"
 host_uuid = "{host_uuid(node)}"
@@ -137,6 +146,9 @@ user = "root"
 group = "root"
 migration_host = "{ip}"
 migration_address = "{ip}"
+# The migration stream is encrypted too (VIR_MIGRATE_TLS), with the same certificate.
+migrate_tls_x509_cert_dir = "{TLS_DIR}"
+migrate_tls_x509_verify = 1
 # virtlockd holds a lease on every disk file a domain opens (fcntl locks, which GlusterFS
 # carries between its clients): no second domain, on this node or another, opens it writable.
 lock_manager = "lockd"
@@ -147,7 +159,17 @@ lock_manager = "lockd"
 # lease for each writable network disk, which libvirt cannot lease on its own.
 file_lockspace_dir = "{LEASE_DIR}"
 """)
+    _pki_links(node_root)
     return before != [(etc / f).read_text() for f in files]
+
+
+def _pki_links(node_root: Path) -> None:
+    """libvirtd's default certificate paths (the node's own /etc/pki) linked to the agent's files."""
+    for path, name in LIBVIRTD_PATHS.items():
+        link = node_root / path.lstrip("/")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(f"{TLS_DIR}/{name}")
 
 
 def _smbios_stand_in(node_root: Path, node: str, index: int) -> None:
@@ -219,10 +241,37 @@ def _start_virtlockd(lab: Lab, node: str) -> None:
         _start_reaped(lab, node, "virtlockd", [], "virtlockd-sock", timeout=10)
 
 
+def _tls_ready(lab: Lab, node: str) -> bool:
+    tls = lab.node_dir(node) / TLS_DIR.lstrip("/")
+    return all((tls / f).exists() for f in ("cacert.pem", "servercert.pem", "serverkey.pem"))
+
+
 def _start_libvirtd(lab: Lab, node: str) -> None:
+    """Listening for peers once the node has its certificate (libvirtd refuses to listen
+    without one); `ensure_tls_listeners` restarts it when the agent has got it."""
     if not libvirtd_pid(lab, node):
-        _start_reaped(lab, node, "libvirtd", ["--listen"], "libvirt-sock", timeout=20,
-                      see=lab.node_dir(node) / "var/log/libvirt/libvirtd.log")
+        _start_reaped(lab, node, "libvirtd", ["--listen"] if _tls_ready(lab, node) else [], "libvirt-sock",
+                      timeout=20, see=lab.node_dir(node) / "var/log/libvirt/libvirtd.log")
+
+
+def listening(node: str, port: int) -> bool:
+    out = procs.run(["ip", "netns", "exec", netns(node), "ss", "-Hltn", f"sport = :{port}"], check=False).stdout
+    return bool(out.strip())
+
+
+def ensure_tls_listeners(lab: Lab, names: list[str], timeout: float = 90) -> None:
+    """Each libvirtd listening on TLS: wait for the certificate each agent asks the
+    controller for, then restart a libvirtd that started without it (guests keep running)."""
+    deadline = time.monotonic() + timeout
+    for node in names:
+        while not _tls_ready(lab, node):
+            if time.monotonic() > deadline:
+                raise LabError(f"{node} got no libvirt certificate from its agent within {timeout:.0f}s; "
+                               f"see {lab.logs}/agent-{node}.log and controller.log")
+            time.sleep(0.2)
+        if not listening(node, LIBVIRT_TLS_PORT) and (pid := libvirtd_pid(lab, node)):
+            procs.kill(pid, grace=10)
+            _start_libvirtd(lab, node)
 
 
 def _start_reaped(lab: Lab, node: str, daemon: str, args: list[str], socket: str, timeout: float,

@@ -58,9 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over the node's VMs")
     a.add_argument("--hide-cpu-features", default="", metavar="F1,F2",
                    help="CPU features not to offer guests here (narrow a newer node to its older peers)")
-    a.add_argument("--migration-transport", choices=("tls", "tcp"), default="tls",
-                   help="how libvirtd reaches the target's libvirtd: tls (certificates the controller issues), "
-                        "or tcp, for the lab only")
+    a.add_argument("--tls-dir", default="/var/lib/kopfvirt/tls",
+                   help="where the node's libvirt certificate for migration over TLS is kept (issued through a "
+                        "CertificateSigningRequest; libvirtd and QEMU read it there)")
+    a.add_argument("--cert-check-seconds", type=_positive, default=600,
+                   help="how often the node's certificate is checked (renewed 30 days before it expires)")
     a.add_argument("--sysfs-root", default="/sys", help="where the node's sysfs is (a built tree in tests and the lab)")
     a.add_argument("--pci-ids", help="the pci.ids database (default: where Debian's pci.ids or hwdata puts it)")
     a.add_argument("--device-scan-seconds", type=float, default=10, help="period of the PCI device scan")
@@ -97,5 +99,5 @@ def main(argv: list[str] | None = None) -> None:
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
-            args.migration_transport, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
-            args.metrics_port, args.lease_dir, args.health_port)
+            args.tls_dir, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
+            args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds)

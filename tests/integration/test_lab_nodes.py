@@ -2,7 +2,7 @@
 
 import uuid
 
-from kopfvirt_lab.layout import SHARED_STORAGE
+from kopfvirt_lab.layout import SHARED_STORAGE, TLS_DIR
 
 from .conftest import lab_exec
 
@@ -20,7 +20,7 @@ def test_host_uuids_differ(lab):
 
 
 def test_nodes_reach_each_others_libvirtd(lab):
-    out = lab_exec("node-1", "virsh", "-c", "qemu+tcp://198.18.0.12/system", "sysinfo").stdout
+    out = lab_exec("node-1", "virsh", "-c", f"qemu+tls://198.18.0.12/system?pkipath={TLS_DIR}", "sysinfo").stdout
     assert "<entry name='serial'>node-2</entry>" in out
 
 

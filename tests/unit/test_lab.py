@@ -1,5 +1,6 @@
 """The lab's own logic that needs no namespaces: certificates, kubeconfigs, checks, errors."""
 
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from kopfvirt.agent.tls import DEFAULT_DIR, LIBVIRTD_PATHS
 from kopfvirt_lab import controlplane, images, kubeconfig, layout, manage, nodes, pki, procs, storage
 from kopfvirt_lab.errors import LabError
 
@@ -201,6 +203,8 @@ def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path):
     (tmp_path / "README.md").write_text("")
     (tmp_path / "images").mkdir()
     (tmp_path / "images/reservation.c").write_text("int main(void) {}\n")
+    (tmp_path / "images/libvirt").mkdir()
+    (tmp_path / "images/libvirt/start.sh").write_text("exec libvirtd\n")
     before = {t: images.target_hash(lab, t) for t in ("operator", "reservation", "libvirt")}
     (tmp_path / "operator/kopfvirt/__pycache__/a.cpython-311.pyc").write_bytes(b"\0")
     assert {t: images.target_hash(lab, t) for t in before} == before  # bytecode is no input
@@ -208,6 +212,9 @@ def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path):
     after = {t: images.target_hash(lab, t) for t in before}
     assert after["operator"] != before["operator"]
     assert (after["reservation"], after["libvirt"]) == (before["reservation"], before["libvirt"])
+    (tmp_path / "images/libvirt/start.sh").write_text("exec libvirtd --listen\n")
+    assert images.target_hash(lab, "libvirt") != after["libvirt"]
+    after["libvirt"] = images.target_hash(lab, "libvirt")
     (tmp_path / "Dockerfile").write_text("FROM scratch\nUSER 1\n")
     assert all(images.target_hash(lab, t) != after[t] for t in before)
     assert images.reference(lab, "reservation") == "docker.io/library/kopfvirt-reservation:0.1.0"
@@ -216,3 +223,13 @@ def test_an_image_is_rebuilt_only_when_its_inputs_change(tmp_path):
 def test_a_failed_build_step_names_itself_and_the_tools_words():
     with pytest.raises(LabError, match=r"(?s)image build: the root filesystem failed \(exit 1\).*no such suite"):
         images._step("the root filesystem", ["sh", "-c", "echo no such suite >&2; exit 1"])
+
+
+def test_the_libvirt_image_links_libvirtds_certificate_paths_as_the_agent_expects():
+    """The agent writes the node's pair into its TLS directory; libvirtd in the libvirt image
+    reads (and reloads) it at its default paths, linked there by the Dockerfile."""
+    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    stage = text[text.index("AS libvirt"):]
+    assert f"t={DEFAULT_DIR}" in stage
+    links = dict((link, target) for target, link in re.findall(r"ln -s \$t/(\S+) (\S+)", stage))
+    assert links == LIBVIRTD_PATHS

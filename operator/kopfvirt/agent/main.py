@@ -8,17 +8,19 @@ from ..clients import kube
 from ..runtime import run
 from .handlers import build_registry
 from .reconciler import Agent
+from .tls import DEFAULT_DIR, NodeTLS
 
 
 def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
          vm_network: str, resync_seconds: float = 30, hidden_cpu_features: tuple[str, ...] = (),
-         migration_transport: str = "tls", sysfs_root: str = "/sys", pci_ids: str | None = None,
+         tls_dir: str = DEFAULT_DIR, sysfs_root: str = "/sys", pci_ids: str | None = None,
          device_scan_seconds: float = 10, namespace: str = "kopfvirt-system", metrics_port: int = 0,
-         lease_dir: str | None = None, health_port: int = 0) -> None:
+         lease_dir: str | None = None, health_port: int = 0, cert_check_seconds: float = 600) -> None:
     kube.load(kubeconfig)
     agent = Agent(node, libvirt_uri, virt_type, networks={"default": vm_network},
-                  hidden_cpu_features=hidden_cpu_features, migration_transport=migration_transport,
+                  hidden_cpu_features=hidden_cpu_features, tls_dir=tls_dir,
                   sysfs_root=sysfs_root, pci_ids=pci_ids, namespace=namespace, lease_dir=lease_dir)
+    NodeTLS(node, namespace, tls_dir).keep_fresh(cert_check_seconds)
     if metrics_port:
         start_http_server(metrics_port)
     run(build_registry(agent, resync_seconds, device_scan_seconds), health_port)

@@ -135,17 +135,22 @@ class Migrator:
         finally:
             self.running.pop(uid, None)
 
-    def _target_uri(self, node: str) -> str:
+    def _target_address(self, node: str) -> str:
         address = kube.node_address(node)
         if not address:
             raise RuntimeError(f"node {node} reports no InternalIP to migrate to")
-        return f"qemu+{self.agent.migration_transport}://{address}/system"
+        return address
+
+    def _target_uri(self, address: str) -> str:
+        # TLS only, with the node's certificate (agent/tls.py): libvirtd listens on nothing else.
+        return f"qemu+tls://{address}/system?pkipath={self.agent.tls_dir}"
 
     def _live(self, body: dict, m: dict, run: Running) -> Outcome:
         uid, hv = body["metadata"]["uid"], self.agent.hv
         options = (m.get("status") or {}).get("options") or {}
         target = body["status"]["migration"]["targetNode"]
-        uri = self._target_uri(target)
+        address = self._target_address(target)
+        uri = self._target_uri(address)
         try:
             hv.set_max_downtime(uid, options.get("maxDowntimeMs", 300))
         except libvirt.libvirtError as e:
@@ -168,7 +173,8 @@ class Migrator:
             with destination:
                 hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
                            auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
-                           copy_disks=copy, tls=self.agent.migration_transport == "tls")
+                           copy_disks=copy, tls=True,
+                           migrate_uri=f"tcp://{address}")
                 moved = True
         except CopyRefused as e:
             return Outcome(False, "CopyRefused", str(e))
@@ -299,7 +305,7 @@ class Migrator:
         elif record.get("mode") == "Offline":
             outcome = Outcome(True)
         else:
-            remote_state, stats = hv.remote(self._target_uri(record["targetNode"]), uid)
+            remote_state, stats = hv.remote(self._target_uri(self._target_address(record["targetNode"])), uid)
             if remote_state in ("running", "paused"):
                 outcome = Outcome(True, results=migration.result(stats))
             else:

@@ -41,14 +41,14 @@ class NotReady(Exception):
 
 class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
-                 hidden_cpu_features: tuple[str, ...] = (), migration_transport: str = "tls",
+                 hidden_cpu_features: tuple[str, ...] = (), tls_dir: str = "/var/lib/kopfvirt/tls",
                  sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system",
                  lease_dir: str | None = None):
         super().__init__(log)
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.networks = node, virt_type, networks
         self.hidden_cpu_features = tuple(hidden_cpu_features)
-        self.migration_transport = migration_transport  # tls; tcp only inside the lab
+        self.tls_dir = tls_dir  # the node's certificate for migration (agent/tls.py)
         self.migrator = Migrator(self)
         self.finalizer = FINALIZER_PREFIX + node
         self.stopping: dict[str, float] = {}           # domains we stop ourselves -> until when

@@ -219,3 +219,57 @@ def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
         if e.status == 404:
             return None
         raise
+
+
+def node_addresses(node: str) -> list[str]:
+    """Every address the Node reports (InternalIP first), then its name."""
+    status = client.CoreV1Api().read_node(node).status
+    addresses = sorted(status.addresses or [], key=lambda a: a.type != "InternalIP")
+    return list(dict.fromkeys([a.address for a in addresses] + [node]))
+
+
+def write_config_map(namespace: str, name: str, data: dict[str, str], labels: dict[str, str]) -> None:
+    """Create or replace a ConfigMap the operator owns."""
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=labels),
+                              data=data)
+    api = client.CoreV1Api()
+    try:
+        api.replace_namespaced_config_map(name, namespace, body)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        api.create_namespaced_config_map(namespace, body)
+
+
+def create_csr(name: str, request_pem: bytes, signer: str, usages: list[str]) -> None:
+    body = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": name},
+            "spec": {"request": base64.b64encode(request_pem).decode(), "signerName": signer, "usages": usages}}
+    client.CertificatesV1Api().create_certificate_signing_request(body)
+
+
+def read_csr(name: str) -> dict | None:
+    """A CertificateSigningRequest as the API serves it (camelCase dict); None if absent."""
+    api = client.CertificatesV1Api()
+    try:
+        return api.api_client.sanitize_for_serialization(api.read_certificate_signing_request(name))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def settle_csr(csr: dict, approved: bool, reason: str, message: str) -> dict:
+    """Approve or deny a CSR read by read_csr (a replace of its approval, guarded by its version)."""
+    condition = {"type": "Approved" if approved else "Denied", "status": "True", "reason": reason,
+                 "message": message[:1024]}
+    csr.setdefault("status", {}).setdefault("conditions", []).append(condition)
+    api = client.CertificatesV1Api()
+    return api.api_client.sanitize_for_serialization(
+        api.replace_certificate_signing_request_approval(csr["metadata"]["name"], csr))
+
+
+def issue_csr(csr: dict, certificate_pem: bytes) -> None:
+    """Give an approved CSR its certificate (status.certificate)."""
+    csr.setdefault("status", {})["certificate"] = base64.b64encode(certificate_pem).decode()
+    client.CertificatesV1Api().replace_certificate_signing_request_status(csr["metadata"]["name"], csr)

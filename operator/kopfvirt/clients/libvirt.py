@@ -280,12 +280,14 @@ class Hypervisor:
 
     # -- migration ----------------------------------------------------------------------
     def migrate(self, uuid: str, dest_uri: str, *, bandwidth_mibps: int | None = None, auto_converge: bool = False,
-                post_copy: bool = False, copy_disks: list[str] = (), tls: bool = False, live: bool = True) -> None:
+                post_copy: bool = False, copy_disks: list[str] = (), tls: bool = False, live: bool = True,
+                migrate_uri: str | None = None) -> None:
         """libvirt's managed peer-to-peer migration: this node's libvirtd drives it to the
         target's. Blocks until it ends; raises libvirtError when it fails or is aborted.
         The domain is defined on the target and undefined here only once it runs there.
         `copy_disks`: the targets (vda, ...) of the disks to copy over NBD, and only those:
-        a disk on shared storage is never copied onto itself."""
+        a disk on shared storage is never copied onto itself. `migrate_uri`: where QEMU
+        sends the guest (tcp://<target address>), not the target's possibly unresolvable hostname."""
         flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
         for wanted, flag in ((live, libvirt.VIR_MIGRATE_LIVE), (auto_converge, libvirt.VIR_MIGRATE_AUTO_CONVERGE),
@@ -294,6 +296,8 @@ class Hypervisor:
             if wanted:
                 flags |= flag
         params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: bandwidth_mibps} if bandwidth_mibps else {}
+        if migrate_uri:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
         if copy_disks:
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(copy_disks)
         self._domain(uuid).migrateToURI3(dest_uri, params, flags)

@@ -1,7 +1,10 @@
-"""The webhook's certificates, kept by the controller: issued into a Secret it owns,
-renewed before they expire, written where its webhook server reads them, and their CA
-patched into the webhook configuration's caBundle (so `helm install` needs no
-cert-manager). Every replica runs the same check; a guarded write lets one of them win.
+"""The operator's CA and what it signs, kept by the controller: the CA and the webhook's
+certificate issued into a Secret it owns, renewed before they expire, written where its
+webhook server reads them, the CA patched into the webhook configuration's caBundle (so
+`helm install` needs no cert-manager) and published for the agents (ConfigMap
+kopfvirt-ca); and the agents' CertificateSigningRequests for their node's libvirt
+certificate, judged and signed. Every replica runs the same check; a guarded write lets
+one of them win.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ..core import certificates
 log = logging.getLogger(__name__)
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kopfvirt-controller", "app.kubernetes.io/name": "kopfvirt"}
+AGENT_ACCOUNT = "kopfvirt-agent"
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"  # in tokens bound to a pod on a node
 
 
 class WebhookCertificates:
@@ -47,6 +52,11 @@ class WebhookCertificates:
         bundle = self._secret()
         self._write_files(bundle)
         self._patch_ca_bundle(bundle)
+        self._publish_ca(bundle)
+
+    def bundle(self) -> certificates.Bundle:
+        """The current CA and serving pair (renewed first if due)."""
+        return self._secret()
 
     def keep_fresh(self, period: float) -> threading.Thread:
         """Check every `period` seconds in the background (renewal, and a caBundle reset
@@ -103,3 +113,60 @@ class WebhookCertificates:
         elif any(c != wanted for c in current):
             kube.set_webhook_ca_bundle(self.configuration, wanted, len(current))
             log.info("caBundle of ValidatingWebhookConfiguration %s set", self.configuration)
+
+    def _publish_ca(self, bundle: certificates.Bundle) -> None:
+        ca = bundle.ca_bundle.decode()
+        if (kube.config_map_data(self.namespace, certificates.CA_CONFIG_MAP) or {}).get("ca.crt") != ca:
+            kube.write_config_map(self.namespace, certificates.CA_CONFIG_MAP, {"ca.crt": ca}, MANAGED_BY)
+            log.info("CA published in ConfigMap %s/%s", self.namespace, certificates.CA_CONFIG_MAP)
+
+
+class NodeCertificateSigner:
+    """Signs the agents' CSRs (signerName kopfvirt.io/libvirt) with the operator's CA, once
+    the requester is the agent's ServiceAccount (bound to that node, when its token says)
+    and the request names only that node's own addresses; denies the rest, saying why."""
+
+    def __init__(self, certs: WebhookCertificates, namespace: str, agent_account: str = AGENT_ACCOUNT):
+        self.certs = certs
+        self.requester = f"system:serviceaccount:{namespace}:{agent_account}"
+
+    def handle(self, name: str) -> None:
+        csr = kube.read_csr(name)
+        status = (csr or {}).get("status") or {}
+        settled = {c["type"] for c in status.get("conditions") or [] if c.get("status") == "True"}
+        if csr is None or status.get("certificate") or settled & {"Denied", "Failed"}:
+            return
+        request = base64.b64decode(csr["spec"]["request"])
+        node = certificates.requested_node(request)
+        refusal = self.refusal(csr["spec"], request, node)
+        if refusal:
+            kube.settle_csr(csr, False, "NotThisNode", refusal)
+            log.warning("CSR %s denied: %s", name, refusal)
+            return
+        if "Approved" not in settled:
+            csr = kube.settle_csr(csr, True, "NodeCertificate", f"libvirt certificate of node {node}")
+        bundle = self.certs.bundle()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            kube.issue_csr(csr, certificates.sign_node_request(bundle.ca_cert, bundle.ca_key, request, now))
+        except ApiException as e:
+            if e.status != 409:  # 409: a replica issued it first
+                raise
+        log.info("CSR %s signed: libvirt certificate of node %s", name, node)
+
+    def refusal(self, spec: dict, request: bytes, node: str | None) -> str | None:
+        username = spec.get("username")
+        if username != self.requester:
+            return f"only {self.requester} may ask for node certificates, not {username}"
+        if node is None:
+            return f"the request's subject is not CN={certificates.node_common_name('<node>')}"
+        bound = (spec.get("extra") or {}).get(NODE_NAME_EXTRA)
+        if bound and bound != [node]:
+            return f"the requester's token is bound to node {bound[0]}, not {node}"
+        try:
+            allowed = kube.node_addresses(node)
+        except ApiException as e:
+            if e.status == 404:
+                return f"there is no Node {node}"
+            raise
+        return certificates.node_request_problem(request, node, allowed)

@@ -8,8 +8,9 @@ import dataclasses
 import kopf
 
 from .. import GROUP, VERSION
-from ..core import migration, pools, reservation, vmspec
+from ..core import certificates, migration, pools, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
+from .certificates import NodeCertificateSigner
 from .reconciler import Controller
 
 PLACEHOLDER_UID = "00000000-0000-4000-8000-000000000000"  # CREATE reviews carry no UID yet
@@ -29,8 +30,8 @@ class Webhook:
     cafile: str         # the CA that signed certfile: the API server's caBundle
 
 
-def build_registry(controller: Controller, resync_seconds: float = 30,
-                   webhook: Webhook | None = None) -> kopf.OperatorRegistry:
+def build_registry(controller: Controller, resync_seconds: float = 30, webhook: Webhook | None = None,
+                   signer: NodeCertificateSigner | None = None) -> kopf.OperatorRegistry:
     registry = registry_with_settings("controller", pod_selector=(
         f"{reservation.ROLE_LABEL} in (reservation,{migration.TARGET_ROLE})", None))
 
@@ -79,6 +80,13 @@ def build_registry(controller: Controller, resync_seconds: float = 30,
                 shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
                 raise kopf.AdmissionError(f"StoragePool {name} is in use by VirtualMachine(s) {shown}: delete them "
                                           f"or move their disks first", code=409)
+
+    if signer:  # the nodes' libvirt certificates, for migration over TLS
+        @kopf.on.event("certificates.k8s.io", "v1", "certificatesigningrequests", registry=registry,
+                       when=lambda spec, **_: spec.get("signerName") == certificates.NODE_SIGNER)
+        def csr_event(type, name, **_):
+            if type != "DELETED":
+                signer.handle(name)
 
     @kopf.on.event(GROUP, VERSION, "passthroughdevices", registry=registry)
     def device_event(type, body, **_):

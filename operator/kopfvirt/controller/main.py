@@ -9,7 +9,7 @@ from ..clients import kube
 from ..core.reservation import DEFAULT_POD_SETTINGS, PodSettings
 from ..runtime import configure_logging, run
 from . import metrics
-from .certificates import WebhookCertificates
+from .certificates import NodeCertificateSigner, WebhookCertificates
 from .handlers import Webhook, build_registry
 from .reconciler import Controller
 
@@ -25,7 +25,8 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
     if certs:
         _first_certificates(certs)
         certs.keep_fresh(cert_check_seconds)
-    run(build_registry(Controller(namespace, pod_settings), resync_seconds, webhook), health_port)
+    signer = NodeCertificateSigner(certs, namespace) if certs else None
+    run(build_registry(Controller(namespace, pod_settings), resync_seconds, webhook, signer), health_port)
 
 
 def _first_certificates(certs: WebhookCertificates) -> None:

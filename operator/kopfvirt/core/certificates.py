@@ -1,6 +1,8 @@
-"""Certificates the operator issues itself: a CA, and the webhook's serving certificate
-signed by it, renewed well before they expire (no cert-manager needed). Pure: it makes
-and judges PEM bytes; the controller keeps them in a Secret.
+"""Certificates the operator issues itself: a CA, the webhook's serving certificate and
+each node's libvirt certificate (for migration over TLS) signed by it, renewed well
+before they expire (no cert-manager needed). Pure: it makes and judges PEM bytes; the
+controller keeps the CA in a Secret, agents ask for their node's certificate with a
+Kubernetes CertificateSigningRequest (their private keys never leave the node).
 
 The CA outlives many serving certificates, so the webhook configurations' caBundle stays
 the same across renewals; when the CA itself is renewed, the bundle carries the old CA
@@ -15,6 +17,7 @@ import ipaddress
 from typing import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -24,7 +27,14 @@ SERVING_LIFETIME = datetime.timedelta(days=365)
 RENEW_CA_BEFORE = datetime.timedelta(days=365)      # a new CA a year before the old one ends
 RENEW_SERVING_BEFORE = datetime.timedelta(days=30)
 BACKDATE = datetime.timedelta(minutes=5)            # clocks of API servers may lag a little
-CA_NAME = "kopfvirt-webhook-ca"
+CA_NAME = "kopfvirt-ca"
+# The signerName of the CertificateSigningRequests agents file for their node's libvirtd:
+# one certificate per node, for both ends of a migration (libvirtd and QEMU serve and dial).
+NODE_SIGNER = "kopfvirt.io/libvirt"
+NODE_LIFETIME = datetime.timedelta(days=365)
+RENEW_NODE_BEFORE = datetime.timedelta(days=30)
+NODE_ORG = "kopfvirt:nodes"
+CA_CONFIG_MAP = "kopfvirt-ca"  # ca.crt: the CAs the nodes trust, published for the agents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +74,17 @@ def new_leaf(ca_cert: bytes, ca_key: bytes, common_name: str, now: datetime.date
              names: Sequence[str] = ()) -> tuple[bytes, bytes]:
     """(certificate, key) signed by the CA: a client certificate, and a serving one for
     `names` (DNS names or IP addresses) when it has any."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _issue(ca_cert, ca_key, _name(common_name, orgs), key.public_key(), names, now, lifetime), _key_pem(key)
+
+
+def _issue(ca_cert: bytes, ca_key: bytes, subject: x509.Name, public_key, names: Sequence[str],
+           now: datetime.datetime, lifetime: datetime.timedelta) -> bytes:
     issuer = x509.load_pem_x509_certificate(ca_cert)
     signer = serialization.load_pem_private_key(ca_key, None)
-    key = ec.generate_private_key(ec.SECP256R1())
     usage = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    builder = (x509.CertificateBuilder().subject_name(_name(common_name, orgs)).issuer_name(issuer.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer.subject)
+               .public_key(public_key).serial_number(x509.random_serial_number())
                .not_valid_before(now - BACKDATE).not_valid_after(now + lifetime)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                # Which CA signed it, by key: an old and a new CA of one name are told apart.
@@ -78,8 +93,108 @@ def new_leaf(ca_cert: bytes, ca_key: bytes, common_name: str, now: datetime.date
     if names:
         usage.append(ExtendedKeyUsageOID.SERVER_AUTH)
         builder = builder.add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
-    cert = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False).sign(signer, hashes.SHA256())
-    return _pem(cert), _key_pem(key)
+    return _pem(builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False).sign(signer, hashes.SHA256()))
+
+
+def node_common_name(node: str) -> str:
+    return f"kopfvirt-node:{node}"
+
+
+def requested_node(csr_pem: bytes) -> str | None:
+    """The node a CSR's subject names (CN=kopfvirt-node:<node>), or None."""
+    try:
+        names = x509.load_pem_x509_csr(csr_pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return None
+    prefix = node_common_name("")
+    cn = str(names[0].value) if names else ""
+    return cn[len(prefix):] if cn.startswith(prefix) and len(cn) > len(prefix) else None
+
+
+def new_node_request(node: str, names: Sequence[str]) -> tuple[bytes, bytes]:
+    """(CSR, key) of a node's libvirt certificate for `names` (its addresses, then its name)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(_name(node_common_name(node), [NODE_ORG]))
+           .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def node_request_problem(csr_pem: bytes, node: str, allowed_names: Sequence[str]) -> str | None:
+    """Why a CSR for `node`'s libvirt certificate must be denied; None when it asks only
+    for that node's own name and addresses (`allowed_names`: what its Node object says)."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        return f"the request cannot be read ({e})"
+    if not csr.is_signature_valid:
+        return "the request's signature is not valid"
+    if csr.subject != _name(node_common_name(node), [NODE_ORG]):
+        return f"the subject must be O={NODE_ORG}, CN={node_common_name(node)}, not {csr.subject.rfc4514_string()}"
+    names = _request_names(csr)
+    if not names:
+        return "the request names no address"
+    foreign = [n for n in names if n not in allowed_names]
+    if foreign:
+        return f"node {node} is not {', '.join(foreign)} (it has {', '.join(allowed_names) or 'no address'})"
+    return None
+
+
+def sign_node_request(ca_cert: bytes, ca_key: bytes, csr_pem: bytes, now: datetime.datetime,
+                      lifetime: datetime.timedelta = NODE_LIFETIME) -> bytes:
+    """The certificate a judged CSR asks for: its subject and names, for serving and dialing."""
+    csr = x509.load_pem_x509_csr(csr_pem)
+    return _issue(ca_cert, ca_key, csr.subject, csr.public_key(), _request_names(csr), now, lifetime)
+
+
+def node_certificate_reason(cert_pem: bytes | None, key_pem: bytes | None, ca_bundle: bytes | None,
+                            names: Sequence[str], now: datetime.datetime) -> str | None:
+    """Why a node must ask for a new certificate; None while the one it has serves `names`
+    and is signed by a CA of the bundle the cluster trusts."""
+    if not cert_pem or not key_pem or not ca_bundle:
+        return "no certificate yet"
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, None)
+        cas = _certs(ca_bundle)
+    except ValueError as e:
+        return f"the certificate cannot be read ({e})"
+    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        return "the key does not match the certificate"
+    if not any(_signed_by(cert, ca) for ca in cas):
+        return "the certificate is not signed by the cluster's CA"
+    return _lifetime_and_names_problem(cert, names, now, RENEW_NODE_BEFORE, "the certificate")
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _request_names(csr: x509.CertificateSigningRequest) -> list[str]:
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in sans if isinstance(n, (x509.IPAddress, x509.DNSName))]
+
+
+def _lifetime_and_names_problem(cert: x509.Certificate, names: Sequence[str], now: datetime.datetime,
+                                renew_before: datetime.timedelta, what: str) -> str | None:
+    if cert.not_valid_after_utc - now < renew_before:
+        return f"{what} expires on {cert.not_valid_after_utc:%Y-%m-%d}"
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    missing = [n for n in names if _san(n) not in sans]
+    if missing:
+        return f"{what} does not name {', '.join(missing)}"
+    return None
 
 
 def renewal_reason(bundle: Bundle | None, names: Sequence[str], now: datetime.datetime) -> str | None:
@@ -95,18 +210,9 @@ def renewal_reason(bundle: Bundle | None, names: Sequence[str], now: datetime.da
         return f"the stored certificate cannot be read ({e})"
     if ca.not_valid_after_utc - now < RENEW_CA_BEFORE:
         return f"the CA expires on {ca.not_valid_after_utc:%Y-%m-%d}"
-    if cert.issuer != ca.subject:
+    if not _signed_by(cert, ca):
         return "the serving certificate is not signed by the CA"
-    if cert.not_valid_after_utc - now < RENEW_SERVING_BEFORE:
-        return f"the serving certificate expires on {cert.not_valid_after_utc:%Y-%m-%d}"
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        sans = x509.SubjectAlternativeName([])
-    missing = [n for n in names if _san(n) not in sans]
-    if missing:
-        return f"the serving certificate does not name {', '.join(missing)}"
-    return None
+    return _lifetime_and_names_problem(cert, names, now, RENEW_SERVING_BEFORE, "the serving certificate")
 
 
 def renew(bundle: Bundle | None, names: Sequence[str], now: datetime.datetime) -> Bundle:
