@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from kopfvirt import GROUP, VERSION
+from kopfvirt.core.nodelabels import HIDE_CPU_FEATURES_ANNOTATION
 from . import containerd, controlplane, guest, images, kubelet, kubeproxy, nodes, procs, storage, tokens
 from .errors import LabError
 from .layout import (AGENT_HEALTH_PORT, AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HEALTH_PORT, HIDDEN_CPU_FEATURES,
@@ -89,7 +90,6 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
         containerd.start(lab, node, index, nodes.enter(node))
         kubelet.start(lab, node, index, nodes.enter(node), controlplane.server_url())
         kubeproxy.start(lab, node, index, nodes.enter(node), controlplane.server_url())
-        sysfs_root = "/sys"
         if node in PCI_TREE_NODES:
             sysfs_root = str(lab.sysfs_root(node))
             if not procs.running(lab, f"pcitree-{node}"):
@@ -99,13 +99,15 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
                     if time.monotonic() > deadline:
                         raise LabError(f"the PCI tree of {node} was not built; see {lab.logs}/pcitree-{node}.log")
                     time.sleep(0.1)
+    _hide_cpu_features(lab)
+    for node in names:
+        sysfs_root = str(lab.sysfs_root(node)) if node in PCI_TREE_NODES else "/sys"
         if not procs.running(lab, f"agent-{node}"):
             procs.start(lab, f"agent-{node}", [
                 *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
                 "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type,
                 "--vm-network", nodes.VM_NETWORK,
                 "--resync-seconds", str(RESYNC_SECONDS), "--tls-dir", TLS_DIR, "--cert-check-seconds", "5",
-                "--hide-cpu-features", ",".join(HIDDEN_CPU_FEATURES.get(node, ())),
                 "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
                 "--metrics-port", str(AGENT_METRICS_PORT), "--health-port", str(AGENT_HEALTH_PORT),
                 "--lease-dir", LEASE_DIR])
@@ -120,6 +122,22 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
             "--namespace", "kopfvirt-system", "--metrics-port", str(METRICS_PORT),
             "--health-port", str(HEALTH_PORT), "--reservation-image", images.reference(lab, "reservation"),
             "--cpu-allocation-ratio", str(CPU_ALLOCATION_RATIO)])
+
+
+def _hide_cpu_features(lab: Lab, timeout: float = 60) -> None:
+    """Narrow node-2's CPU as an admin would (an annotation its agent reads), once its
+    kubelet has registered it, before its agent labels it."""
+    deadline = time.monotonic() + timeout
+    for node, features in HIDDEN_CPU_FEATURES.items():
+        while True:
+            result = subprocess.run(lab.kubectl_as_admin("annotate", "--overwrite", "node", node,
+                                                         f"{HIDE_CPU_FEATURES_ANNOTATION}={','.join(features)}"),
+                                    capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"could not annotate node {node}: {result.stderr.strip()}")
+            time.sleep(0.5)
 
 
 def _webhook_configuration(lab: Lab) -> None:

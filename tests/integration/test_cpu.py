@@ -1,7 +1,7 @@
 """The CPU rule on real nodes: labels carry every feature a guest can be given there (the
 host-model CPU as libvirt expands it), so a VM requiring a flag its model includes runs."""
 
-from .conftest import domains_of, kubectl_json, lab_exec, lab_guest
+from .conftest import domains_of, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
 
 
 def test_labels_carry_the_models_own_features():
@@ -11,6 +11,18 @@ def test_labels_carry_the_models_own_features():
         assert {"sse2", "sse4.2", "popcnt"} <= features, sorted(features)
         assert labels.get("cpu.kopfvirt.io/host-cpu-digest")
     assert "cpu-feature.kopfvirt.io/sse4a" not in kubectl_json("get", "node", "node-2")["metadata"]["labels"]
+
+
+def test_an_admin_hides_a_flag_with_an_annotation_and_gives_it_back(lab):
+    def offered() -> bool:
+        return "cpu-feature.kopfvirt.io/popcnt" in kubectl_json("get", "node", "node-1")["metadata"]["labels"]
+    assert offered()
+    try:
+        kubectl("annotate", "node", "node-1", "kopfvirt.io/hide-cpu-features=popcnt")
+        wait_for("node-1's popcnt label gone", lambda: not offered(), timeout=60)
+    finally:
+        kubectl("annotate", "node", "node-1", "kopfvirt.io/hide-cpu-features-")
+    wait_for("node-1's popcnt label back", offered, timeout=60)
 
 
 def test_a_vm_requiring_a_flag_of_its_model_runs(vms):

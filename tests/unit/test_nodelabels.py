@@ -32,3 +32,10 @@ def test_hidden_features_stay_out_and_the_digest_stays():
 def test_without_libvirts_expansion_only_the_listed_features():
     labels = node_labels(CAPS, DOMCAPS, "qemu", False)
     assert "cpu-feature.kopfvirt.io/sse4a" not in labels and "cpu-feature.kopfvirt.io/3dnow" in labels
+
+
+def test_an_admins_annotation_hides_flags_beside_the_agents_own():
+    from kopfvirt.core.nodelabels import hidden_features
+    assert hidden_features({"kopfvirt.io/hide-cpu-features": "sse4a, avx512f,,"}) == ("sse4a", "avx512f")
+    assert hidden_features({"kopfvirt.io/hide-cpu-features": "sse4a"}, ("clzero", "sse4a")) == ("clzero", "sse4a")
+    assert hidden_features(None) == () and hidden_features({"other": "x"}, ("clzero",)) == ("clzero",)

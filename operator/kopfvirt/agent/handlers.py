@@ -48,12 +48,13 @@ def label_node(agent: Agent) -> None:
     # Those an admin offers, not others; nfs pools live outside libvirt.
     pools = sorted({p for p in agent.hv.active_pools() if p in specs} | set(agent.pools.active_outside_libvirt()))
     dom_caps = agent.hv.domain_capabilities(agent.virt_type)
+    current, annotations = kube.get_node_metadata(agent.node)
     labels = nodelabels.node_labels(caps, dom_caps, agent.virt_type,
                                     nodelabels.kvm_offered(kvm_caps), pools,
                                     shared_pools=[p for p in pools if p in specs and storagepools.is_shared(specs[p])],
-                                    hidden_features=agent.hidden_cpu_features,
+                                    hidden_features=nodelabels.hidden_features(annotations,
+                                                                               agent.hidden_cpu_features),
                                     expanded_cpu=expanded_host_model(agent, dom_caps))
-    current = kube.get_node_labels(agent.node)
     patch = {**{k: v for k, v in labels.items() if current.get(k) != v},
              **{k: None for k in current if nodelabels.ours(k) and k not in labels}}
     agent.pools.node_labels = {**current, **labels}

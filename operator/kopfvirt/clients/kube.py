@@ -202,8 +202,10 @@ def patch_node_labels(node: str, labels: dict[str, str | None]) -> None:
     client.CoreV1Api().patch_node(node, {"metadata": {"labels": labels}})
 
 
-def get_node_labels(node: str) -> dict[str, str]:
-    return client.CoreV1Api().read_node(node).metadata.labels or {}
+def get_node_metadata(node: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A Node's labels and annotations."""
+    meta = client.CoreV1Api().read_node(node).metadata
+    return meta.labels or {}, meta.annotations or {}
 
 
 def node_address(node: str) -> str | None:

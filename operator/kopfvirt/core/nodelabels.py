@@ -21,6 +21,9 @@ import xml.etree.ElementTree as ET
 from .. import GROUP
 from . import cpu
 
+# An admin narrows a node to its older peers: `kubectl annotate node N
+# kopfvirt.io/hide-cpu-features=f1,f2` keeps those flags out of its labels.
+HIDE_CPU_FEATURES_ANNOTATION = f"{GROUP}/hide-cpu-features"
 PREFIXES = (f"{GROUP}/virt-type", f"{GROUP}/kvm-available", f"cpu.{GROUP}/", f"cpu-model.{GROUP}/",
             f"cpu-feature.{GROUP}/", f"pool.{GROUP}/", f"shared-pool.{GROUP}/")
 _VALID = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -63,3 +66,9 @@ def node_labels(capabilities: str, domain_capabilities: str, virt_type: str, kvm
 def kvm_offered(domain_capabilities_kvm: str | None) -> bool:
     return domain_capabilities_kvm is not None and ET.fromstring(domain_capabilities_kvm).findtext("domain") == "kvm"
 
+
+
+def hidden_features(annotations: dict[str, str] | None, also: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The flags hidden on a node: its annotation's, and the agent's own (--hide-cpu-features)."""
+    listed = ((annotations or {}).get(HIDE_CPU_FEATURES_ANNOTATION) or "").split(",")
+    return tuple(dict.fromkeys([*also, *(f.strip() for f in listed if f.strip())]))
