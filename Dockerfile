@@ -17,7 +17,10 @@ FROM python:3.11-slim-bookworm AS operator
 RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 libvirt-clients qemu-utils \
     qemu-block-extra libnfs13 genisoimage pci.ids && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# A named user for uid 65532: kopf asks the system who it runs as (getpass), and a uid
+# without a passwd entry stops it before it starts.
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kopfvirt
 USER 65532:65532
 ENTRYPOINT ["kopfvirt"]
 

@@ -9,6 +9,7 @@ annotation keys after itself, so a kopf default can never collide with the other
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 
@@ -53,7 +54,14 @@ def registry_with_settings(identity: str, vm_selector: str | None = None,
         # KUBECONFIG is read at call time here (the client library reads it at import).
         if os.environ.get("KUBECONFIG"):
             return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs)
+        info = kopf.login_with_service_account(**kwargs)
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if info is not None and host:
+            # The API server as client-go finds it from a pod: by the address in the
+            # environment, not kubernetes.default.svc (no cluster DNS needed, hostNetwork too).
+            host = f"[{host}]" if ":" in host else host
+            return dataclasses.replace(info, server=f"https://{host}:{port}")
+        return info
 
     return registry
 
