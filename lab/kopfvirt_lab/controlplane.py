@@ -78,6 +78,9 @@ def _argv(lab: Lab, component: str) -> list[str]:
                 f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
                 f"--kubelet-certificate-authority={p / 'ca.crt'}",
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
+                # Webhooks and aggregated APIs by their Services' pod addresses: the host
+                # routes to pods, and Service addresses exist only inside the nodes.
+                "--enable-aggregator-routing=true",
                 f"--audit-log-path={lab.logs / 'audit.log'}", "--audit-log-maxsize=200",
                 "--audit-log-maxbackup=1", "--profiling=false", "--v=1"]
     if component == "kube-controller-manager":

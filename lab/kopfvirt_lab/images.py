@@ -196,16 +196,21 @@ def build(lab: Lab) -> dict[str, float]:
     return took
 
 
+def digest(target: str) -> str:
+    """The content hash of a built target's image (what its archive was built from)."""
+    return (images_dir() / f"{target}.sha256").read_text()
+
+
 def import_into(lab: Lab, node: str, enter: list[str], address: str) -> None:
     """Import into the node's containerd (namespace k8s.io, the kubelet's) what it lacks."""
     marks = lab.node_dir(node) / "images"
     marks.mkdir(parents=True, exist_ok=True)
     for target in TARGETS:
-        digest = (images_dir() / f"{target}.sha256").read_text()
+        built = digest(target)
         mark = marks / f"{target}.sha256"
-        if mark.exists() and mark.read_text() == digest:
+        if mark.exists() and mark.read_text() == built:
             continue
         _step(f"importing {target} into {node}'s containerd", [
             *enter, str(lab.containerd_bin / "ctr"), "--address", address, "--namespace", "k8s.io", "images", "import",
             str(archive(target))])
-        mark.write_text(digest)
+        mark.write_text(built)

@@ -14,7 +14,9 @@ same cgroups. kubelet also tunes machine-wide sysctls (vm.overcommit_memory, ker
 
 from __future__ import annotations
 
+import errno
 import json
+import time
 from pathlib import Path
 
 from . import kubeconfig, pki, procs
@@ -24,7 +26,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # What kubelet writes under /proc/sys when protectKernelDefaults is false.
 SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
-LAB_NODE_LABEL = "kopfvirt.io/lab-node=true"  # the plugin reaches lab nodes by `kopfvirt-lab exec`
+# The plugin reaches lab nodes by `kopfvirt-lab exec`; every lab node runs VMs (the
+# chart's DaemonSets select kopfvirt.io/virtualization=true, as users label their nodes).
+NODE_LABELS = "kopfvirt.io/lab-node=true,kopfvirt.io/virtualization=true"
 
 
 def cgroup_name(node: str) -> str:
@@ -62,9 +66,21 @@ def remove_cgroup_root(node: str) -> None:
         for procs_file in top.rglob("cgroup.procs"):
             for pid in procs_file.read_text().split():
                 procs.kill(int(pid), grace=2)
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            d.rmdir()
-        top.rmdir()
+        for d in [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True), top]:
+            _rmdir_when_empty(d)
+
+
+def _rmdir_when_empty(cgroup: Path, timeout: float = 15) -> None:
+    """A killed process stays in its cgroup until it is reaped (late, by the machine's init)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cgroup.rmdir()
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def sysctl_binds(node_root: Path) -> list[str]:
@@ -105,6 +121,10 @@ def config(lab: Lab, node: str, index: int) -> dict:
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
         "registerNode": True, "rotateCertificates": False, "serializeImagePulls": False,
         "resolvConf": "/etc/resolv.conf", "clusterDomain": "cluster.local",
+        # Fault tests kill the operator's processes again and again: the kubelet restarts
+        # them within seconds each time instead of backing off for minutes.
+        "featureGates": {"KubeletCrashLoopBackOffMax": True},
+        "crashLoopBackOff": {"maxContainerRestartPeriod": "2s"},
     }
 
 
@@ -123,4 +143,4 @@ def start(lab: Lab, node: str, index: int, enter: list[str], server: str) -> Non
     (root / "config.json").write_text(json.dumps(config(lab, node, index), indent=1))
     procs.start(lab, name, [*enter, str(binary), f"--config={root / 'config.json'}", f"--kubeconfig={kc}",
                             f"--hostname-override={node}", f"--node-ip={node_ip(index)}",
-                            f"--node-labels={LAB_NODE_LABEL}", "--v=1"])
+                            f"--node-labels={NODE_LABELS}", "--v=1"])

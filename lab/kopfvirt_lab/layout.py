@@ -25,11 +25,6 @@ POD_CIDR = ipaddress.ip_network("10.244.0.0/16")  # node-N's pods: 10.244.N.0/24
 APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 23790
 ETCD_PEER_PORT = 23800
-WEBHOOK_PORT = 19443                          # the controller's admission webhook
-METRICS_PORT = 19080                          # the controller's Prometheus /metrics
-AGENT_METRICS_PORT = 19081                    # each agent's, on its node's address
-HEALTH_PORT = 19082                           # the controller's GET /healthz (the chart's probes)
-AGENT_HEALTH_PORT = 19083                     # each agent's, on its node's address
 # A lab node has the machine's 2 CPUs: at 50 vCPUs per CPU (the chart's default is 10)
 # bench/vm_start.py's 100 tiny VMs fit, and tests fill nodes by memory instead.
 CPU_ALLOCATION_RATIO = 50
@@ -38,6 +33,8 @@ CPU_ALLOCATION_RATIO = 50
 HIDDEN_CPU_FEATURES = {"node-2": ("sse4a",)}
 # node-1's agent reads the machine's own /sys (virtio devices, no IOMMU); node-2's a built
 # tree of a GPU server (lab/kopfvirt_lab/pcitree.py), whose kernel side a lab process plays.
+# Each node's mount namespace shows its own at LAB_SYSFS, the chart's agent.sysfsPath.
+LAB_SYSFS = "/var/lib/kopfvirt-lab/sysfs"
 PCI_TREE_NODES = ("node-2",)
 
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",

@@ -17,15 +17,11 @@ from pathlib import Path
 
 from kopfvirt import GROUP, VERSION
 from kopfvirt.core.nodelabels import HIDE_CPU_FEATURES_ANNOTATION
-from . import containerd, controlplane, guest, images, kubelet, kubeproxy, nodes, procs, storage, tokens
+from . import containerd, controlplane, guest, images, install, kubelet, kubeproxy, nodes, procs, storage, tokens
 from .errors import LabError
-from .layout import (AGENT_HEALTH_PORT, AGENT_METRICS_PORT, CPU_ALLOCATION_RATIO, HEALTH_PORT, HIDDEN_CPU_FEATURES,
-                     HOST_IP, LEASE_DIR, METRICS_PORT, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, TLS_DIR, WEBHOOK_PORT, Lab,
-                     node_names)
+from .layout import HIDDEN_CPU_FEATURES, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, Lab, node_names
 
 OWNER = RUN_DIR / "owner"
-WEBHOOK_SECRET = "kopfvirt-webhook-tls"  # the chart's webhook.certSecret
-RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repairs soon
 REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "findmnt": "util-linux",
     "libvirtd": "libvirt-daemon-system", "virsh": "libvirt-clients",
@@ -84,7 +80,9 @@ def _apply(lab: Lab, *paths: Path) -> None:
         raise LabError(f"kubectl apply failed: {result.stderr.strip()}")
 
 
-def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
+def _start_node_daemons(lab: Lab, names: list[str]) -> None:
+    """Each node's container runtime, kubelet and kube-proxy, and the PCI tree node-2's
+    agent reads (lab/kopfvirt_lab/pcitree.py): what a node runs before Kopfvirt comes."""
     python = sys.executable
     for index, node in enumerate(names, start=1):
         containerd.start(lab, node, index, nodes.enter(node))
@@ -99,29 +97,6 @@ def _start_node_processes(lab: Lab, names: list[str], virt_type: str) -> None:
                     if time.monotonic() > deadline:
                         raise LabError(f"the PCI tree of {node} was not built; see {lab.logs}/pcitree-{node}.log")
                     time.sleep(0.1)
-    _hide_cpu_features(lab)
-    for node in names:
-        sysfs_root = str(lab.sysfs_root(node)) if node in PCI_TREE_NODES else "/sys"
-        if not procs.running(lab, f"agent-{node}"):
-            procs.start(lab, f"agent-{node}", [
-                *nodes.enter(node), python, "-m", "kopfvirt", "agent", "--node-name", node,
-                "--kubeconfig", str(lab.root / "agent.kubeconfig"), "--virt-type", virt_type,
-                "--vm-network", nodes.VM_NETWORK,
-                "--resync-seconds", str(RESYNC_SECONDS), "--tls-dir", TLS_DIR, "--cert-check-seconds", "5",
-                "--sysfs-root", sysfs_root, "--device-scan-seconds", "2", "--namespace", "kopfvirt-system",
-                "--metrics-port", str(AGENT_METRICS_PORT), "--health-port", str(AGENT_HEALTH_PORT),
-                "--lease-dir", LEASE_DIR])
-    if not procs.running(lab, "controller"):
-        # The webhook's certificate as in a cluster: issued by the controller into a Secret,
-        # its CA patched into the webhook configuration (checked every few seconds here).
-        procs.start(lab, "controller", [
-            python, "-m", "kopfvirt", "controller", "--resync-seconds", str(RESYNC_SECONDS),
-            "--kubeconfig", str(lab.root / "controller.kubeconfig"), "--webhook-host", HOST_IP,
-            "--webhook-port", str(WEBHOOK_PORT), "--webhook-secret", WEBHOOK_SECRET,
-            "--webhook-cert-dir", str(lab.root / "webhook"), "--cert-check-seconds", "5",
-            "--namespace", "kopfvirt-system", "--metrics-port", str(METRICS_PORT),
-            "--health-port", str(HEALTH_PORT), "--reservation-image", images.reference(lab, "reservation"),
-            "--cpu-allocation-ratio", str(CPU_ALLOCATION_RATIO)])
 
 
 def _hide_cpu_features(lab: Lab, timeout: float = 60) -> None:
@@ -140,62 +115,36 @@ def _hide_cpu_features(lab: Lab, timeout: float = 60) -> None:
             time.sleep(0.5)
 
 
-def _webhook_configuration(lab: Lab) -> None:
-    """The lab's ValidatingWebhookConfiguration: the controller runs on the host, so by URL.
-    Applied before the controller starts and without a caBundle, as a chart installs it:
-    the controller gives it its CA (an apply leaves the caBundle it set alone)."""
-    # kopf loads only when needed
-    from kopfvirt.controller.handlers import EVICTION_PATH, POOL_PATH, WEBHOOK_PATH  # noqa: PLC0415
-
-    def webhook(name: str, path: str, api: tuple[str, str], resource: str, operations: list[str], **extra) -> dict:
-        return {"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
-                "timeoutSeconds": 10,
-                "clientConfig": {"url": f"https://{HOST_IP}:{WEBHOOK_PORT}/{path}"},
-                "rules": [{"apiGroups": [api[0]], "apiVersions": [api[1]], "resources": [resource],
-                           "operations": operations}], **extra}
-
-    config = {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": "kopfvirt"},
-        "webhooks": [
-            # Metadata-only writes (finalizers, labels) never wait for the controller.
-            webhook("virtualmachines.kopfvirt.io", WEBHOOK_PATH, (GROUP, VERSION), "virtualmachines",
-                    ["CREATE", "UPDATE"], matchConditions=[{
-                        "name": "spec-changes-only",
-                        "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}]),
-            webhook("evictions.kopfvirt.io", EVICTION_PATH, ("", "v1"), "pods/eviction", ["CREATE"],
-                    sideEffects="NoneOnDryRun", matchConditions=[{
-                        "name": "reservation-pods-only", "expression": "request.name.startsWith('kopfvirt-')"}]),
-            # A StoragePool stays while VMs use it.
-            webhook("storagepools.kopfvirt.io", POOL_PATH, (GROUP, VERSION), "storagepools", ["DELETE"]),
-        ],
-    }
-    path = lab.root / "webhook.yaml"
-    path.write_text(json.dumps(config))
-    _apply(lab, path)
-
-
-def _wait_webhook(lab: Lab) -> None:
-    """Until the webhook serves with the controller's certificate: `lab up` returns when
-    VM writes are judged, not refused."""
-    deadline = time.monotonic() + 60
+def _wait_webhook(lab: Lab, timeout: float = 120) -> None:
+    """Until the API server reaches the controller's webhook through its Service (a
+    server-side dry run of a VM is judged, admitted or denied, not failed): `lab up` returns
+    when VM writes work."""
+    probe = json.dumps({"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
+                        "metadata": {"name": "lab-webhook-probe", "namespace": install.NAMESPACE},
+                        "spec": {"cpu": {"cores": 1}, "memory": {"size": "64Mi"}}})
+    deadline = time.monotonic() + timeout
     while True:
-        secret = _kubectl_json(lab, "-n", "kopfvirt-system", "get", "secret", WEBHOOK_SECRET)
-        config = _kubectl_json(lab, "get", "validatingwebhookconfiguration", "kopfvirt")
-        ca = ((secret or {}).get("data") or {}).get("ca.crt")
-        bundles = {(w.get("clientConfig") or {}).get("caBundle") for w in (config or {}).get("webhooks") or []}
-        if ca and bundles == {ca} and procs.port_in_use(WEBHOOK_PORT):
+        result = subprocess.run(lab.kubectl_as_admin("create", "--dry-run=server", "-f", "-"), input=probe,
+                                capture_output=True, text=True)
+        if result.returncode == 0 or "denied the request" in result.stderr:  # judged either way
             return
-        if time.monotonic() > deadline or not procs.running(lab, "controller"):
-            raise LabError(f"the controller's webhook does not serve with its certificate on {WEBHOOK_PORT}:\n"
-                           f"{procs.log_tail(lab, 'controller')}")
-        time.sleep(0.2)
+        if time.monotonic() > deadline:
+            raise LabError(f"the controller's webhook does not answer: {result.stderr.strip()}\n"
+                           f"pods:\n{install.pods_table(lab)}")
+        time.sleep(0.5)
 
 
-def _kubectl_json(lab: Lab, *args: str) -> dict | None:
-    result = subprocess.run(lab.kubectl_as_admin(*args, "-o", "json"),
-                            capture_output=True, text=True)
-    return json.loads(result.stdout) if result.returncode == 0 else None
+def _wait_operator_ready(lab: Lab, names: list[str], timeout: float = 120) -> None:
+    """The controller and an agent per node Ready (their probes pass): after a repaired
+    kubelet they are probed afresh."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = [p for p in install.pods(lab) if not p["metadata"].get("deletionTimestamp")]
+        if len(pods) >= len(names) + 1 and all(install.ready(p) for p in pods):
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"the operator's pods are not Ready after {timeout:.0f}s:\n{install.pods_table(lab)}")
+        time.sleep(0.5)
 
 
 def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 180) -> None:
@@ -212,7 +161,7 @@ def _wait_nodes_ready(lab: Lab, names: list[str], timeout: float = 180) -> None:
             return
         time.sleep(0.5)
     raise LabError(f"nodes not Ready and labelled after {timeout:.0f}s; "
-                   f"see {lab.logs}/kubelet-*.log and agent-*.log")
+                   f"see {lab.logs}/kubelet-*.log and the agents' logs (kubectl -n {install.NAMESPACE} logs)")
 
 
 def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
@@ -238,20 +187,22 @@ def up(lab: Lab, count: int, virt_type: str = "qemu") -> None:
         nodes.ensure_bridge()  # before the API server: its address lives on the bridge
         controlplane.prepare_pki(lab)
         controlplane.start(lab)
-        _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml",
-               lab.repo / "manifests" / "rbac.yaml", lab.repo / "manifests" / "migration-config.yaml",
-               lab.repo / "manifests" / "passthrough-config.yaml")
+        # The namespace with its Pod Security labels, as a user creates it before the chart.
+        _apply(lab, lab.repo / "crds", lab.repo / "manifests" / "namespace.yaml")
         subprocess.run(lab.kubectl_as_admin("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"),
                        check=True, capture_output=True)
         _apply(lab, lab.repo / "lab" / "storagepools.yaml", lab.repo / "lab" / "kubelet-api.yaml")
         storage.up(lab)
         nodes.up(lab, names)
-        tokens.write_kubeconfigs(lab, controlplane.server_url())
-        _webhook_configuration(lab)
-        _start_node_processes(lab, names, virt_type)
+        _start_node_daemons(lab, names)
+        _hide_cpu_features(lab)
+        if install.install(lab, nodes.VM_NETWORK, virt_type):
+            print("kopfvirt installed: helm upgrade --install " + install.RELEASE, flush=True)
+        tokens.write_kubeconfigs(lab, controlplane.server_url())  # for tests acting as the agent
         _wait_webhook(lab)
         nodes.ensure_tls_listeners(lab, names)
         _wait_nodes_ready(lab, names)
+        _wait_operator_ready(lab, names)
     except (LabError, subprocess.CalledProcessError, KeyboardInterrupt) as e:
         if fresh:  # never leave half a lab behind
             down(lab, keep_logs=True, quiet=True)
@@ -307,15 +258,19 @@ def status(lab: Lab) -> int:
         print(f"  {name:26} {state}")
     print("nodes:")
     for node, state in nodes.status(lab, names).items():
-        healthy &= "running" in state
+        healthy &= "libvirtd running" in state and "virtlockd running" in state
         print(f"  {node:26} {state}")
-    print("kubelets, container runtimes, kube-proxies and kopfvirt:")
-    daemons = ("kubelet", "containerd", "kube-proxy", "agent")
-    for name in ["controller"] + [f"{p}-{n}" for n in names for p in daemons] + \
-            [f"pcitree-{n}" for n in names if n in PCI_TREE_NODES]:
+    print("kubelets, container runtimes and kube-proxies:")
+    daemons = ("kubelet", "containerd", "kube-proxy")
+    for name in [f"{p}-{n}" for n in names for p in daemons] + [f"pcitree-{n}" for n in names if n in PCI_TREE_NODES]:
         pid = procs.running(lab, name)
         healthy &= pid is not None
         print(f"  {name:26} {'running (pid %d)' % pid if pid else 'stopped'}")
+    released = install.deployed(lab)
+    operator = install.pods(lab)
+    healthy &= released and len(operator) > len(names) and all(install.ready(p) for p in operator)
+    print(f"kopfvirt (helm release {install.RELEASE} in {install.NAMESPACE}: {'deployed' if released else 'absent'}):")
+    print(install.pods_table(lab))
     print(f"storage servers ({storage.LAB.ip}):")
     for name, state in storage.status(lab).items():
         healthy &= state.startswith("running") and state.endswith(" reachable")

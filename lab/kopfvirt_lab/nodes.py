@@ -21,8 +21,9 @@ from kopfvirt.agent.tls import LIBVIRTD_PATHS
 
 from . import kubelet, procs
 from .errors import LabError
-from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK, RUN_DIR,
-                     SHARED_STORAGE, TLS_DIR, Lab, mntns_path, netns, netns_path, node_ip, pod_cidr)
+from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LAB_SYSFS, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK,
+                     PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, STORAGE_HOST, TLS_DIR, Lab, mntns_path, netns, netns_path, node_ip,
+                     pod_cidr)
 
 PREFIXLEN = NETWORK.prefixlen
 LIBVIRT_TLS_PORT = 16514
@@ -90,10 +91,15 @@ def make_mntns(ns: Path, binds: list[str], what: str) -> None:
 
 def ensure_pod_routes(names: list[str]) -> None:
     """Each node forwards for its pods and routes the other nodes' pod subnets to them; the
-    host routes every node's (the API server answers pods, and reaches them as webhooks)."""
+    host routes every node's (the API server answers pods, and reaches them as webhooks), and
+    so does the storage host (the agents' pods reach its NFS server), each straight to the
+    node: the host itself forwards nothing."""
+    storage_ns = netns(STORAGE_HOST)
     for index, node in enumerate(names, start=1):
         procs.run(["ip", "netns", "exec", netns(node), "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         _ip("route", "replace", pod_cidr(index), "via", node_ip(index))
+        if Path(f"/run/netns/{storage_ns}").exists():
+            _ip("-n", storage_ns, "route", "replace", pod_cidr(index), "via", node_ip(index))
         for other in range(1, len(names) + 1):
             if other != index:
                 _ip("-n", netns(node), "route", "replace", pod_cidr(other), "via", node_ip(other))
@@ -215,7 +221,16 @@ def _ensure_mntns(lab: Lab, node: str) -> None:
         (node_root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
     for d in NODE_PRIVATE_DIRS:
         Path(d).mkdir(parents=True, exist_ok=True)
-    binds = [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in NODE_PRIVATE_DIRS]
+    # /var/lib/kopfvirt shared within the node: the pools libvirtd mounts there later reach
+    # the agent's pod (its hostPath is HostToContainer), and so does the TLS directory.
+    binds = ["mount --bind /var/lib/kopfvirt /var/lib/kopfvirt", "mount --make-shared /var/lib/kopfvirt"]
+    binds += [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in NODE_PRIVATE_DIRS]
+    Path(LAB_SYSFS).mkdir(parents=True, exist_ok=True)
+    if node in PCI_TREE_NODES:
+        lab.sysfs_root(node).mkdir(parents=True, exist_ok=True)
+        binds.append(f"mount --bind {lab.sysfs_root(node)} {LAB_SYSFS}")
+    else:
+        binds.append(f"mount --rbind /sys {LAB_SYSFS}")
     binds += kubelet.sysctl_binds(node_root)
     lab_bin = node_root / "var/lib/libvirt/lab-bin"
     if Path("/usr/sbin/dmidecode").exists():
@@ -266,8 +281,8 @@ def ensure_tls_listeners(lab: Lab, names: list[str], timeout: float = 90) -> Non
     for node in names:
         while not _tls_ready(lab, node):
             if time.monotonic() > deadline:
-                raise LabError(f"{node} got no libvirt certificate from its agent within {timeout:.0f}s; "
-                               f"see {lab.logs}/agent-{node}.log and controller.log")
+                raise LabError(f"{node} got no libvirt certificate from its agent within {timeout:.0f}s; see "
+                               "`kubectl -n kopfvirt-system logs` of its agent pod and of the controller")
             time.sleep(0.2)
         if not listening(node, LIBVIRT_TLS_PORT) and (pid := libvirtd_pid(lab, node)):
             procs.kill(pid, grace=10)

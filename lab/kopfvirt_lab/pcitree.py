@@ -119,8 +119,11 @@ def remove(root: Path, address: str) -> None:
 
 
 def build(root: Path, functions=LAB, vfio: bool = True) -> None:
-    """A fresh tree of `functions` (and the vfio-pci driver, unless `vfio` is false)."""
-    shutil.rmtree(root, ignore_errors=True)
+    """A fresh tree of `functions` (and the vfio-pci driver, unless `vfio` is false), in
+    `root` emptied, not replaced: a node's mount namespace shows that very directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in root.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     (root / "bus" / "pci" / "devices").mkdir(parents=True)
     _fifo(root / "bus" / "pci" / "drivers_probe")
     if vfio:

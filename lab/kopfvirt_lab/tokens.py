@@ -1,4 +1,5 @@
-"""ServiceAccount tokens for the product's processes: they run with the RBAC of manifests/."""
+"""A token of the agent's ServiceAccount, for tests that act as an agent (its RBAC, the
+chart's): .lab/agent.kubeconfig. The operator's pods have their own."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from .errors import LabError
 from .layout import Lab
 
 NAMESPACE = "kopfvirt-system"
-ACCOUNTS = {"controller": "kopfvirt-controller", "agent": "kopfvirt-agent"}
+ACCOUNTS = {"agent": "kopfvirt-agent"}
 DURATION = "168h"
 
 

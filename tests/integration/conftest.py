@@ -66,6 +66,43 @@ def wait_for(what: str, probe, timeout: float = 90, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
+OPERATOR_NAMESPACE = "kopfvirt-system"  # where the lab installs the chart
+
+
+def operator_pod(component: str, node: str | None = None) -> dict:
+    """The running pod of the chart's controller, or of a node's agent."""
+    selector = ["--field-selector", f"spec.nodeName={node}"] if node else []
+    pods = [p for p in kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l",
+                                    f"app.kubernetes.io/component={component}", *selector)["items"]
+            if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"]
+    assert pods, f"no running {component} pod" + (f" on {node}" if node else "")
+    return pods[0]
+
+
+def operator_url(component: str, port: int, path: str, node: str | None = None) -> str:
+    return f"http://{operator_pod(component, node)['status']['podIP']}:{port}{path}"
+
+
+def operator_pid(component: str, node: str | None = None) -> int:
+    """The host pid of the controller's or a node's agent's process (in its pod's container)."""
+    def find():
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                at = next(i for i, a in enumerate(argv[:3]) if a == b"kopfvirt" or a.endswith(b"/kopfvirt"))
+                if argv[at + 1] != component.encode():
+                    continue
+                if node and f"NODE_NAME={node}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                    continue
+                return int(proc.name)
+            except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, StopIteration):
+                continue
+        return None
+    return wait_for(f"the {component} process" + (f" of {node}" if node else ""), find, timeout=60)
+
+
 def domains_of(uid: str) -> dict[str, str]:
     """node -> domain state, for every lab node that has a domain with this UUID."""
     found = {}

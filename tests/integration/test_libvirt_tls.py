@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from kopfvirt.core import certificates
 from kopfvirt_lab.layout import TLS_DIR, Lab, node_ip
 
-from .conftest import REPO, kubectl, kubectl_json, lab_exec, wait_for
+from .conftest import REPO, kubectl, kubectl_json, lab_exec, operator_pid, wait_for
 from .test_migration import OTHER, Migrations, assert_keeps_counting, assert_on_one_node, running_vm
 
 LAB = Lab(REPO)
@@ -98,7 +98,7 @@ def test_a_target_without_a_valid_certificate_cannot_be_migrated_to_until_its_ag
     migrations = Migrations(vms.namespace)
     source, uid = running_vm(vms, "tls-mig")
     target = OTHER[source]
-    agent_pid = int((LAB.pids / f"agent-{target}.pid").read_text())
+    agent_pid = operator_pid("agent", target)
     os.kill(agent_pid, signal.SIGSTOP)  # so it does not put the valid certificate back at once
     try:
         now = datetime.datetime.now(datetime.timezone.utc)

@@ -8,17 +8,17 @@ on node-1, and its migration must be refused naming the feature.
 from __future__ import annotations
 
 import json
-import time
+import os
+import signal
 import urllib.request
 
 import pytest
 import yaml
 
-from .conftest import (KOPFVIRT_LAB, KUBECONFIG, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run,
-                       wait_for)
+from .conftest import (KUBECONFIG, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, operator_pid,
+                       operator_url, run, wait_for)
 
 OTHER = {"node-1": "node-2", "node-2": "node-1"}
-METRICS_URL = "http://127.0.0.1:19080/metrics"  # the lab controller's (lab/kopfvirt_lab/layout.py METRICS_PORT)
 
 
 class Migrations:
@@ -207,11 +207,9 @@ def test_a_killed_part_mid_migration_leaves_the_vm_on_one_node(vms, migrations, 
     target = OTHER[source]
     migrations.create(name, name, options={"bandwidthMiBps": 6})  # about 20 s for 128 MiB
     migrations.wait_phase(name, "Running")
-    run("pkill", "-9", "-f", {"controller": "kopfvirt controller",
-                              "source-agent": f"agent --node-name {source}",
-                              "target-agent": f"agent --node-name {target}"}[victim])
-    time.sleep(2)
-    run(*KOPFVIRT_LAB, "up", timeout=300)
+    component, node = {"controller": ("controller", None), "source-agent": ("agent", source),
+                       "target-agent": ("agent", target)}[victim]
+    os.kill(operator_pid(component, node), signal.SIGKILL)  # its pod's container restarts it
     m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)
     vm = wait_for("the VM settled", lambda: (v := vms.get(name)) and v["status"].get("phase") == "Running"
                   and "migration" not in v["status"] and v, timeout=60)
@@ -248,7 +246,7 @@ def test_drain_moves_live_migratable_vms_and_stops_the_others(vms, migrations):
     finally:
         kubectl("uncordon", moving_node)
     vms.wait_phase("mig-drain-stop", "Running")
-    metrics = urllib.request.urlopen(METRICS_URL, timeout=10).read().decode()
+    metrics = urllib.request.urlopen(operator_url("controller", 8080, "/metrics"), timeout=10).read().decode()
     assert 'kopfvirt_migrations_total{mode="Live",phase="Succeeded"}' in metrics
     assert "kopfvirt_migration_downtime_seconds_count" in metrics
     for name in ("mig-drain-live", "mig-drain-stop"):

@@ -8,7 +8,6 @@ reports, and its devices go back to their host drivers."""
 import json
 import os
 import signal
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -18,11 +17,9 @@ import yaml
 from kopfvirt.clients import sysfs
 from kopfvirt_lab import pcitree
 
-from .conftest import KOPFVIRT_LAB, REPO, kubectl, kubectl_json, lab_guest, wait_for
+from .conftest import REPO, kubectl, kubectl_json, lab_guest, operator_pid, operator_url, wait_for
 
 TREE = REPO / ".lab" / "sysfs" / "node-2"
-CONTROLLER_METRICS = "http://127.0.0.1:19080/metrics"  # lab/kopfvirt_lab/layout.py METRICS_PORT
-NODE_2_METRICS = "http://198.18.0.12:19081/metrics"    # node-2's agent, AGENT_METRICS_PORT
 GPU, AUDIO, USB, VF2, VF3 = ("node-2-0000-01-00-0", "node-2-0000-01-00-1", "node-2-0000-05-00-0",
                              "node-2-0000-3b-00-2", "node-2-0000-3b-00-3")
 
@@ -122,7 +119,7 @@ def test_a_gpu_is_allocated_bound_given_back_and_held_against_others(vms, rules)
              == ("nvidia", "snd_hda_intel"))
     wait_for("the give-back recorded", lambda: "hostDriver" not in status(GPU) and status(GPU)["driver"] == "nvidia")
     assert vms.get("gpu-a")["status"]["phase"] == "Pending"
-    agent_metrics = urllib.request.urlopen(NODE_2_METRICS, timeout=10).read().decode()
+    agent_metrics = urllib.request.urlopen(operator_url("agent", 8081, "/metrics", "node-2"), timeout=10).read().decode()
     for operation in ("bind", "restore"):
         assert f'kopfvirt_device_operations_total{{node="node-2",operation="{operation}",result="ok"}}' in agent_metrics
 
@@ -171,7 +168,7 @@ def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held
     assert vm["status"]["phase"] == "Pending" and not vm["status"].get("hostDevices")
     assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
     wait_for(f"a {reason} Event", lambda: reason in events(vms, name))  # posted in the background
-    metrics = urllib.request.urlopen(CONTROLLER_METRICS, timeout=10).read().decode()
+    metrics = urllib.request.urlopen(operator_url("controller", 8080, "/metrics"), timeout=10).read().decode()
     assert f'kopfvirt_device_allocation_refusals_total{{reason="{reason}"}}' in metrics
     assert not any((d.get("status") or {}).get("holder", {}).get("name") == name
                    for d in kubectl_json("get", "passthroughdevices")["items"])
@@ -229,13 +226,16 @@ def test_a_group_left_on_vfio_by_a_crashed_agent_goes_back_when_it_starts(lab, r
     its host driver on the objects. The restarted agent gives it back."""
     rules([{"vendorDevice": "10de:2204"}, {"class": "0403"}])
     wait_for("the GPU assignable", lambda: status(GPU).get("assignable"))
-    os.kill(int((lab / "pids" / "agent-node-2.pid").read_text()), signal.SIGKILL)
-    for name, address, driver in ((GPU, "0000:01:00.0", "nvidia"), (AUDIO, "0000:01:00.1", "snd_hda_intel")):
-        kubectl("patch", "passthroughdevice", name, "--subresource", "status", "--type", "merge",
-                "-p", json.dumps({"status": {"hostDriver": driver}}))  # as the agent records it first
-        sysfs.to_vfio(TREE, address)
-    assert (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1")) == ("vfio-pci", "vfio-pci")
-    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
+    agent = operator_pid("agent", "node-2")
+    os.kill(agent, signal.SIGSTOP)  # the crash comes after what it leaves behind
+    try:
+        for name, address, driver in ((GPU, "0000:01:00.0", "nvidia"), (AUDIO, "0000:01:00.1", "snd_hda_intel")):
+            kubectl("patch", "passthroughdevice", name, "--subresource", "status", "--type", "merge",
+                    "-p", json.dumps({"status": {"hostDriver": driver}}))  # as the agent records it first
+            sysfs.to_vfio(TREE, address)
+        assert (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1")) == ("vfio-pci", "vfio-pci")
+    finally:
+        os.kill(agent, signal.SIGKILL)  # its pod's container starts it again
     wait_for("the group back on its host drivers",
              lambda: (tree_driver("0000:01:00.0"), tree_driver("0000:01:00.1")) == ("nvidia", "snd_hda_intel"))
     wait_for("the objects current", lambda: status(GPU).get("driver") == "nvidia"

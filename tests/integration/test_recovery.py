@@ -1,4 +1,5 @@
-"""A running guest survives its node's agent and libvirtd being killed; `lab up` repairs."""
+"""A running guest survives its node's agent and libvirtd being killed: the kubelet restarts
+the agent's container, `lab up` the node's libvirtd."""
 
 import json
 import os
@@ -7,9 +8,8 @@ import subprocess
 import time
 import urllib.request
 
-from kopfvirt_lab.layout import AGENT_HEALTH_PORT, HEALTH_PORT, node_ip
-
-from .conftest import KOPFVIRT_LAB, REPO, domains_of, heartbeat, lab_exec, lab_guest, wait_for
+from .conftest import (KOPFVIRT_LAB, REPO, domains_of, heartbeat, lab_exec, lab_guest, operator_pid, operator_pod,
+                       operator_url, wait_for)
 
 LAB = REPO / ".lab"
 
@@ -22,6 +22,20 @@ def _pid(path) -> int:
     return int(path.read_text().strip())
 
 
+def restarts(component: str, node: str | None = None) -> int:
+    return sum(s.get("restartCount", 0) for s in operator_pod(component, node)["status"]["containerStatuses"])
+
+
+def restarted(component: str, node: str | None, before: int):
+    """The kubelet started the container again and its probes pass: Ready."""
+    def probe():
+        pod = operator_pod(component, node)
+        count = sum(s.get("restartCount", 0) for s in pod["status"]["containerStatuses"])
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
+        return count > before and ready and pod
+    return wait_for(f"the {component} container restarted and Ready", probe, timeout=90)
+
+
 def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
     assert vms.apply(lab_guest("sacred")).returncode == 0
     vm = vms.wait_phase("sacred", "Running")
@@ -29,22 +43,22 @@ def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
     wait_for("the guest's heartbeat", lambda: heartbeat(node, domain))
     qemu = _qemu_pid(node, domain)
 
-    agent = _pid(LAB / "pids" / f"agent-{node}.pid")
+    agent = operator_pid("agent", node)
+    before_restarts = restarts("agent", node)
     libvirtd = _pid(LAB / "nodes" / node / "run/libvirt/libvirtd.pid")
-    agent_health = f"http://{node_ip(int(node.rsplit('-', 1)[1]))}:{AGENT_HEALTH_PORT}/healthz"
-    assert healthy(agent_health)
+    assert healthy(operator_url("agent", 8082, "/healthz", node))
     os.kill(agent, signal.SIGKILL)
     os.kill(libvirtd, signal.SIGKILL)
     wait_for("agent and libvirtd to die", lambda: not os.path.exists(f"/proc/{agent}")
              and not os.path.exists(f"/proc/{libvirtd}"), timeout=10)
     status = subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True, text=True)
-    assert status.returncode != 0 and "degraded" in status.stdout
-    assert not healthy(agent_health)  # what a liveness probe would see
+    assert status.returncode != 0 and "degraded" in status.stdout and "libvirtd stopped" in status.stdout
 
     before = heartbeat(node, domain)
     subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
+    restarted("agent", node, before_restarts)
+    assert healthy(operator_url("agent", 8082, "/healthz", node))
     assert subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True).returncode == 0
-    wait_for("the new agent's probe", lambda: healthy(agent_health), timeout=30)
 
     # The same QEMU process, still counting: the guest never restarted.
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
@@ -65,8 +79,9 @@ def test_restarted_controller_leaves_running_vms_alone(vms):
     vm = vms.wait_phase("steady", "Running")
     node, domain = vm["status"]["nodeName"], vms.domain("steady")
     qemu = _qemu_pid(node, domain)
-    os.kill(_pid(LAB / "pids" / "controller.pid"), signal.SIGTERM)
-    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
+    before = restarts("controller")
+    os.kill(operator_pid("controller"), signal.SIGTERM)
+    restarted("controller", None, before)
     time.sleep(3)
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
     assert vms.get("steady")["status"]["phase"] == "Running"
@@ -95,8 +110,7 @@ def test_agent_killed_mid_start_ends_with_one_domain(vms):
     vm = wait_for("the hand-off to a node", lambda: (v := vms.get("halfway")) and
                   (v["metadata"].get("labels") or {}).get("kopfvirt.io/node") and v, interval=0.05)
     node = vm["metadata"]["labels"]["kopfvirt.io/node"]
-    os.kill(_pid(LAB / "pids" / f"agent-{node}.pid"), signal.SIGKILL)
-    subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
+    os.kill(operator_pid("agent", node), signal.SIGKILL)
     vm = vms.wait_phase("halfway", "Running")
     assert domains_of(vm["metadata"]["uid"]) == {node: "running"}
     vms.delete("halfway")
@@ -112,6 +126,6 @@ def healthy(url: str) -> bool:
 
 
 def test_the_controller_and_agents_answer_their_probes(lab):
-    assert healthy(f"http://127.0.0.1:{HEALTH_PORT}/healthz")
-    for index in (1, 2):
-        assert healthy(f"http://{node_ip(index)}:{AGENT_HEALTH_PORT}/healthz")
+    assert healthy(operator_url("controller", 8082, "/healthz"))
+    for node in ("node-1", "node-2"):
+        assert healthy(operator_url("agent", 8082, "/healthz", node))

@@ -9,12 +9,11 @@ import json
 import socket
 import ssl
 
-from kopfvirt_lab.layout import HOST_IP, WEBHOOK_PORT
-
-from .conftest import kubectl, kubectl_json, lab_guest, wait_for
+from .conftest import kubectl, kubectl_json, lab_guest, operator_pod, wait_for
 
 SECRET = "kopfvirt-webhook-tls"
 BAD_CPU = {"cpu": {"sockets": 16, "cores": 64}}  # only the webhook refuses this one
+SERVICE = "kopfvirt-webhook.kopfvirt-system.svc"  # the name the API server calls it by
 
 
 def secret() -> dict | None:
@@ -28,11 +27,11 @@ def ca_bundles() -> set[str]:
 
 
 def served_subject(ca_pem: bytes) -> str:
-    """The webhook's certificate as a client trusting `ca_pem` sees it (the handshake fails
-    unless the server serves a certificate of that CA for the lab's address)."""
+    """The webhook's certificate as a client trusting `ca_pem` sees it at the controller's
+    pod (the handshake fails unless it serves a certificate of that CA for its Service)."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
-    with socket.create_connection((HOST_IP, WEBHOOK_PORT), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=HOST_IP) as tls:
+    with socket.create_connection((operator_pod("controller")["status"]["podIP"], 9443), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=SERVICE) as tls:
             return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
 
 
@@ -50,7 +49,7 @@ def test_the_controller_issues_the_certificate_and_gives_its_ca_to_the_configura
     assert body["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kopfvirt-controller"
     assert set(body["data"]) == {"tls.crt", "tls.key", "ca.crt", "ca.key"}
     assert ca_bundles() == {body["data"]["ca.crt"]}
-    assert served_subject(base64.b64decode(body["data"]["ca.crt"])) == HOST_IP
+    assert served_subject(base64.b64decode(body["data"]["ca.crt"])) == SERVICE
     assert "spec.cpu: sockets x cores x threads is 1024" in refused_by_the_webhook(vms)
 
 
@@ -79,6 +78,6 @@ def test_a_caBundle_removed_from_the_configuration_is_given_back(vms):
 
 def _serves(ca_pem: bytes) -> bool:
     try:
-        return served_subject(ca_pem) == HOST_IP
+        return served_subject(ca_pem) == SERVICE
     except (ssl.SSLError, OSError):
         return False
