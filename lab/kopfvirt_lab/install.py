@@ -1,6 +1,6 @@
 """The operator in the lab, installed as users install it: `helm upgrade --install kopfvirt
 charts/kopfvirt` with the values the lab writes (.lab/values.yaml: the images it built,
-its nodes, faster periods), so the controller and the agents run as the chart's pods on
+faster periods, where each node shows its sysfs), so the controller and the agents run as the chart's pods on
 the lab's kubelets, from the images built from the Dockerfile. The lab's libvirtds run on
 the nodes themselves (`libvirt.enabled=false`, as on hosts that already run libvirtd).
 """
@@ -24,7 +24,7 @@ RESYNC_SECONDS = 10  # faster than a cluster's default, so fault tests see repai
 
 
 def helm() -> str:
-    """The pinned helm `make helm` builds (KOPFVIRT_HELM), else one on PATH."""
+    """The pinned helm `make helm` builds (KOPFVIRT_HELM, or found in the cache), else one on PATH."""
     candidates = [os.environ.get("KOPFVIRT_HELM", ""), *sorted(map(str, (cache_dir() / "bin").glob("helm-v*"))),
                   shutil.which("helm") or ""]
     found = next((c for c in candidates if c and Path(c).is_file()), None)
