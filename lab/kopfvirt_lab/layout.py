@@ -7,6 +7,8 @@ import ipaddress
 import os
 from pathlib import Path
 
+from kopfvirt import NODE_TLS_DIR
+
 from .errors import LabError
 
 K8S_VERSION = "v1.36.3"
@@ -46,7 +48,7 @@ KUBELET_DIRS = ("/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/
                 "/var/log/pods", "/var/log/containers")
 # The agent's directory for the node's libvirt certificate (its --tls-dir) is the node's own
 # too, and /etc/pki, where libvirtd finds links to it.
-TLS_DIR = "/var/lib/kopfvirt/tls"
+TLS_DIR = NODE_TLS_DIR
 NODE_PRIVATE_DIRS = (*LIBVIRT_DIRS, "/var/log/glusterfs", *KUBELET_DIRS, TLS_DIR, "/etc/pki")
 
 # The storage host: GlusterFS, iSCSI and NFS servers in their own namespaces (lab/kopfvirt_lab/storage.py).

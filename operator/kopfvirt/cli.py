@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from . import NODE_TLS_DIR
 from .core.reservation import DEFAULT_POD_SETTINGS, PodSettings
 
 
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over the node's VMs")
     a.add_argument("--hide-cpu-features", default="", metavar="F1,F2",
                    help="CPU features not to offer guests here (narrow a newer node to its older peers)")
-    a.add_argument("--tls-dir", default="/var/lib/kopfvirt/tls",
+    a.add_argument("--tls-dir", default=NODE_TLS_DIR,
                    help="where the node's libvirt certificate for migration over TLS is kept (issued through a "
                         "CertificateSigningRequest; libvirtd and QEMU read it there)")
     a.add_argument("--cert-check-seconds", type=_positive, default=600,

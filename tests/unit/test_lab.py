@@ -10,7 +10,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from kopfvirt.agent.tls import DEFAULT_DIR, LIBVIRTD_PATHS
+from kopfvirt import NODE_TLS_DIR
+from kopfvirt.agent.tls import LIBVIRTD_PATHS
 from kopfvirt_lab import controlplane, images, kubeconfig, layout, manage, nodes, pki, procs, storage
 from kopfvirt_lab.errors import LabError
 
@@ -230,6 +231,6 @@ def test_the_libvirt_image_links_libvirtds_certificate_paths_as_the_agent_expect
     reads (and reloads) it at its default paths, linked there by the Dockerfile."""
     text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
     stage = text[text.index("AS libvirt"):]
-    assert f"t={DEFAULT_DIR}" in stage
+    assert f"t={NODE_TLS_DIR}" in stage
     links = dict((link, target) for target, link in re.findall(r"ln -s \$t/(\S+) (\S+)", stage))
     assert links == LIBVIRTD_PATHS

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from prometheus_client import start_http_server
 
+from .. import NODE_TLS_DIR
 from ..clients import kube
 from ..runtime import run
 from .handlers import build_registry
 from .reconciler import Agent
-from .tls import DEFAULT_DIR, NodeTLS
+from .tls import NodeTLS
 
 
 def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
          vm_network: str, resync_seconds: float = 30, hidden_cpu_features: tuple[str, ...] = (),
-         tls_dir: str = DEFAULT_DIR, sysfs_root: str = "/sys", pci_ids: str | None = None,
+         tls_dir: str = NODE_TLS_DIR, sysfs_root: str = "/sys", pci_ids: str | None = None,
          device_scan_seconds: float = 10, namespace: str = "kopfvirt-system", metrics_port: int = 0,
          lease_dir: str | None = None, health_port: int = 0, cert_check_seconds: float = 600) -> None:
     kube.load(kubeconfig)

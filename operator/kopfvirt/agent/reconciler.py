@@ -13,7 +13,7 @@ import time
 
 import libvirt
 
-from .. import GROUP
+from .. import GROUP, NODE_TLS_DIR
 from ..clients import images, kube
 from ..clients.libvirt import DomainConflict, Hypervisor
 from ..core import conditions, disks, domainxml, lifecycle, vmspec
@@ -41,7 +41,7 @@ class NotReady(Exception):
 
 class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
-                 hidden_cpu_features: tuple[str, ...] = (), tls_dir: str = "/var/lib/kopfvirt/tls",
+                 hidden_cpu_features: tuple[str, ...] = (), tls_dir: str = NODE_TLS_DIR,
                  sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system",
                  lease_dir: str | None = None):
         super().__init__(log)

@@ -17,12 +17,12 @@ import time
 import uuid
 from pathlib import Path
 
+from .. import NODE_TLS_DIR
 from ..clients import kube
 from ..core import certificates
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIR = "/var/lib/kopfvirt/tls"
 USAGES = ["digital signature", "server auth", "client auth"]
 # One pair under both namings: libvirt's (libvirtd.conf, pkipath) and QEMU's (x509 dir).
 ALIASES = {"ca-cert.pem": "cacert.pem", "server-cert.pem": "servercert.pem", "server-key.pem": "serverkey.pem",
@@ -38,7 +38,7 @@ LIBVIRTD_PATHS = {"/etc/pki/CA/cacert.pem": "cacert.pem", "/etc/pki/libvirt/serv
 
 
 class NodeTLS:
-    def __init__(self, node: str, namespace: str, directory: str = DEFAULT_DIR, signing_timeout: float = 60):
+    def __init__(self, node: str, namespace: str, directory: str = NODE_TLS_DIR, signing_timeout: float = 60):
         self.node, self.namespace, self.directory = node, namespace, Path(directory)
         self.signing_timeout = signing_timeout
 
