@@ -99,10 +99,15 @@ def ready(pod: dict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or [])
 
 
+def restarts(pod: dict) -> int:
+    """How often the kubelet has started the pod's containers again."""
+    return sum(s.get("restartCount", 0) for s in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
 def pods_table(lab: Lab) -> str:
     rows = []
     for pod in pods(lab):
-        restarts = sum(s.get("restartCount", 0) for s in (pod.get("status") or {}).get("containerStatuses") or [])
         rows.append(f"  {pod['metadata']['name']:40} {pod['spec'].get('nodeName') or '-':8} "
-                    f"{(pod.get('status') or {}).get('phase')}{', ready' if ready(pod) else ''}, {restarts} restarts")
+                    f"{(pod.get('status') or {}).get('phase')}{', ready' if ready(pod) else ''}, "
+                    f"{restarts(pod)} restarts")
     return "\n".join(rows) or "  (none)"

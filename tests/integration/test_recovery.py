@@ -8,6 +8,8 @@ import subprocess
 import time
 import urllib.request
 
+from kopfvirt_lab import install
+
 from .conftest import (KOPFVIRT_LAB, REPO, domains_of, heartbeat, lab_exec, lab_guest, operator_pid, operator_pod,
                        operator_url, wait_for)
 
@@ -23,16 +25,14 @@ def _pid(path) -> int:
 
 
 def restarts(component: str, node: str | None = None) -> int:
-    return sum(s.get("restartCount", 0) for s in operator_pod(component, node)["status"]["containerStatuses"])
+    return install.restarts(operator_pod(component, node))
 
 
 def restarted(component: str, node: str | None, before: int):
     """The kubelet started the container again and its probes pass: Ready."""
     def probe():
         pod = operator_pod(component, node)
-        count = sum(s.get("restartCount", 0) for s in pod["status"]["containerStatuses"])
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
-        return count > before and ready and pod
+        return install.restarts(pod) > before and install.ready(pod) and pod
     return wait_for(f"the {component} container restarted and Ready", probe, timeout=90)
 
 
