@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import uuid
 
 from . import NODE_TLS_DIR
 from .core.reservation import DEFAULT_POD_SETTINGS, PodSettings
@@ -41,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--webhook-ca", help="the CA that signed it, given to the API server as caBundle")
     c.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (ConfigMap kopfvirt-migration)")
+    c.add_argument("--leader-election-lease", metavar="NAME",
+                   help="replicas elect the one that writes by this Lease of --namespace (none: this one writes)")
+    c.add_argument("--identity", default=os.environ.get("POD_NAME")
+                   or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+                   help="this replica's name in the Lease (default: $POD_NAME, else the host name and a random suffix)")
     c.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: none)")
     c.add_argument("--health-port", type=int, default=0, help="GET /healthz port for probes (0: none)")
     c.add_argument("--reservation-image", default=DEFAULT_POD_SETTINGS.image,
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--webhook-host needs --webhook-secret, or --webhook-cert, --webhook-key and --webhook-ca")
         run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port,
             PodSettings(args.reservation_image, args.cpu_allocation_ratio), certs, args.cert_check_seconds,
-            args.health_port)
+            args.health_port, args.leader_election_lease, args.identity)
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,

@@ -57,6 +57,10 @@ class Reconciler:
     def handle(self, body: dict) -> None:
         raise NotImplementedError
 
+    def active(self) -> bool:
+        """May this process write now? (A standby controller replica only watches.)"""
+        return True
+
     def on_error(self, body: dict, error: Exception) -> None:
         self.log.exception("reconciling %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
         self.write_status(body, self.with_condition(body, "Ready", False, "ReconcileError", str(error)))
@@ -137,6 +141,8 @@ class Reconciler:
             self.reconcile(uid)
 
     def reconcile(self, uid: str) -> None:
+        if not self.active():
+            return
         with self.locks[uid]:
             body = self.vms.get(uid)
             if body is None:

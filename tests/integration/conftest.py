@@ -69,12 +69,24 @@ def wait_for(what: str, probe, timeout: float = 90, interval: float = 0.5):
 OPERATOR_NAMESPACE = "kopfvirt-system"  # where the lab installs the chart
 
 
+def controller_leader() -> str:
+    """The name of the controller pod holding the leadership Lease (the replica that writes)."""
+    def holder():
+        lease = kubectl("-n", OPERATOR_NAMESPACE, "get", "lease", "kopfvirt-controller", "-o",
+                        "jsonpath={.spec.holderIdentity}", check=False)
+        return lease.stdout.strip() if lease.returncode == 0 else None
+    return wait_for("a controller replica to lead", holder, timeout=60)
+
+
 def operator_pod(component: str, node: str | None = None) -> dict:
-    """The running pod of the chart's controller, or of a node's agent."""
+    """The running pod of a node's agent, or of the controller's leader."""
     selector = ["--field-selector", f"spec.nodeName={node}"] if node else []
     pods = [p for p in kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l",
                                     f"app.kubernetes.io/component={component}", *selector)["items"]
             if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"]
+    if component == "controller":
+        leader = controller_leader()
+        pods = [p for p in pods if p["metadata"]["name"] == leader]
     assert pods, f"no running {component} pod" + (f" on {node}" if node else "")
     return pods[0]
 
@@ -84,7 +96,10 @@ def operator_url(component: str, port: int, path: str, node: str | None = None) 
 
 
 def operator_pid(component: str, node: str | None = None) -> int:
-    """The host pid of the controller's or a node's agent's process (in its pod's container)."""
+    """The host pid of a node's agent's process, or of the controller leader's (in its pod's
+    container)."""
+    wanted = f"NODE_NAME={node}" if node else f"POD_NAME={controller_leader()}" if component == "controller" else None
+
     def find():
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
@@ -94,7 +109,7 @@ def operator_pid(component: str, node: str | None = None) -> int:
                 at = next(i for i, a in enumerate(argv[:3]) if a == b"kopfvirt" or a.endswith(b"/kopfvirt"))
                 if argv[at + 1] != component.encode():
                     continue
-                if node and f"NODE_NAME={node}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                if wanted and wanted.encode() not in (proc / "environ").read_bytes().split(b"\0"):
                     continue
                 return int(proc.name)
             except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, StopIteration):

@@ -14,7 +14,8 @@ import yaml
 from kopfvirt_lab import images, install
 from kopfvirt_lab.layout import Lab
 
-from .conftest import OPERATOR_NAMESPACE, REPO, heartbeat, kubectl, kubectl_json, lab_guest, run, wait_for
+from .conftest import (OPERATOR_NAMESPACE, REPO, controller_leader, heartbeat, kubectl, kubectl_json, lab_guest, run,
+                       wait_for)
 
 LAB = Lab(REPO)
 
@@ -32,7 +33,8 @@ def test_the_controller_and_an_agent_per_node_run_as_pods_from_the_built_image(l
     by_component: dict[str, list[dict]] = {}
     for pod in pods:
         by_component.setdefault(pod["metadata"]["labels"]["app.kubernetes.io/component"], []).append(pod)
-    assert len(by_component["controller"]) == 1
+    assert len(by_component["controller"]) == 2
+    assert controller_leader() in {p["metadata"]["name"] for p in by_component["controller"]}
     assert sorted(p["spec"]["nodeName"] for p in by_component["agent"]) == ["node-1", "node-2"]
     image = images.reference(Lab(REPO), "operator")
     for pod in pods:
@@ -53,16 +55,73 @@ def test_the_webhook_is_called_through_the_charts_service(lab):
                                                        "port": 443}
     endpoints = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "endpointslices", "-l",
                              "kubernetes.io/service-name=kopfvirt-webhook")["items"]
-    controller = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l",
-                              "app.kubernetes.io/component=controller")["items"][0]
-    addresses = {a for e in endpoints for ep in e.get("endpoints") or [] for a in ep["addresses"]}
-    assert controller["status"]["podIP"] in addresses
+    controllers = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l",
+                               "app.kubernetes.io/component=controller")["items"]
+    addresses = {a for e in endpoints for ep in e.get("endpoints") or [] for a in ep["addresses"]
+                 if (ep.get("conditions") or {}).get("ready")}
+    assert {c["status"]["podIP"] for c in controllers} == addresses  # the standby serves it too
 
 
-def test_upgrading_the_release_restarts_no_guest_and_vm_writes_come_back(vms):
+class VMWrites:
+    """Server-side dry runs of a VM write every 0.5 s, as a user retrying would; the
+    refusals are kept with their time."""
+
+    def __init__(self, namespace: str):
+        self.probe = yaml.safe_dump({**lab_guest("probe"), "metadata": {"name": "probe", "namespace": namespace}})
+        self.refused: list[tuple[float, str]] = []
+        self.count = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._write, daemon=True)
+
+    def _write(self) -> None:
+        while not self.done.is_set():
+            t0 = time.monotonic()
+            result = kubectl("create", "--dry-run=server", "-f", "-", stdin=self.probe, check=False)
+            self.count += 1
+            if result.returncode != 0:
+                self.refused.append((t0, result.stderr.strip()))
+            time.sleep(0.5)
+
+    def __enter__(self) -> "VMWrites":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.done.set()
+        self.thread.join(10)
+
+
+def test_the_standby_takes_over_when_the_leader_goes_and_no_vm_write_is_refused(vms):
+    """Deleting the leading controller's pod: the other replica holds the Lease within
+    seconds (the leader hands it over on its way out) and acts on a new VM, and the
+    webhook answers throughout."""
+    old = controller_leader()
+    with VMWrites(vms.namespace) as writes:
+        t0 = time.monotonic()
+        kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", old, "--wait=false")
+        new = wait_for("another replica to lead", lambda: (n := controller_leader()) != old and n, timeout=60)
+        took = time.monotonic() - t0
+        # A controller write: the new leader creates the VM's reservation pod and reports
+        # what kube-scheduler says of it.
+        stranded = lab_guest("failover", nodeSelector={"kopfvirt.io/no-such-node": "true"})
+        assert vms.apply(stranded).returncode == 0
+        condition = vms.wait_condition("failover", "Scheduled", "Unschedulable", timeout=60)
+        wait_for("the old pod gone", lambda: kubectl("-n", OPERATOR_NAMESPACE, "get", "pod", old,
+                                                     check=False).returncode != 0, timeout=60)
+        wait_for("the Deployment's replacement Ready", lambda: sum(
+            install.ready(p) and not p["metadata"].get("deletionTimestamp")
+            for p in kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l",
+                                  "app.kubernetes.io/component=controller")["items"]) == 2, timeout=120)
+    assert new != old and took < 20, (new, took)
+    assert "kube-scheduler" in condition["message"]
+    assert writes.count > 5 and not writes.refused, writes.refused
+    vms.delete("failover")
+
+
+def test_upgrading_the_release_restarts_no_guest_and_refuses_no_vm_write(vms):
     """A `helm upgrade` that rolls every pod of the operator (what a new image does): the
-    guest's QEMU is the same process and keeps counting, and VM writes are refused at
-    most while the controller's single replica restarts."""
+    guest's QEMU is the same process and keeps counting, and no VM write is refused (twice
+    over: the rollout there and back)."""
     assert vms.apply(lab_guest("upgraded")).returncode == 0
     node = vms.wait_phase("upgraded", "Running")["status"]["nodeName"]
     domain = vms.domain("upgraded")
@@ -74,37 +133,22 @@ def test_upgrading_the_release_restarts_no_guest_and_vm_writes_come_back(vms):
     values["podAnnotations"]["kopfvirt.io/test-upgrade"] = uuid.uuid4().hex
     rolled = LAB.root / "values-upgrade.json"
     rolled.write_text(json.dumps(values))
-    refused, done = [], threading.Event()
-    probe = yaml.safe_dump({**lab_guest("probe"), "metadata": {"name": "probe", "namespace": vms.namespace}})
-
-    def write_vms():  # a server-side dry run of a VM write, as often as a user might retry
-        while not done.is_set():
-            t0 = time.monotonic()
-            result = kubectl("create", "--dry-run=server", "-f", "-", stdin=probe, check=False)
-            if result.returncode != 0:
-                refused.append((t0, result.stderr.strip()))
-            time.sleep(0.5)
-    writer = threading.Thread(target=write_vms, daemon=True)
-    writer.start()
     heartbeat_before = heartbeat(node, domain)
-    try:
-        run(install.helm(), "upgrade", install.RELEASE, str(REPO / "charts" / "kopfvirt"), "-n", OPERATOR_NAMESPACE,
-            "--kubeconfig", str(LAB.kubeconfig), "--values", str(rolled), "--wait", "--timeout", "300s", timeout=360)
-        wait_for("VM writes admitted again", lambda: kubectl("create", "--dry-run=server", "-f", "-", stdin=probe,
-                                                             check=False).returncode == 0, timeout=60)
-    finally:
-        done.set()
-        writer.join(10)
-        run(install.helm(), "upgrade", install.RELEASE, str(REPO / "charts" / "kopfvirt"), "-n", OPERATOR_NAMESPACE,
-            "--kubeconfig", str(LAB.kubeconfig), "--values", str(LAB.root / "values.yaml"), "--wait",
-            "--timeout", "300s", timeout=360)
-        rolled.unlink(missing_ok=True)
+    with VMWrites(vms.namespace) as writes:
+        try:
+            run(install.helm(), "upgrade", install.RELEASE, str(REPO / "charts" / "kopfvirt"), "-n",
+                OPERATOR_NAMESPACE, "--kubeconfig", str(LAB.kubeconfig), "--values", str(rolled), "--wait",
+                "--timeout", "300s", timeout=360)
+        finally:
+            run(install.helm(), "upgrade", install.RELEASE, str(REPO / "charts" / "kopfvirt"), "-n",
+                OPERATOR_NAMESPACE, "--kubeconfig", str(LAB.kubeconfig), "--values", str(LAB.root / "values.yaml"),
+                "--wait", "--timeout", "300s", timeout=360)
+            rolled.unlink(missing_ok=True)
     after = {p["metadata"]["uid"] for p in kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l",
                                                         "app.kubernetes.io/name=kopfvirt")["items"]}
     assert not before & after, "every pod of the operator was replaced"
-    window = refused[-1][0] - refused[0][0] if refused else 0.0
-    assert window < 60, f"VM writes refused for {window:.0f}s: {refused[-1][1]}"
-    assert all("webhook" in why for _, why in refused), refused  # only while it was away
+    # Two replicas rolled one at a time, each leaving the Service before it stops serving.
+    assert writes.count > 10 and not writes.refused, writes.refused
     assert (LAB.node_dir(node) / "run/libvirt/qemu" / f"{domain}.pid").read_text() == qemu
     wait_for("the guest to keep counting", lambda: (heartbeat(node, domain) or 0) > heartbeat_before)
     assert vms.get("upgraded")["status"]["phase"] == "Running"

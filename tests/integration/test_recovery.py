@@ -10,8 +10,8 @@ import urllib.request
 
 from kopfvirt_lab import install
 
-from .conftest import (KOPFVIRT_LAB, REPO, domains_of, heartbeat, lab_exec, lab_guest, operator_pid, operator_pod,
-                       operator_url, wait_for)
+from .conftest import (KOPFVIRT_LAB, OPERATOR_NAMESPACE, REPO, domains_of, heartbeat, kubectl_json, lab_exec,
+                       lab_guest, operator_pid, operator_pod, operator_url, wait_for)
 
 LAB = REPO / ".lab"
 
@@ -24,16 +24,14 @@ def _pid(path) -> int:
     return int(path.read_text().strip())
 
 
-def restarts(component: str, node: str | None = None) -> int:
-    return install.restarts(operator_pod(component, node))
+def restarted(pod: dict):
+    """The kubelet started the pod's container again and its probes pass: Ready."""
+    name, before = pod["metadata"]["name"], install.restarts(pod)
 
-
-def restarted(component: str, node: str | None, before: int):
-    """The kubelet started the container again and its probes pass: Ready."""
     def probe():
-        pod = operator_pod(component, node)
-        return install.restarts(pod) > before and install.ready(pod) and pod
-    return wait_for(f"the {component} container restarted and Ready", probe, timeout=90)
+        now = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pod", name)
+        return install.restarts(now) > before and install.ready(now) and now
+    return wait_for(f"the container of {name} restarted and Ready", probe, timeout=90)
 
 
 def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
@@ -44,7 +42,7 @@ def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
     qemu = _qemu_pid(node, domain)
 
     agent = operator_pid("agent", node)
-    before_restarts = restarts("agent", node)
+    agent_pod = operator_pod("agent", node)
     libvirtd = _pid(LAB / "nodes" / node / "run/libvirt/libvirtd.pid")
     assert healthy(operator_url("agent", 8082, "/healthz", node))
     os.kill(agent, signal.SIGKILL)
@@ -56,7 +54,7 @@ def test_killed_agent_and_libvirtd_come_back_without_touching_the_guest(vms):
 
     before = heartbeat(node, domain)
     subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
-    restarted("agent", node, before_restarts)
+    restarted(agent_pod)
     assert healthy(operator_url("agent", 8082, "/healthz", node))
     assert subprocess.run([*KOPFVIRT_LAB, "status"], capture_output=True).returncode == 0
 
@@ -79,9 +77,9 @@ def test_restarted_controller_leaves_running_vms_alone(vms):
     vm = vms.wait_phase("steady", "Running")
     node, domain = vm["status"]["nodeName"], vms.domain("steady")
     qemu = _qemu_pid(node, domain)
-    before = restarts("controller")
+    leader = operator_pod("controller")
     os.kill(operator_pid("controller"), signal.SIGTERM)
-    restarted("controller", None, before)
+    restarted(leader)
     time.sleep(3)
     assert _qemu_pid(node, domain) == qemu and os.path.exists(f"/proc/{qemu}")
     assert vms.get("steady")["status"]["phase"] == "Running"

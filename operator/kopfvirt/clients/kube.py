@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
 import os
 
@@ -275,3 +276,31 @@ def issue_csr(csr: dict, certificate_pem: bytes) -> None:
     """Give an approved CSR its certificate (status.certificate)."""
     csr.setdefault("status", {})["certificate"] = base64.b64encode(certificate_pem).decode()
     client.CertificatesV1Api().replace_certificate_signing_request_status(csr["metadata"]["name"], csr)
+
+
+def read_lease(namespace: str, name: str, timeout: float) -> tuple[dict, str] | None:
+    """A Lease's spec and resourceVersion; None if absent."""
+    try:
+        lease = client.CoordinationV1Api().read_namespaced_lease(name, namespace, _preload_content=False,
+                                                                 _request_timeout=timeout)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    body = json.loads(lease.data)
+    return body.get("spec") or {}, body["metadata"]["resourceVersion"]
+
+
+def write_lease(namespace: str, name: str, spec: dict, resource_version: str | None, timeout: float) -> str:
+    """Create the Lease (resource_version None) or replace the one read at that version (a
+    409 when another replica wrote it meanwhile); the new resourceVersion."""
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version}, "spec": spec}
+    api = client.CoordinationV1Api()
+    if resource_version is None:
+        del body["metadata"]["resourceVersion"]
+        written = api.create_namespaced_lease(namespace, body, _preload_content=False, _request_timeout=timeout)
+    else:
+        written = api.replace_namespaced_lease(name, namespace, body, _preload_content=False,
+                                               _request_timeout=timeout)
+    return json.loads(written.data)["metadata"]["resourceVersion"]

@@ -35,7 +35,7 @@ class Allocator:
         holder = (obj.get("status") or {}).get("holder")
         if deleted:
             self.objects.pop(name, None)
-            if holder:
+            if holder and self.controller.active():
                 vm = self.controller.vm_named(holder["namespace"], holder["name"])
                 if vm is not None:
                     self.controller.event(vm, "DeviceDeleted", f"PassthroughDevice {name} held by this VM was deleted; "
@@ -43,7 +43,8 @@ class Allocator:
                                           warning=True)
         else:
             self.objects[name] = obj
-        self.controller.executor.submit(self.reclaim)
+        if self.controller.active():
+            self.controller.executor.submit(self.reclaim)
         for uid, body in list(self.controller.vms.items()):  # waiting VMs may now find what they lack
             if (body.get("spec") or {}).get("hostDevices") and (body.get("status") or {}).get("phase") == "Pending":
                 self.controller.submit(uid)

@@ -11,6 +11,7 @@ from .. import GROUP, VERSION
 from ..core import certificates, migration, pools, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .certificates import NodeCertificateSigner
+from .leadership import LeaderElector
 from .reconciler import Controller
 
 PLACEHOLDER_UID = "00000000-0000-4000-8000-000000000000"  # CREATE reviews carry no UID yet
@@ -31,13 +32,16 @@ class Webhook:
 
 
 def build_registry(controller: Controller, resync_seconds: float = 30, webhook: Webhook | None = None,
-                   signer: NodeCertificateSigner | None = None) -> kopf.OperatorRegistry:
+                   signer: NodeCertificateSigner | None = None,
+                   elector: LeaderElector | None = None) -> kopf.OperatorRegistry:
     registry = registry_with_settings("controller", pod_selector=(
         f"{reservation.ROLE_LABEL} in (reservation,{migration.TARGET_ROLE})", None))
 
     @kopf.on.startup(registry=registry)
     def start(settings: kopf.OperatorSettings, **_):
         controller.start_resync(resync_seconds)
+        if elector:
+            elector.start()
         if webhook:
             with open(webhook.cafile, "rb") as ca:
                 # A renewed certificate is served within seconds of its files changing.
@@ -46,6 +50,11 @@ def build_registry(controller: Controller, resync_seconds: float = 30, webhook: 
                     pkeyfile=webhook.keyfile, cadata=ca.read(), file_check_interval=5)
             # The ValidatingWebhookConfiguration is deployed (chart, or the lab), not managed
             # by kopf: kopf would also want to write mutating configurations.
+
+    if elector:
+        @kopf.on.cleanup(registry=registry)
+        def step_down(**_):
+            elector.release()
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     def node_event(type, body, **_):

@@ -11,13 +11,16 @@ from ..runtime import configure_logging, run
 from . import metrics
 from .certificates import NodeCertificateSigner, WebhookCertificates
 from .handlers import Webhook, build_registry
+from .leadership import LeaderElector
 from .reconciler import Controller
 
 
 def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | None = None,
          namespace: str = "kopfvirt-system", metrics_port: int = 8080,
          pod_settings: PodSettings = DEFAULT_POD_SETTINGS, certs: WebhookCertificates | None = None,
-         cert_check_seconds: float = 600, health_port: int = 0) -> None:
+         cert_check_seconds: float = 600, health_port: int = 0, lease: str | None = None,
+         identity: str = "") -> None:
+    """With `lease`, replicas elect a leader by that Lease of `namespace`; only it writes."""
     configure_logging()
     kube.load(kubeconfig)
     if metrics_port:
@@ -26,7 +29,12 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
         _first_certificates(certs)
         certs.keep_fresh(cert_check_seconds)
     signer = NodeCertificateSigner(certs, namespace) if certs else None
-    run(build_registry(Controller(namespace, pod_settings), resync_seconds, webhook, signer), health_port)
+    controller = Controller(namespace, pod_settings)
+    elector = None
+    if lease:
+        elector = LeaderElector(namespace, lease, identity, on_started=controller.lead)
+        controller.leading = elector.leading
+    run(build_registry(controller, resync_seconds, webhook, signer, elector), health_port)
 
 
 def _first_certificates(certs: WebhookCertificates) -> None:

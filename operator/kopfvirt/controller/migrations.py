@@ -64,6 +64,8 @@ class Migrations:
         self.c.executor.submit(self.reconcile_all)
 
     def reconcile_all(self) -> None:
+        if not self.c.active():
+            return
         with self.lock:
             self._pass_config = None
             pending = []

@@ -8,6 +8,7 @@ to the VM: Scheduling (Ready=False early), Starting with the node, and the hand-
 from __future__ import annotations
 
 import logging
+import threading
 
 from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
@@ -37,18 +38,34 @@ class Controller(Reconciler):
         self.pools_listed = False                   # listed from the API once, before the watch fills it
         self.migrations = Migrations(self, namespace)
         self.devices = Allocator(self)
+        # Set while this replica holds the leadership (always, without leader election).
+        self.leading = threading.Event()
+        self.leading.set()
+
+    def active(self) -> bool:
+        return self.leading.is_set()
+
+    def lead(self) -> None:
+        """Just elected: act on what the watches delivered while another replica led (the
+        orphan checks wait for the next resync, as after a start)."""
+        for uid in list(self.vms):
+            self.submit(uid)
+        self.migrations.kick()
+        self.executor.submit(self.judge_pools)
+        self.executor.submit(self.devices.reclaim)
 
     def observe_node(self, node: dict, deleted: bool = False) -> None:
         name = node["metadata"]["name"]
         before = self.nodes.pop(name, None)
         if deleted:
-            self.devices.node_deleted(name)
+            if self.active():
+                self.devices.node_deleted(name)
             return
         ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                     for c in (node.get("status") or {}).get("conditions") or [])
         self.nodes[name] = migration.Node(name, dict(node["metadata"].get("labels") or {}),
                                           schedulable=ready and not (node.get("spec") or {}).get("unschedulable"))
-        if before is not None and not before.schedulable and self.nodes[name].schedulable:
+        if before is not None and not before.schedulable and self.nodes[name].schedulable and self.active():
             self.migrations.node_uncordoned(name)
 
     def observe_pool(self, body: dict, deleted: bool = False) -> None:
@@ -63,6 +80,8 @@ class Controller(Reconciler):
 
     def judge_pools(self) -> None:
         """Each StoragePool's Ready condition from its nodes' reports; written on change."""
+        if not self.active():
+            return
         ready_nodes = {n.name: n.labels for n in list(self.nodes.values()) if n.schedulable}
         for name, spec in self.pool_specs().items():
             body = self.storage_pools.get(name)
@@ -122,7 +141,7 @@ class Controller(Reconciler):
 
     def observe_vm(self, body: dict, deleted: bool = False) -> None:
         super().observe_vm(body, deleted)
-        if deleted and vm_has_devices(body):
+        if deleted and vm_has_devices(body) and self.active():
             self.executor.submit(self.devices.release, body["metadata"]["uid"])
         self.migrations.kick()
 
@@ -132,6 +151,8 @@ class Controller(Reconciler):
             self.migrations.kick()
 
     def resync(self) -> None:
+        if not self.active():
+            return
         super().resync()
         self.judge_pools()
         self.migrations.reconcile_all()
