@@ -5,9 +5,11 @@ the Dockerfile, and whose webhook the API server calls through the chart's Servi
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import yaml
 
@@ -153,3 +155,79 @@ def test_upgrading_the_release_restarts_no_guest_and_refuses_no_vm_write(vms):
     wait_for("the guest to keep counting", lambda: (heartbeat(node, domain) or 0) > heartbeat_before)
     assert vms.get("upgraded")["status"]["phase"] == "Running"
     vms.delete("upgraded")
+
+
+def _overlay(values: dict) -> Path:
+    """A kustomize overlay of manifests/ with the lab's node settings, as a user patches
+    the shipped manifests for their nodes: the lab's extra flags and sysfs path (from the
+    values the lab gives Helm), and no libvirt DaemonSet (the lab's nodes run libvirtd)."""
+    overlay = LAB.root / "kustomize-overlay"
+    overlay.mkdir(exist_ok=True)
+    agent = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
+             for arg in [*values["agent"]["extraArgs"], "--sysfs-root=/host/sys"]]
+    agent += [{"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
+               "value": {"name": "sysfs", "mountPath": "/host/sys"}},
+              {"op": "add", "path": "/spec/template/spec/volumes/-",
+               "value": {"name": "sysfs", "hostPath": {"path": values["agent"]["sysfsPath"], "type": "Directory"}}}]
+    controller = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
+                  for arg in values["controller"]["extraArgs"]]
+    no_libvirt = {"$patch": "delete", "apiVersion": "apps/v1", "kind": "DaemonSet",
+                  "metadata": {"name": "kopfvirt-libvirt", "namespace": OPERATOR_NAMESPACE}}
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(REPO / "manifests", overlay)],
+        "patches": [{"target": {"kind": "DaemonSet", "name": "kopfvirt-agent"}, "patch": yaml.safe_dump(agent)},
+                    {"target": {"kind": "Deployment", "name": "kopfvirt-controller"},
+                     "patch": yaml.safe_dump(controller)},
+                    {"patch": yaml.safe_dump(no_libvirt)}]}
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return overlay
+
+
+def _operator_ready() -> bool:
+    pods = [p for p in kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l",
+                                    "app.kubernetes.io/name=kopfvirt")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+    components = sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods)
+    return components == ["agent", "agent", "controller", "controller"] and all(map(install.ready, pods))
+
+
+def test_kubectl_apply_k_of_the_manifests_installs_a_working_operator(vms):
+    """The other install path: `kubectl apply -f crds/ && kubectl apply -k` (an overlay of
+    manifests/), in place of the Helm release. Its webhook refuses a bad VM naming the
+    field, and a VM boots; a guest started under Helm keeps running across both switches."""
+    assert vms.apply(lab_guest("across")).returncode == 0
+    node = vms.wait_phase("across", "Running")["status"]["nodeName"]
+    domain = vms.domain("across")
+    wait_for("the guest's heartbeat", lambda: heartbeat(node, domain))
+    qemu = (LAB.node_dir(node) / "run/libvirt/qemu" / f"{domain}.pid").read_text()
+    values = json.loads((LAB.root / "values.yaml").read_text())
+    overlay = _overlay(values)
+    run(install.helm(), "uninstall", install.RELEASE, "-n", OPERATOR_NAMESPACE, "--kubeconfig", str(LAB.kubeconfig),
+        "--wait", "--timeout", "120s", timeout=180)
+    try:
+        assert not _operator_ready()
+        kubectl("apply", "-f", str(REPO / "crds"))
+        applied = kubectl("apply", "-k", str(overlay)).stdout
+        assert "daemonset.apps/kopfvirt-libvirt" not in applied and "deployment.apps/kopfvirt-controller" in applied
+        wait_for("the controller and agents of the manifests Ready", _operator_ready, timeout=180)
+        deployed = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "deployment", "kopfvirt-controller")
+        assert "meta.helm.sh/release-name" not in (deployed["metadata"].get("annotations") or {})
+
+        refused = vms.apply(lab_guest("bogus", cpu={"model": "Bogus-CPU"}))  # the webhook's, not the schema's
+        assert refused.returncode != 0, refused.stdout
+        assert "spec.cpu.model: no node offers CPU model Bogus-CPU" in refused.stderr, refused.stderr
+        assert vms.apply(lab_guest("kustomized")).returncode == 0
+        kustomized = vms.wait_phase("kustomized", "Running")
+        wait_for("the new guest's heartbeat",
+                 lambda: heartbeat(kustomized["status"]["nodeName"], vms.domain("kustomized")))
+        vms.delete("kustomized")
+    finally:
+        run(install.helm(), "upgrade", "--install", install.RELEASE, str(REPO / "charts" / "kopfvirt"), "-n",
+            OPERATOR_NAMESPACE, "--kubeconfig", str(LAB.kubeconfig), "--values", str(LAB.root / "values.yaml"),
+            "--take-ownership", "--wait", "--timeout", "300s", timeout=360)
+    wait_for("the Helm release's pods Ready", _operator_ready, timeout=120)
+    assert (LAB.node_dir(node) / "run/libvirt/qemu" / f"{domain}.pid").read_text() == qemu
+    before = heartbeat(node, domain)
+    wait_for("the guest to keep counting", lambda: (heartbeat(node, domain) or 0) > before)
+    vms.delete("across")
