@@ -51,6 +51,9 @@ RUN cat /usr/share/kopfvirt/libvirtd.conf >> /etc/libvirt/libvirtd.conf \
     && ln -s $t/clientcert.pem /etc/pki/libvirt/clientcert.pem \
     && ln -s $t/clientkey.pem /etc/pki/libvirt/private/clientkey.pem
 COPY images/libvirt/start.sh /usr/local/bin/kopfvirt-libvirtd
-# tini as PID 1 reaps the QEMUs libvirtd daemonizes: libvirt waits for an exited QEMU to be
-# reaped, and libvirtd as PID 1 would leave them zombies (every stop would hang).
-ENTRYPOINT ["tini", "--", "kopfvirt-libvirtd"]
+# Guests outlive this container (the hook moves QEMU out of its cgroups).
+COPY images/libvirt/qemu-hook /etc/libvirt/hooks/qemu
+# tini reaps the QEMUs libvirtd daemonizes: libvirt waits for an exited QEMU to be reaped,
+# and libvirtd would leave them zombies (every stop would hang). With the pod's hostPID it
+# is no PID 1, so it registers as their subreaper (-s).
+ENTRYPOINT ["tini", "-s", "--", "kopfvirt-libvirtd"]

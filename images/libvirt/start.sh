@@ -6,4 +6,5 @@ until [ -s "$tls/cacert.pem" ] && [ -s "$tls/servercert.pem" ] && [ -s "$tls/ser
     echo "waiting for the node's libvirt certificate in $tls (the kopfvirt agent asks for it)"
     sleep 2
 done
+mkdir -p /var/log/libvirt/qemu
 exec libvirtd --listen "$@"

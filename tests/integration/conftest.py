@@ -128,10 +128,10 @@ def domains_of(uid: str) -> dict[str, str]:
     return found
 
 
-def heartbeat(node: str, domain: str) -> int | None:
+def heartbeat(node: str, domain: str, log_dir: str = "/var/log/libvirt/qemu") -> int | None:
     """The last counter the guest printed on its serial console, read on its node (the
     kernel may print several lines between two counters, e.g. about a clocksource)."""
-    result = lab_exec(node, "tail", "-n", "200", f"/var/log/libvirt/qemu/{domain}-serial.log", check=False)
+    result = lab_exec(node, "tail", "-n", "200", f"{log_dir}/{domain}-serial.log", check=False)
     counts = re.findall(r"kopfvirt-heartbeat (\d+)", result.stdout)
     return int(counts[-1]) if counts else None
 
