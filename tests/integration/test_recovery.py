@@ -10,8 +10,8 @@ import urllib.request
 
 from kopfvirt_lab import install
 
-from .conftest import (KOPFVIRT_LAB, OPERATOR_NAMESPACE, REPO, domains_of, heartbeat, kubectl_json, lab_exec,
-                       lab_guest, operator_pid, operator_pod, operator_url, wait_for)
+from .conftest import (KOPFVIRT_LAB, OPERATOR_NAMESPACE, REPO, domains_of, heartbeat, kubectl, kubectl_json,
+                       lab_exec, lab_guest, operator_pid, operator_pod, operator_url, wait_for)
 
 LAB = REPO / ".lab"
 
@@ -127,3 +127,35 @@ def test_the_controller_and_agents_answer_their_probes(lab):
     assert healthy(operator_url("controller", 8082, "/healthz"))
     for node in ("node-1", "node-2"):
         assert healthy(operator_url("agent", 8082, "/healthz", node))
+
+
+def _libvirt_condition(node: str) -> dict:
+    conditions = kubectl_json("get", "node", node)["status"].get("conditions") or []
+    return next((c for c in conditions if c["type"] == "KopfvirtLibvirtReady"), {})
+
+
+def test_an_agent_without_libvirt_says_so_on_its_node_and_starts_once_it_answers(lab):
+    """A node whose libvirtd is away when its agent starts: the agent runs on (Ready, no
+    crash loop), the Node's KopfvirtLibvirtReady condition says why, and once libvirtd is
+    back the agent starts its libvirt side and the condition turns True."""
+    node = "node-2"
+    assert _libvirt_condition(node).get("status") == "True"
+    libvirtd = _pid(LAB / "nodes" / node / "run/libvirt/libvirtd.pid")
+    os.kill(libvirtd, signal.SIGKILL)
+    try:
+        wait_for("libvirtd to die", lambda: not os.path.exists(f"/proc/{libvirtd}"), timeout=10)
+        old = operator_pod("agent", node)
+        kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", old["metadata"]["name"], "--wait=true")
+        condition = wait_for("the node's condition to say libvirt is away",
+                             lambda: (c := _libvirt_condition(node)).get("reason") == "LibvirtUnavailable" and c,
+                             timeout=60)
+        assert condition["status"] == "False" and "libvirtd" in condition["message"], condition
+        agent = wait_for("the new agent Ready", lambda: (p := operator_pod("agent", node))["metadata"]["uid"] !=
+                         old["metadata"]["uid"] and install.ready(p) and p, timeout=60)
+        time.sleep(10)  # a crash loop would have restarted it by now
+        assert install.restarts(kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pod", agent["metadata"]["name"])) == 0
+    finally:
+        subprocess.run([*KOPFVIRT_LAB, "up"], check=True, capture_output=True, timeout=300)
+    condition = wait_for("the node's condition True again",
+                         lambda: (c := _libvirt_condition(node)).get("status") == "True" and c, timeout=60)
+    assert condition["reason"] == "LibvirtReachable"

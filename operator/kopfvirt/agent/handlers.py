@@ -8,13 +8,14 @@ VM only when its status changes.
 from __future__ import annotations
 
 import logging
+import threading
 
 import kopf
 import libvirt
 
 from .. import GROUP, VERSION
 from ..clients import kube
-from ..core import cpu, nodelabels, reservation
+from ..core import conditions, cpu, nodelabels, reservation
 from ..core import pools as storagepools
 from ..core.migration import SOURCE_NODE_LABEL
 from ..runtime import registry_with_settings, watch_vms_and_pods
@@ -22,6 +23,8 @@ from .devices import PLURAL as DEVICES
 from .reconciler import NODE_LABEL, Agent
 
 log = logging.getLogger("kopfvirt.agent")
+LIBVIRT_CONDITION = "KopfvirtLibvirtReady"  # on the Node: does its agent reach its libvirtd?
+LIBVIRT_RETRY_SECONDS = 5
 
 
 def expanded_host_model(agent: Agent, domain_capabilities: str) -> str | None:
@@ -65,24 +68,72 @@ def label_node(agent: Agent) -> None:
                  list(pools))
 
 
+def report_libvirt(agent: Agent, error: Exception | None) -> None:
+    """The Node's KopfvirtLibvirtReady condition; written when it changes."""
+    current = kube.node_conditions(agent.node)
+    before = conditions.get(current, LIBVIRT_CONDITION) or {}
+    if error is None:
+        reason, message = "LibvirtReachable", f"the kopfvirt agent reaches libvirtd at {agent.hv.uri}"
+    else:
+        reason, message = "LibvirtUnavailable", (f"the kopfvirt agent cannot reach libvirtd at {agent.hv.uri}, "
+                                                 f"so this node runs no VMs: {error}")
+    if (before.get("status"), before.get("reason"), before.get("message")) == (str(error is None), reason, message):
+        return
+    condition = conditions.get(conditions.set_condition(current, LIBVIRT_CONDITION, error is None, reason, message,
+                                                        None), LIBVIRT_CONDITION)
+    kube.set_node_condition(agent.node, {**condition, "lastHeartbeatTime": condition["lastTransitionTime"]})
+    (log.info if error is None else log.error)("node condition %s: %s", LIBVIRT_CONDITION, message)
+
+
+def refresh_node(agent: Agent) -> None:
+    """The node's pools and labels from libvirt; whether libvirt answers goes on the Node."""
+    try:
+        agent.pools.sync()
+        label_node(agent)
+    except libvirt.libvirtError as e:
+        report_libvirt(agent, e)
+        raise
+    report_libvirt(agent, None)
+
+
 def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds: float = 10) -> kopf.OperatorRegistry:
     registry = registry_with_settings("agent", vm_selector=f"{NODE_LABEL}={agent.node}",
                                       pod_selector=(f"{reservation.ROLE_LABEL}=reservation",
                                                     f"spec.nodeName={agent.node}"))
+
+    def start_with_libvirt() -> None:
+        label_node(agent)
+        refresh_node(agent)  # with the pools now active
+        agent.devices.publish()  # also gives back groups a crash left on vfio-pci
+        agent.start_resync(resync_seconds, also=lambda: refresh_node(agent))
+        agent.start_periodic(device_scan_seconds, agent.devices.publish)
+
+    def wait_for_libvirt(error: Exception) -> None:
+        """A node without a reachable libvirtd: say so on the Node, keep serving (probes,
+        watches), and start the libvirt side once it answers, not a crash loop."""
+        while True:
+            try:
+                report_libvirt(agent, error)
+            except Exception:  # noqa: BLE001 - the API may be away too; the next pass writes it
+                log.exception("node condition %s", LIBVIRT_CONDITION)
+            threading.Event().wait(LIBVIRT_RETRY_SECONDS)
+            try:
+                start_with_libvirt()
+                return
+            except libvirt.libvirtError as e:
+                error = e
 
     @kopf.on.startup(registry=registry)
     def start(settings: kopf.OperatorSettings, **_):
         settings.watching.label_selectors[GROUP, "migrations"] = f"{SOURCE_NODE_LABEL}={agent.node}"
         settings.watching.label_selectors[GROUP, DEVICES] = f"{NODE_LABEL}={agent.node}"
         agent.pools.objects = {o["metadata"]["name"]: o for o in kube.list_objects(storagepools.PLURAL)}
-        label_node(agent)
-        agent.pools.sync()
-        label_node(agent)  # with the pools now active
         agent.devices.objects = {o["metadata"]["name"]: o for o in kube.list_objects(DEVICES)
                                  if (o.get("metadata", {}).get("labels") or {}).get(NODE_LABEL) == agent.node}
-        agent.devices.publish()  # also gives back groups a crash left on vfio-pci
-        agent.start_resync(resync_seconds, also=lambda: (agent.pools.sync(), label_node(agent)))
-        agent.start_periodic(device_scan_seconds, agent.devices.publish)
+        try:
+            start_with_libvirt()
+        except libvirt.libvirtError as e:
+            threading.Thread(target=wait_for_libvirt, args=(e,), name="wait-for-libvirt", daemon=True).start()
 
     @kopf.on.event(GROUP, VERSION, DEVICES, registry=registry)
     def device_event(type, body, **_):

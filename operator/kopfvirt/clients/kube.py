@@ -304,3 +304,15 @@ def write_lease(namespace: str, name: str, spec: dict, resource_version: str | N
         written = api.replace_namespaced_lease(name, namespace, body, _preload_content=False,
                                                _request_timeout=timeout)
     return json.loads(written.data)["metadata"]["resourceVersion"]
+
+
+def node_conditions(node: str) -> list[dict]:
+    api = client.CoreV1Api()
+    body = api.api_client.sanitize_for_serialization(api.read_node_status(node))
+    return (body.get("status") or {}).get("conditions") or []
+
+
+def set_node_condition(node: str, condition: dict) -> None:
+    """One condition of the Node's status, merged by its type (the kubelet's stay)."""
+    client.CoreV1Api().patch_node_status(node, {"status": {"conditions": [condition]}},
+                                         _content_type="application/strategic-merge-patch+json")
