@@ -16,8 +16,8 @@ import yaml
 from kopfvirt_lab import images, install
 from kopfvirt_lab.layout import Lab
 
-from .conftest import (OPERATOR_NAMESPACE, REPO, controller_leader, heartbeat, kubectl, kubectl_json, lab_guest, run,
-                       wait_for)
+from .conftest import (KOPFVIRT_LAB, OPERATOR_NAMESPACE, REPO, controller_leader, heartbeat, kubectl, kubectl_json,
+                       lab_guest, run, wait_for)
 
 LAB = Lab(REPO)
 
@@ -227,6 +227,8 @@ def test_kubectl_apply_k_of_the_manifests_installs_a_working_operator(vms):
             OPERATOR_NAMESPACE, "--kubeconfig", str(LAB.kubeconfig), "--values", str(LAB.root / "values.yaml"),
             "--take-ownership", "--wait", "--timeout", "300s", timeout=360)
     wait_for("the Helm release's pods Ready", _operator_ready, timeout=120)
+    # The lab's own repairs: the agent's token for tests died with its old ServiceAccount.
+    run(*KOPFVIRT_LAB, "up", timeout=600)
     assert (LAB.node_dir(node) / "run/libvirt/qemu" / f"{domain}.pid").read_text() == qemu
     before = heartbeat(node, domain)
     wait_for("the guest to keep counting", lambda: (heartbeat(node, domain) or 0) > before)

@@ -222,6 +222,53 @@ def test_a_killed_part_mid_migration_leaves_the_vm_on_one_node(vms, migrations, 
     vms.delete(name)
 
 
+class TargetUnreachable:
+    """New connections to the target's libvirtd refused (iptables in its network namespace),
+    while those already open, the move's own among them, go on."""
+
+    RULE = ["INPUT", "-p", "tcp", "--dport", "16514", "-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT"]
+
+    def __init__(self, node: str):
+        self.node = node
+
+    def __enter__(self) -> "TargetUnreachable":
+        lab_exec(self.node, "iptables", "-I", *self.RULE)
+        return self
+
+    def __exit__(self, *_) -> None:
+        lab_exec(self.node, "iptables", "-D", *self.RULE, check=False)
+
+
+def test_a_move_whose_target_cannot_be_asked_stays_migrating_until_it_can(vms, migrations):
+    """The source agent dies mid-move and its successor cannot reach the target's libvirtd to
+    learn how the move ended: the VM stays Migrating and says why (no guess of "failed", no
+    second copy booted on the source); once the target answers, the move counts as done:
+    one domain, on the target, its counter never reset."""
+    name = "mig-unasked"
+    source, uid = running_vm(vms, name)
+    target = OTHER[source]
+    migrations.create(name, name, options={"bandwidthMiBps": 6})  # about 20 s for 128 MiB
+    wait_for("the move's first progress", lambda: ((migrations.get(name) or {}).get("status") or {}).get("progress"),
+             timeout=60)
+    before = heartbeat(source, vms.domain(name))
+    with TargetUnreachable(target):
+        os.kill(operator_pid("agent", source), signal.SIGKILL)  # its pod's container restarts it
+        wait_for("the guest on the target only", lambda: domains_of(uid) == {target: "running"}, timeout=120)
+        condition = vms.wait_condition(name, "Ready", "MigrationOutcomeUnknown", timeout=90)
+        vm = vms.get(name)
+        assert vm["status"]["phase"] == "Migrating" and vm["status"]["nodeName"] == source, vm["status"]
+        assert target in condition["message"], condition
+        assert migrations.get(name)["status"]["phase"] == "Running"
+        assert domains_of(uid) == {target: "running"}  # nothing started again on the source
+    m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=90)
+    assert m["status"]["phase"] == "Succeeded", m["status"]
+    vm = vms.wait_phase(name, "Running")
+    assert vm["status"]["nodeName"] == target
+    assert_on_one_node(uid, target)
+    assert_keeps_counting(vms, name, target, before)  # never restarted: it did not start over
+    vms.delete(name)
+
+
 def test_drain_moves_live_migratable_vms_and_stops_the_others(vms, migrations):
     moving_node, moving_uid = running_vm(vms, "mig-drain-live", evictionStrategy="LiveMigrate")
     staying = lab_guest("mig-drain-stop", evictionStrategy="Stop",
