@@ -233,3 +233,17 @@ def test_kubectl_apply_k_of_the_manifests_installs_a_working_operator(vms):
     before = heartbeat(node, domain)
     wait_for("the guest to keep counting", lambda: (heartbeat(node, domain) or 0) > before)
     vms.delete("across")
+
+
+def test_helm_install_with_bad_values_fails_naming_them_and_installs_nothing(lab):
+    """Values the chart cannot run with are refused by `helm install` itself (the schema),
+    before any object exists, not by pods that fail later."""
+    result = run(install.helm(), "install", "kopfvirt-bad", str(REPO / "charts" / "kopfvirt"), "-n",
+                 OPERATOR_NAMESPACE, "--kubeconfig", str(LAB.kubeconfig), "--set", "controller.replicas=0",
+                 "--set", "image.repository=", "--set", "agent.virtType=xen", check=False)
+    assert result.returncode != 0
+    for field in ("/controller/replicas", "/image/repository", "/agent/virtType"):
+        assert f"at '{field}'" in result.stderr, result.stderr
+    releases = json.loads(run(install.helm(), "list", "-a", "-n", OPERATOR_NAMESPACE, "--kubeconfig",
+                              str(LAB.kubeconfig), "-o", "json").stdout)
+    assert [r["name"] for r in releases] == [install.RELEASE]

@@ -100,3 +100,12 @@ def test_the_webhook_certificate_is_the_controllers_unless_cert_manager_or_yours
             "kopfvirt-webhook-tls"
         assert not any(a.startswith("--webhook-secret") for a in args)
     assert any(d["kind"] == "Certificate" for d in docs) == ("webhook.certManagerIssuer=ca-issuer" in values)
+
+
+def test_the_operators_own_pods_never_pass_its_eviction_webhook(helm):
+    """A drain of the node of the last controller replica must not wait on that replica."""
+    out = _helm(helm, "template", "x", str(CHART), *KUBE, "-n", "ops", "--show-only", "templates/webhook.yaml").stdout
+    config = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "ValidatingWebhookConfiguration")
+    evictions = next(w for w in config["webhooks"] if w["name"] == "evictions.kopfvirt.io")
+    assert evictions["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["ops"]}]}

@@ -126,12 +126,16 @@ class Migrator:
                 outcome = self._live(body, m, run)
             else:
                 outcome = self._offline(body, run)
-        except Exception as e:  # anything unforeseen: the VM stays where it is
+        except Exception as e:  # anything unforeseen: where the guest runs decides below
             log.exception("migration %s/%s", ns, name)
             outcome = Outcome(False, "MigrationError", str(e))
         try:
             with self.agent.locks[uid]:
-                self.conclude(self.agent.vms.get(uid, body), outcome)
+                current = self.agent.vms.get(uid, body)
+                if not outcome.ok and record["mode"] == "Live":
+                    outcome = self._failure_as_seen(current, outcome)
+                if outcome is not None:  # None: unknown yet; the resync asks again (recover)
+                    self.conclude(current, outcome)
         finally:
             self.running.pop(uid, None)
 
@@ -184,7 +188,11 @@ class Migrator:
             return Outcome(False, "LibvirtError", f"libvirt: {e.get_error_message()}")
         finally:
             run.done.set()
-        _state, stats = hv.remote(uri, uid)
+        try:
+            _state, stats = hv.remote(uri, uid)
+        except libvirt.libvirtError as e:  # libvirt said it moved; only its figures are missing
+            log.warning("moved, but the target's libvirtd gave no figures of the move: %s", e)
+            stats = {}
         if own_dir:  # the VM runs on its copies there: these are stale
             images.remove(own_dir)
         return Outcome(True, results=migration.result(stats))
@@ -305,13 +313,36 @@ class Migrator:
         elif record.get("mode") == "Offline":
             outcome = Outcome(True)
         else:
-            remote_state, stats = hv.remote(self._target_uri(self._target_address(record["targetNode"])), uid)
-            if remote_state in ("running", "paused"):
-                outcome = Outcome(True, results=migration.result(stats))
-            else:
-                outcome = Outcome(False, "GuestLost", f"the guest runs neither on {self.agent.node} nor on "
-                                                      f"{record['targetNode']}")
-        self.conclude(body, outcome)
+            outcome = self._asked_target(body)
+        if outcome is not None:
+            self.conclude(body, outcome)
+
+    def _failure_as_seen(self, body: dict, outcome: Outcome) -> Outcome | None:
+        """A failed live move as the two libvirtds tell it: it stands while the guest still
+        runs here; a guest gone from here is looked for on the target."""
+        state, _ = self.agent.hv.state_and_reason(body["metadata"]["uid"])
+        if state in ("running", "paused"):
+            return outcome
+        return self._asked_target(body)
+
+    def _asked_target(self, body: dict) -> Outcome | None:
+        """The guest no longer runs here: does it run on the target? None when the target's
+        libvirtd cannot be asked: the VM stays Migrating, saying so, never guessed failed
+        (its disks may already be written by the guest there)."""
+        uid, record = body["metadata"]["uid"], (body.get("status") or {})["migration"]
+        target = record["targetNode"]
+        try:
+            remote_state, stats = self.agent.hv.remote(self._target_uri(self._target_address(target)), uid)
+        except (libvirt.libvirtError, RuntimeError) as e:
+            log.warning("migration %s: cannot ask %s where the guest runs: %s", record.get("name"), target, e)
+            self.agent.write_status(body, self.agent.with_condition(
+                body, "Ready", None, "MigrationOutcomeUnknown",
+                f"migration {record.get('name')}: the guest no longer runs on {self.agent.node} and {target}'s "
+                f"libvirtd cannot be asked whether it runs there ({e}); the VM stays Migrating until it answers"))
+            return None
+        if remote_state in ("running", "paused"):
+            return Outcome(True, results=migration.result(stats))
+        return Outcome(False, "GuestLost", f"the guest runs neither on {self.agent.node} nor on {target}")
 
     def _await_job(self, body: dict, run: Running) -> None:
         """libvirt still migrates a domain whose agent restarted: wait for it, then recover."""
