@@ -269,6 +269,28 @@ def test_a_move_whose_target_cannot_be_asked_stays_migrating_until_it_can(vms, m
     vms.delete(name)
 
 
+def test_a_drain_makes_a_few_evacuations_of_a_vm_that_cannot_move_then_says_why(vms, migrations):
+    """A LiveMigrate VM pinned to its node cannot move: each evacuation fails its preflight,
+    and the drain's retries make no more than three of them; after that each refused eviction
+    says why and how to go on, and the guest runs on untouched."""
+    node, uid = running_vm(vms, "mig-pinned", evictionStrategy="LiveMigrate",
+                           nodeSelector={"kubernetes.io/hostname": "node-1"})
+    try:
+        result = run("kubectl", "--kubeconfig", str(KUBECONFIG), "drain", node, "--ignore-daemonsets",
+                     "--pod-selector", "kopfvirt.io/vm=mig-pinned", "--timeout=40s", check=False, timeout=90)
+    finally:
+        kubectl("uncordon", node)
+    assert result.returncode != 0
+    evacuations = [m for m in kubectl_json("-n", vms.namespace, "get", "migrations")["items"]
+                   if m["metadata"].get("labels", {}).get("kopfvirt.io/evacuation") == node]
+    assert [m["status"]["phase"] for m in evacuations] == ["Failed"] * 3, [m.get("status") for m in evacuations]
+    assert "cannot be live-migrated off " + node + ": 3 evacuations failed" in result.stderr, result.stderr
+    assert "delete those Migrations to try again" in result.stderr
+    assert_on_one_node(uid, node)
+    assert vms.get("mig-pinned")["status"]["phase"] == "Running"
+    vms.delete("mig-pinned")
+
+
 def test_drain_moves_live_migratable_vms_and_stops_the_others(vms, migrations):
     moving_node, moving_uid = running_vm(vms, "mig-drain-live", evictionStrategy="LiveMigrate")
     staying = lab_guest("mig-drain-stop", evictionStrategy="Stop",

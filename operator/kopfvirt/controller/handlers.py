@@ -12,6 +12,7 @@ from ..core import certificates, migration, pools, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .certificates import NodeCertificateSigner
 from .leadership import LeaderElector
+from .migrations import EvacuationFailed
 from .reconciler import Controller
 
 PLACEHOLDER_UID = "00000000-0000-4000-8000-000000000000"  # CREATE reviews carry no UID yet
@@ -134,6 +135,9 @@ def eviction_refusal(controller: Controller, namespace: str, pod_name: str, star
     if strategy != "LiveMigrate":
         return None
     node = (pod.get("spec") or {}).get("nodeName")
-    name = controller.migrations.evacuate(namespace, vm_name, node) if start else "(dry run)"
+    try:
+        name = controller.migrations.evacuate(namespace, vm_name, node) if start else "(dry run)"
+    except EvacuationFailed as e:
+        return f"VM {namespace}/{vm_name} cannot be live-migrated off {node}: {e}"
     return (f"VM {namespace}/{vm_name} is being live-migrated off {node} by Migration {name}; "
             f"its reservation pod goes once it has moved")

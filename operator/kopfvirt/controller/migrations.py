@@ -28,6 +28,18 @@ from . import metrics
 log = logging.getLogger("kopfvirt.controller.migrations")
 FINALIZER = f"{GROUP}/migration"
 EVACUATION_LABEL = f"{GROUP}/evacuation"  # on Migrations a drain started: the node drained
+MAX_EVACUATIONS = 3  # failed evacuations of a VM off a node before a drain's retries stop making more
+
+
+class EvacuationFailed(Exception):
+    """A VM's evacuations off a node failed MAX_EVACUATIONS times: no more are made."""
+
+    def __init__(self, failed: list[dict]):
+        last = failed[-1].get("status") or {}
+        names = ", ".join(b["metadata"]["name"] for b in failed)
+        super().__init__(f"{len(failed)} evacuations failed ({names}; the last: {last.get('reason')}: "
+                         f"{last.get('message')}); the drain waits: fix that and delete those Migrations to try "
+                         f"again, or stop the VM")
 CONFIG_MAP = "kopfvirt-migration"
 TARGET_SCHEDULE_SECONDS = 120  # a target pod unbound this long fails the Migration
 
@@ -319,12 +331,20 @@ class Migrations:
 
     # -- evacuation (drain) ---------------------------------------------------------------
     def evacuate(self, namespace: str, vm_name: str, node: str) -> str:
-        """The Migration that moves a VM off a draining node: the one running, else a new one."""
+        """The Migration that moves a VM off a draining node: the one running, else a new
+        one, unless MAX_EVACUATIONS of them failed already (EvacuationFailed says why)."""
         with self.lock:
-            for b in self.migrations.values():
-                if (b["metadata"]["namespace"], b["spec"]["vmName"]) == (namespace, vm_name) and \
-                        (b.get("status") or {}).get("phase") not in FINAL_PHASES:
+            failed = []
+            for b in sorted(self.migrations.values(), key=lambda b: b["metadata"]["creationTimestamp"]):
+                if (b["metadata"]["namespace"], b["spec"]["vmName"]) != (namespace, vm_name):
+                    continue
+                phase = (b.get("status") or {}).get("phase")
+                if phase not in FINAL_PHASES:
                     return b["metadata"]["name"]
+                if phase == "Failed" and (b["metadata"].get("labels") or {}).get(EVACUATION_LABEL) == node:
+                    failed.append(b)
+            if len(failed) >= MAX_EVACUATIONS:
+                raise EvacuationFailed(failed)
             body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Migration",
                     "metadata": {"name": f"evacuate-{vm_name}-{uuidlib.uuid4().hex[:5]}", "namespace": namespace,
                                  "labels": {EVACUATION_LABEL: node}},
