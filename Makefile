@@ -16,13 +16,13 @@ APT_PACKAGES := libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 	pkg-config gcc etcd-server busybox-static cpio iproute2 util-linux genisoimage libxml2-utils \
 	dmidecode ovmf pci.ids glusterfs-server glusterfs-client nfs-ganesha nfs-ganesha-vfs rpcbind tgt \
 	qemu-block-extra libvirt-daemon-driver-storage-iscsi-direct libvirt-daemon-driver-storage-gluster \
-	runc containernetworking-plugins buildah mmdebstrap
+	runc containernetworking-plugins buildah mmdebstrap iptables
 # Packages that bring no command: libvirt's user-space iSCSI backend and QEMU's NFS client.
 APT_FILES := /usr/lib/x86_64-linux-gnu/libvirt/storage-backend/libvirt_storage_backend_iscsi-direct.so \
 	/usr/lib/x86_64-linux-gnu/qemu/block-nfs.so /usr/lib/cni/bridge /usr/lib/cni/host-local
 APT_TOOLS := libvirtd virsh qemu-system-x86_64 qemu-img pkg-config gcc etcd cpio ip nsenter \
 	virt-xml-validate dmidecode glusterd mount.glusterfs tgtd tgtadm ganesha.nfsd rpcbind rpcinfo qemu-io \
-	runc buildah mmdebstrap
+	runc buildah mmdebstrap iptables
 
 .PHONY: demo test unit integration deps lab-deps venv helm manifests lab-up lab-down lab-status clean
 
