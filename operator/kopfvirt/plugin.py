@@ -2,8 +2,8 @@
 
 Named kopfvirt so it never clashes with KubeVirt's `virt`. Requests are written to the
 VM object (spec or a timestamped annotation) and carried out by the controller and the
-node's agent; console and xml reach the node's libvirt through the agent pod
-(`kubectl exec`) or, in the lab, through `kopfvirt-lab exec`.
+node's agent; console and xml reach the node's libvirt through the agent pod on the VM's
+node (`kubectl exec`), found in whichever namespace the operator runs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shutil
 import subprocess
 import sys
 
@@ -22,10 +21,9 @@ from . import GROUP, VERSION
 from .core import lifecycle, migration, pools, vmspec
 
 PLURAL = "virtualmachines"
-AGENT_NAMESPACE = "kopfvirt-system"
+DEFAULT_OPERATOR_NAMESPACE = "kopfvirt-system"  # the chart's and the manifests' namespace
 MIGRATION_CONFIG = "kopfvirt-migration"
 AGENT_SELECTOR = "app.kubernetes.io/name=kopfvirt,app.kubernetes.io/component=agent"
-LAB_NODE_LABEL = f"{GROUP}/lab-node"
 
 
 class PluginError(RuntimeError):
@@ -39,8 +37,10 @@ def _now() -> str:
 
 
 class VMs:
-    def __init__(self, namespace: str | None, context: str | None, kubeconfig: str | None):
+    def __init__(self, namespace: str | None, context: str | None, kubeconfig: str | None,
+                 operator_namespace: str | None = None):
         config.load_kube_config(config_file=kubeconfig, context=context)
+        self._operator_namespace = operator_namespace
         contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
         chosen = next((c for c in contexts if c["name"] == context), active) if context else active
         namespace = namespace or (chosen.get("context") or {}).get("namespace") or "default"
@@ -54,6 +54,20 @@ class VMs:
             if e.status == 404:
                 raise PluginError(f"virtualmachine {self.namespace}/{name} not found") from None
             raise
+
+    def operator_namespace(self) -> str:
+        """Where the operator runs: as given, else where its agent pods are (when this user may
+        list pods everywhere), else the chart's default."""
+        if not self._operator_namespace:
+            self._operator_namespace = DEFAULT_OPERATOR_NAMESPACE
+            try:
+                pods = client.CoreV1Api().list_pod_for_all_namespaces(label_selector=AGENT_SELECTOR, limit=1).items
+                if pods:
+                    self._operator_namespace = pods[0].metadata.namespace
+            except ApiException as e:
+                if e.status != 403:
+                    raise
+        return self._operator_namespace
 
     def patch(self, name: str, body: dict) -> None:
         self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, body)
@@ -106,10 +120,10 @@ def _pool_specs(vms: VMs) -> dict:
     return pools.specs_of({p["metadata"]["name"]: p for p in items})
 
 
-def _cluster_options() -> dict:
+def _cluster_options(vms: VMs) -> dict:
     """The cluster's migration defaults; the built-in ones when the ConfigMap is not readable."""
     try:
-        data = client.CoreV1Api().read_namespaced_config_map(MIGRATION_CONFIG, AGENT_NAMESPACE).data
+        data = client.CoreV1Api().read_namespaced_config_map(MIGRATION_CONFIG, vms.operator_namespace()).data
     except ApiException:
         data = None
     return migration.cluster_config(data)[0]
@@ -121,7 +135,7 @@ def migrate(vms: VMs, name: str, offline: bool = False, target: str | None = Non
     if dry_run:
         meta = vm_body["metadata"]
         vm = vmspec.parse(meta["namespace"], name, meta["uid"], vm_body.get("spec") or {})
-        refusal, verdicts = migration.preflight(vm, vm_body.get("status") or {}, spec, _cluster_options(), _nodes(),
+        refusal, verdicts = migration.preflight(vm, vm_body.get("status") or {}, spec, _cluster_options(vms), _nodes(),
                                                 _pool_specs(vms))
         lines = [f"{spec['mode']} migration of {vms.namespace}/{name} from "
                  f"{(vm_body.get('status') or {}).get('nodeName') or '(not running)'}:",
@@ -152,27 +166,22 @@ def migrate_cancel(vms: VMs, name: str) -> str:
 
 
 def _on_node(vms: VMs, name: str, virsh_args: list[str], interactive: bool = False) -> int:
-    """Run virsh against the VM's node: through the agent pod, or in the lab its namespaces."""
+    """Run virsh against the VM's domain in the agent pod on its node (`kubectl exec`)."""
     vm = vms.get(name)
     node = (vm.get("status") or {}).get("nodeName")
     if not node:
         raise PluginError(f"virtualmachine {vms.namespace}/{name} is not running on any node")
-    domain = f"{vms.namespace}_{name}"
-    virsh = ["virsh", "-c", "qemu:///system", *virsh_args, domain]
-    labels = client.CoreV1Api().read_node(node).metadata.labels or {}
-    if labels.get(LAB_NODE_LABEL) == "true":
-        lab = shutil.which("kopfvirt-lab") or os.path.join(os.path.dirname(sys.executable), "kopfvirt-lab")
-        argv = [lab, "exec", node, "--", *virsh]
-    else:
-        pods = client.CoreV1Api().list_namespaced_pod(AGENT_NAMESPACE, label_selector=AGENT_SELECTOR,
-                                                      field_selector=f"spec.nodeName={node}").items
-        if not pods:
-            raise PluginError(f"no kopfvirt agent pod runs on {node}")
-        kubectl = ["kubectl", *(["--kubeconfig", vms.kubeconfig] if vms.kubeconfig else []),
-                   *(["--context", vms.context] if vms.context else [])]
-        argv = [*kubectl, "exec", "-n", AGENT_NAMESPACE, *(["-it"] if interactive else []),
-                pods[0].metadata.name, "--", *virsh]
-    return subprocess.call(argv)
+    namespace = vms.operator_namespace()
+    pods = client.CoreV1Api().list_namespaced_pod(namespace, label_selector=AGENT_SELECTOR,
+                                                  field_selector=f"spec.nodeName={node}").items
+    if not pods:
+        raise PluginError(f"no kopfvirt agent pod runs on {node} in namespace {namespace} "
+                          f"(--operator-namespace names another)")
+    kubectl = ["kubectl", *(["--kubeconfig", vms.kubeconfig] if vms.kubeconfig else []),
+               *(["--context", vms.context] if vms.context else [])]
+    virsh = ["virsh", "-c", "qemu:///system", *virsh_args, f"{vms.namespace}_{name}"]
+    return subprocess.call([*kubectl, "exec", "-n", namespace, *(["-it"] if interactive else []),
+                            pods[0].metadata.name, "--", *virsh])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-n", "--namespace")
     p.add_argument("--context")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    p.add_argument("--operator-namespace", default=os.environ.get("KOPFVIRT_NAMESPACE"),
+                   help="where Kopfvirt runs (default: found from its agent pods, else kopfvirt-system)")
     sub = p.add_subparsers(dest="command", required=True)
     for command, text in (("start", "start a stopped VM"), ("stop", "stop a VM gracefully"),
                           ("restart", "restart a running VM"), ("pause", "pause a running VM"),
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("name")
     args = p.parse_args(argv)
     try:
-        vms = VMs(args.namespace, args.context, args.kubeconfig)
+        vms = VMs(args.namespace, args.context, args.kubeconfig, args.operator_namespace)
         if args.command == "console":
             sys.exit(_on_node(vms, args.name, ["console", "--force"], interactive=True))
         if args.command == "xml":

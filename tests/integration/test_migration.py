@@ -282,13 +282,16 @@ def test_a_drain_makes_a_few_evacuations_of_a_vm_that_cannot_move_then_says_why(
         kubectl("uncordon", node)
     assert result.returncode != 0
     evacuations = [m for m in kubectl_json("-n", vms.namespace, "get", "migrations")["items"]
-                   if m["metadata"].get("labels", {}).get("kopfvirt.io/evacuation") == node]
+                   if m["metadata"].get("labels", {}).get("kopfvirt.io/evacuation") == node
+                   and m["spec"]["vmName"] == "mig-pinned"]
     assert [m["status"]["phase"] for m in evacuations] == ["Failed"] * 3, [m.get("status") for m in evacuations]
     assert "cannot be live-migrated off " + node + ": 3 evacuations failed" in result.stderr, result.stderr
     assert "delete those Migrations to try again" in result.stderr
     assert_on_one_node(uid, node)
     assert vms.get("mig-pinned")["status"]["phase"] == "Running"
     vms.delete("mig-pinned")
+    for m in evacuations:
+        migrations.delete(m["metadata"]["name"])
 
 
 def test_drain_moves_live_migratable_vms_and_stops_the_others(vms, migrations):
@@ -305,7 +308,8 @@ def test_drain_moves_live_migratable_vms_and_stops_the_others(vms, migrations):
         assert vm["status"]["nodeName"] == OTHER[moving_node]
         assert_on_one_node(moving_uid, OTHER[moving_node])
         evacuations = [m for m in kubectl_json("-n", vms.namespace, "get", "migrations")["items"]
-                       if m["metadata"].get("labels", {}).get("kopfvirt.io/evacuation") == moving_node]
+                       if m["metadata"].get("labels", {}).get("kopfvirt.io/evacuation") == moving_node
+                       and m["spec"]["vmName"] == "mig-drain-live"]
         assert [m["status"]["phase"] for m in evacuations] == ["Succeeded"]
         # The Stop VM may not run anywhere else (its nodeSelector): it stays stopped, evicted.
         wait_for("the Stop VM's guest stopped", lambda: "running" not in domains_of(stop_uid).values(), timeout=60)

@@ -129,12 +129,14 @@ def eviction_refusal(controller: Controller, namespace: str, pod_name: str, star
     vm = controller.vm_named(namespace, vm_name)
     if vm is None:
         return None
+    node = (pod.get("spec") or {}).get("nodeName")
+    if pod["metadata"].get("deletionTimestamp") or (vm.get("status") or {}).get("nodeName") not in (None, node):
+        return None  # the pod of a VM that has left its node (a finished move): nothing runs there
     strategy = (vm.get("spec") or {}).get("evictionStrategy", "Stop")
     if strategy == "None":
         return f"VM {namespace}/{vm_name} has evictionStrategy None: stop it before its node is drained"
     if strategy != "LiveMigrate":
         return None
-    node = (pod.get("spec") or {}).get("nodeName")
     try:
         name = controller.migrations.evacuate(namespace, vm_name, node) if start else "(dry run)"
     except EvacuationFailed as e:
