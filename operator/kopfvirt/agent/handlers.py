@@ -69,20 +69,23 @@ def label_node(agent: Agent) -> None:
 
 
 def report_libvirt(agent: Agent, error: Exception | None) -> None:
-    """The Node's KopfvirtLibvirtReady condition; written when it changes."""
-    current = kube.node_conditions(agent.node)
-    before = conditions.get(current, LIBVIRT_CONDITION) or {}
+    """The Node's KopfvirtLibvirtReady condition; read and written only when it changes."""
     if error is None:
         reason, message = "LibvirtReachable", f"the kopfvirt agent reaches libvirtd at {agent.hv.uri}"
     else:
         reason, message = "LibvirtUnavailable", (f"the kopfvirt agent cannot reach libvirtd at {agent.hv.uri}, "
                                                  f"so this node runs no VMs: {error}")
-    if (before.get("status"), before.get("reason"), before.get("message")) == (str(error is None), reason, message):
+    wanted = (str(error is None), reason, message)
+    if agent.libvirt_reported == wanted:
         return
-    condition = conditions.get(conditions.set_condition(current, LIBVIRT_CONDITION, error is None, reason, message,
-                                                        None), LIBVIRT_CONDITION)
-    kube.set_node_condition(agent.node, {**condition, "lastHeartbeatTime": condition["lastTransitionTime"]})
-    (log.info if error is None else log.error)("node condition %s: %s", LIBVIRT_CONDITION, message)
+    current = kube.node_conditions(agent.node)
+    before = conditions.get(current, LIBVIRT_CONDITION) or {}
+    if (before.get("status"), before.get("reason"), before.get("message")) != wanted:
+        condition = conditions.get(conditions.set_condition(current, LIBVIRT_CONDITION, error is None, reason,
+                                                            message, None), LIBVIRT_CONDITION)
+        kube.set_node_condition(agent.node, {**condition, "lastHeartbeatTime": condition["lastTransitionTime"]})
+        (log.info if error is None else log.error)("node condition %s: %s", LIBVIRT_CONDITION, message)
+    agent.libvirt_reported = wanted
 
 
 def refresh_node(agent: Agent) -> None:

@@ -59,6 +59,9 @@ class Agent(Reconciler):
         self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
         self.devices = Devices(node, sysfs_root, load_pci_ids(pci_ids), namespace, self.hv, self.event)
         self.pools = Pools(node, self.hv, lease_dir)
+        # The Node's KopfvirtLibvirtReady as last written (handlers.report_libvirt): a resync
+        # that finds it unchanged reads and writes nothing.
+        self.libvirt_reported: tuple[str, str, str] | None = None
 
     # -- inputs -------------------------------------------------------------------------
     def _domain_event(self, uuid: str, event: str, detail: str) -> None:

@@ -294,11 +294,12 @@ def read_lease(namespace: str, name: str, timeout: float) -> tuple[dict, str] | 
 def write_lease(namespace: str, name: str, spec: dict, resource_version: str | None, timeout: float) -> str:
     """Create the Lease (resource_version None) or replace the one read at that version (a
     409 when another replica wrote it meanwhile); the new resourceVersion."""
-    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version}, "spec": spec}
+    metadata = {"name": name, "namespace": namespace}
+    if resource_version is not None:
+        metadata["resourceVersion"] = resource_version
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
     api = client.CoordinationV1Api()
     if resource_version is None:
-        del body["metadata"]["resourceVersion"]
         written = api.create_namespaced_lease(namespace, body, _preload_content=False, _request_timeout=timeout)
     else:
         written = api.replace_namespaced_lease(name, namespace, body, _preload_content=False,
