@@ -136,6 +136,15 @@ def heartbeat(node: str, domain: str, log_dir: str = "/var/log/libvirt/qemu") ->
     return int(counts[-1]) if counts else None
 
 
+def restarts_seen(node: str, domain: str, log_dir: str = "/var/log/libvirt/qemu") -> list[tuple[int, int]]:
+    """Where the guest's counter started over in its serial log on `node` (libvirt appends
+    to it across starts and incoming migrations): (last counter, next counter) pairs."""
+    result = lab_exec(node, "grep", "-o", "kopfvirt-heartbeat [0-9]*", f"{log_dir}/{domain}-serial.log",
+                      check=False)
+    counts = [int(n) for n in re.findall(r"kopfvirt-heartbeat (\d+)", result.stdout)]
+    return [(a, b) for a, b in zip(counts, counts[1:]) if b <= a]
+
+
 def vm_disk_dirs(namespace: str, name: str, pool_root: str = "/var/lib/kopfvirt/pools/gluster") -> list[str]:
     """The directories of a VM's own disks in a file pool, as node-1 sees the pool (an
     nfs:// root is asked through libnfs, as the agent does)."""
@@ -154,6 +163,28 @@ def lab_guest(name: str, cmdline: str = "", **spec) -> dict:
     body.update(spec)
     return {"apiVersion": "kopfvirt.io/v1alpha1", "kind": "VirtualMachine",
             "metadata": {"name": name}, "spec": body}
+
+
+def operator_logs(about: str, lines: int = 40) -> str:
+    """What every operator pod logged about `about` (a test namespace), its previous
+    container's too (one killed by a test): read into a failed test's report."""
+    pods = kubectl("-n", OPERATOR_NAMESPACE, "get", "pods", "-o", "name", check=False).stdout.split()
+    out = []
+    for pod in pods:
+        for previous in ((), ("--previous",)):
+            log = kubectl("-n", OPERATOR_NAMESPACE, "logs", pod, *previous, check=False).stdout
+            found = [line for line in log.splitlines() if about in line][-lines:]
+            if found:
+                out.append(f"== {pod} {' '.join(previous)}\n" + "\n".join(found))
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    namespace = item.funcargs.get("namespace") or getattr(item.funcargs.get("vms"), "namespace", None)
+    if report.when == "call" and report.failed and namespace:
+        report.sections.append((f"operator logs about {namespace}", operator_logs(namespace)))
 
 
 @pytest.fixture(scope="session")

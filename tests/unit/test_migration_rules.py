@@ -111,3 +111,20 @@ def test_timeouts():
     assert migration.overdue(11, 2**30, options, 1) == "abort"
     assert migration.overdue(11, 2**30, {**options, "postCopy": True}, 1) == "post-copy"
     assert migration.overdue(3, 2**30, options, 6) == "abort"
+
+
+def test_where_a_guest_runs_after_its_move_is_asked_of_both_sides():
+    ends = migration.where_it_runs
+    assert ends("running", None) == "source"  # libvirt resumed it: the target never ran it
+    assert ends("running", "paused") == "source"  # the target's unfinished incoming copy
+    # Paused at the switch-over: the target decides, and must be asked.
+    assert ends("paused", None) is None
+    assert ends("paused", "running") == "target"
+    assert ends("paused", "absent") == "source"
+    assert ends("paused", "paused") is None  # a paused guest caught mid confirm step: ask again
+    # Gone from the source.
+    assert ends("absent", "running") == "target"
+    assert ends("shutoff", "paused") == "target"
+    assert ends("absent", "absent") == "nowhere"
+    assert ends("absent", None) is None
+    assert ends("shuttingdown", "absent") is None  # its QEMU still runs: look again

@@ -133,7 +133,7 @@ class Migrator:
             with self.agent.locks[uid]:
                 current = self.agent.vms.get(uid, body)
                 if not outcome.ok and record["mode"] == "Live":
-                    outcome = self._failure_as_seen(current, outcome)
+                    outcome = self._as_seen(current, outcome)
                 if outcome is not None:  # None: unknown yet; the resync asks again (recover)
                     self.conclude(current, outcome)
         finally:
@@ -307,42 +307,47 @@ class Migrator:
             run = self.running[uid] = Running(record["name"])
             threading.Thread(target=self._await_job, args=(body, run), daemon=True).start()
             return
-        if state in ("running", "paused"):
-            outcome = Outcome(False, "Interrupted", f"the move was interrupted (the agent on {self.agent.node} "
-                                                    f"restarted) and libvirt did not finish it")
-        elif record.get("mode") == "Offline":
-            outcome = Outcome(True)
+        if record.get("mode") == "Offline":
+            if state == "shuttingdown":
+                return  # the guest still stops: the next resync looks again
+            outcome = Outcome(True) if state not in ("running", "paused") else Outcome(
+                False, "Interrupted", f"the move was interrupted (the agent on {self.agent.node} restarted) "
+                                      f"before the guest was shut down")
         else:
-            outcome = self._asked_target(body)
+            outcome = self._as_seen(body, Outcome(False, "Interrupted", (
+                f"the move was interrupted (the agent on {self.agent.node} restarted) and libvirt did not "
+                f"finish it")))
         if outcome is not None:
             self.conclude(body, outcome)
 
-    def _failure_as_seen(self, body: dict, outcome: Outcome) -> Outcome | None:
-        """A failed live move as the two libvirtds tell it: it stands while the guest still
-        runs here; a guest gone from here is looked for on the target."""
-        state, _ = self.agent.hv.state_and_reason(body["metadata"]["uid"])
-        if state in ("running", "paused"):
-            return outcome
-        return self._asked_target(body)
-
-    def _asked_target(self, body: dict) -> Outcome | None:
-        """The guest no longer runs here: does it run on the target? None when the target's
-        libvirtd cannot be asked: the VM stays Migrating, saying so, never guessed failed
-        (its disks may already be written by the guest there)."""
+    def _as_seen(self, body: dict, failure: Outcome) -> Outcome | None:
+        """How a live move ended, as the two libvirtds tell it once no job runs here:
+        `failure` where the guest runs on here, success where it runs on the target. None
+        while that cannot be known (the target's libvirtd cannot be asked, or both copies
+        are paused): the VM stays Migrating, saying so, never guessed failed, for the
+        guest there may already be writing its disks."""
         uid, record = body["metadata"]["uid"], (body.get("status") or {})["migration"]
         target = record["targetNode"]
-        try:
-            remote_state, stats = self.agent.hv.remote(self._target_uri(self._target_address(target)), uid)
-        except (libvirt.libvirtError, RuntimeError) as e:
-            log.warning("migration %s: cannot ask %s where the guest runs: %s", record.get("name"), target, e)
-            self.agent.write_status(body, self.agent.with_condition(
-                body, "Ready", None, "MigrationOutcomeUnknown",
-                f"migration {record.get('name')}: the guest no longer runs on {self.agent.node} and {target}'s "
-                f"libvirtd cannot be asked whether it runs there ({e}); the VM stays Migrating until it answers"))
-            return None
-        if remote_state in ("running", "paused"):
+        state, _ = self.agent.hv.state_and_reason(uid)
+        remote_state, stats, unasked = None, {}, None
+        if state != "running":
+            try:
+                remote_state, stats = self.agent.hv.remote(self._target_uri(self._target_address(target)), uid)
+            except (libvirt.libvirtError, RuntimeError) as e:
+                log.warning("migration %s: cannot ask %s where the guest runs: %s", record.get("name"), target, e)
+                unasked = f"{target}'s libvirtd cannot be asked whether it runs there ({e})"
+        where = migration.where_it_runs(state, remote_state)
+        if where == "source":
+            return failure
+        if where == "target":
             return Outcome(True, results=migration.result(stats))
-        return Outcome(False, "GuestLost", f"the guest runs neither on {self.agent.node} nor on {target}")
+        if where == "nowhere":
+            return Outcome(False, "GuestLost", f"the guest runs neither on {self.agent.node} nor on {target}")
+        self.agent.write_status(body, self.agent.with_condition(
+            body, "Ready", None, "MigrationOutcomeUnknown",
+            f"migration {record.get('name')}: the guest is {state} on {self.agent.node} and "
+            f"{unasked or f'{remote_state} on {target}'}; the VM stays Migrating until the two tell where it runs"))
+        return None
 
     def _await_job(self, body: dict, run: Running) -> None:
         """libvirt still migrates a domain whose agent restarted: wait for it, then recover."""

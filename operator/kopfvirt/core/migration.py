@@ -207,3 +207,25 @@ def overdue(elapsed: float, memory_bytes: int, options: dict, since_progress: fl
     if since_progress > options.get("progressTimeoutSeconds", 150):
         return "abort"
     return None
+
+
+def where_it_runs(source: str, target: str | None) -> str | None:
+    """Where a live move's guest runs once no migration job runs on the source, from the
+    domain states of the two libvirtds ("running", "paused", "absent", ...; target None when
+    its libvirtd cannot be asked): "source", "target", "nowhere", or None while that cannot
+    be known yet (the VM stays Migrating and both are asked again).
+
+    A running source is authoritative: libvirt resumes a source only when the target surely
+    never ran the guest. A paused source is ambiguous: libvirt pauses it at the switch-over
+    and removes it a moment after the target resumed (its confirm step, when no job may be
+    reported any more), or leaves it paused when the move failed late; the target decides.
+    """
+    if source == "running":
+        return "source"
+    if target is None or source not in ("paused", "absent", "shutoff", "crashed"):
+        return None  # the target unasked, or the source's QEMU in a passing state (shutting down)
+    if source == "paused":
+        if target == "running":
+            return "target"
+        return None if target == "paused" else "source"  # both paused: not settled yet
+    return "target" if target in ("running", "paused") else "nowhere"
