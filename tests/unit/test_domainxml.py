@@ -1,6 +1,7 @@
 import hashlib
 import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,11 @@ def test_each_writable_network_disk_gets_a_lease_on_shared_storage():
     assert leases == [(".leases", hashlib.sha256(u.encode()).hexdigest(), "/var/lib/kopfvirt/pools/gluster")
                       for u in expected]  # not the read-only cloud-init media
     assert ET.fromstring(_xml("everything")).findall("devices/lease") == []  # files: libvirt's own leases
+
+
+def test_a_domain_names_the_vm_it_was_made_for_as_libvirt_prints_it_back():
+    # Captured in the lab: `virsh define` of the lab-guest case, then `virsh dumpxml`.
+    dumped = (Path(__file__).parent / "data" / "libvirt" / "dumpxml-lab-guest.xml").read_text()
+    assert domainxml.owner(dumped) == ("default", "lab-guest", UID)
+    assert domainxml.owner(_xml("minimal")) == ("default", "minimal", UID)
+    assert domainxml.owner("<domain type='qemu'><name>by-hand</name></domain>") is None

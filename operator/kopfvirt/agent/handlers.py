@@ -108,7 +108,7 @@ def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds
         label_node(agent)
         refresh_node(agent)  # with the pools now active
         agent.devices.publish()  # also gives back groups a crash left on vfio-pci
-        agent.start_resync(resync_seconds, also=lambda: refresh_node(agent))
+        agent.start_resync(resync_seconds, also=lambda: (refresh_node(agent), agent.strays.scan()))
         agent.start_periodic(device_scan_seconds, agent.devices.publish)
 
     def wait_for_libvirt(error: Exception) -> None:

@@ -139,6 +139,10 @@ class Migrator:
         finally:
             self.running.pop(uid, None)
 
+    def node_uri(self, node: str) -> str:
+        """The libvirtd of another node, as this node's agent reaches it."""
+        return self._target_uri(self._target_address(node))
+
     def _target_address(self, node: str) -> str:
         address = kube.node_address(node)
         if not address:
@@ -332,7 +336,7 @@ class Migrator:
         remote_state, stats, unasked = None, {}, None
         if state != "running":
             try:
-                remote_state, stats = self.agent.hv.remote(self._target_uri(self._target_address(target)), uid)
+                remote_state, stats = self.agent.hv.remote(self.node_uri(target), uid)
             except (libvirt.libvirtError, RuntimeError) as e:
                 log.warning("migration %s: cannot ask %s where the guest runs: %s", record.get("name"), target, e)
                 unasked = f"{target}'s libvirtd cannot be asked whether it runs there ({e})"

@@ -22,6 +22,7 @@ from ..reconciling import Reconciler, now
 from .devices import DeviceUnavailable, Devices, load_pci_ids
 from .migrator import Migrator
 from .storage import PoolNotReady, Pools
+from .strays import Strays
 
 log = logging.getLogger("kopfvirt.agent")
 NODE_LABEL = f"{GROUP}/node"
@@ -50,6 +51,7 @@ class Agent(Reconciler):
         self.hidden_cpu_features = tuple(hidden_cpu_features)
         self.tls_dir = tls_dir  # the node's certificate for migration (agent/tls.py)
         self.migrator = Migrator(self)
+        self.strays = Strays(self)
         self.finalizer = FINALIZER_PREFIX + node
         self.stopping: dict[str, float] = {}           # domains we stop ourselves -> until when
         self.guest_stops: dict[str, tuple[str, str]] = {}  # uid -> (reason, time), not yet written
@@ -73,6 +75,8 @@ class Agent(Reconciler):
             self.guest_stops[uuid] = (lifecycle.stop_reason_for_event(detail), now())
         if uuid in self.vms:
             self.submit(uuid)
+        elif event in ("started", "resumed", "defined"):
+            self.strays.notice()  # a domain of no VM of this node's: is it a stray copy?
 
     def _reconnected(self) -> None:
         self.executor.submit(self.resync)

@@ -209,6 +209,12 @@ def get_node_metadata(node: str) -> tuple[dict[str, str], dict[str, str]]:
     return meta.labels or {}, meta.annotations or {}
 
 
+def node_reference(node: str) -> dict:
+    """A Node as post_event takes it (an Event about the node itself)."""
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node, "uid": client.CoreV1Api().read_node(node).metadata.uid}}
+
+
 def node_address(node: str) -> str | None:
     """The node's InternalIP, where its libvirtd listens for migrations."""
     addresses = client.CoreV1Api().read_node(node).status.addresses or []

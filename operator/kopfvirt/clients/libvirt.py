@@ -194,6 +194,17 @@ class Hypervisor:
             log.info("started domain %s", dom.name())
         return self.info(dom)
 
+    def domains(self) -> list[tuple[str, str, str]]:
+        """(uuid, state, XML) of every domain this libvirtd knows, running or only defined."""
+        out = []
+        for dom in self.conn().listAllDomains(0):
+            try:
+                out.append((dom.UUIDString(), STATES.get(dom.state()[0], "unknown"), dom.XMLDesc(0)))
+            except libvirt.libvirtError as e:
+                if not _is(e, libvirt.VIR_ERR_NO_DOMAIN):  # gone since listed
+                    raise
+        return out
+
     def active_domain_xmls(self) -> list[str]:
         """The XML of every running domain of this libvirtd (ours or not)."""
         return [d.XMLDesc(0) for d in self.conn().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]

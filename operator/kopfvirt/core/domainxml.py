@@ -108,6 +108,15 @@ def hostdev_addresses(xml: str) -> set[str]:
     return out
 
 
+def owner(xml: str) -> tuple[str, str, str] | None:
+    """(namespace, name, uid) of the VM a domain was made for, from the metadata domain_xml
+    writes; None for a domain Kopfvirt did not make."""
+    vm = ET.fromstring(xml).find(f"metadata/{{{METADATA_NS}}}vm")
+    if vm is None or not all(vm.get(k) for k in ("namespace", "name", "uid")):
+        return None
+    return vm.get("namespace"), vm.get("name"), vm.get("uid")
+
+
 def domain_xml(vm: VM, plan: Plan, virt_type: str = "qemu",
                networks: dict[str, str] | None = None, hostdevs: list[tuple[str, str]] = ()) -> str:
     """The domain for `vm`; its UUID is the VM object's UID, which ties the two for adoption.
