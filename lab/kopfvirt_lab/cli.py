@@ -4,11 +4,13 @@ the product's image: the lab is how this repository tests the operator, not part
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import sys
 from pathlib import Path
 
 from .errors import LabError
-from .layout import Lab
+from .layout import Lab, cache_dir
 
 
 def _repo() -> Path:
@@ -36,13 +38,29 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(_run(args, Lab(_repo())))
 
 
+@contextlib.contextmanager
+def _one_at_a_time():
+    """`up` and `down` wait for one already running (two image builds at once corrupt
+    buildah's store; two `up`s race on every part), from any checkout: they share one lab."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "lab.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("waiting for another kopfvirt-lab up/down to finish", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _run(args, lab: Lab) -> int:
     from . import manage
     try:
-        if args.command == "up":
-            manage.up(lab, args.nodes, args.virt_type)
-        elif args.command == "down":
-            manage.down(lab)
+        if args.command in ("up", "down"):
+            with _one_at_a_time():
+                if args.command == "up":
+                    manage.up(lab, args.nodes, args.virt_type)
+                else:
+                    manage.down(lab)
         elif args.command == "status":
             return manage.status(lab)
         elif args.command == "exec":

@@ -9,6 +9,7 @@ M"): M below a record it printed means a write was lost, "bad" that one was torn
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,7 +21,8 @@ from kopfvirt.clients import nfs
 from kopfvirt_lab import procs
 from kopfvirt_lab.layout import Lab
 
-from .conftest import KOPFVIRT_LAB, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run, wait_for
+from .conftest import (KOPFVIRT_LAB, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, run,
+                       vm_disk_dirs, wait_for)
 from .test_migration import OTHER, assert_keeps_counting, assert_on_one_node, migrations  # noqa: F401
 
 WRITER = "kopfvirt.disk_writer=vda"
@@ -285,3 +287,27 @@ def test_a_storage_server_that_dies_is_named_on_the_vm_and_no_write_is_lost(vms)
     written = disk_records(node, vms.domain(name))
     assert_log_intact(vms, name, node, written)
     vms.delete(name)
+
+
+def test_a_deleted_vm_keeps_the_disks_its_policy_retains(vms):
+    """diskDeletionPolicy Retain keeps the VM's own disk with what the guest wrote, in its
+    pool, and says where; a disk marked Delete and the cloud-init media go."""
+    name, root = "retains", "/var/lib/kopfvirt/pools/gluster"
+    spec = {**BACKENDS["gluster"], "diskDeletionPolicy": "Retain"}
+    spec["disks"] = spec["disks"] + [{"name": "scratch", "empty": {"size": "64Mi"}, "deletionPolicy": "Delete"}]
+    assert vms.apply(lab_guest(name, WRITER, **spec)).returncode == 0
+    node = vms.wait_phase(name, "Running", timeout=120)["status"]["nodeName"]
+    wait_for(f"{name} writing to its disk", lambda: (disk_records(node, vms.domain(name)) or 0) >= 20, timeout=90)
+    (directory,) = vm_disk_dirs(vms.namespace, name)
+    vms.delete(name)
+    path = f"{root}/vms/{vms.namespace}/{directory}"
+    try:
+        assert lab_exec("node-1", "ls", path).stdout.split() == ["root.qcow2"]
+        info = json.loads(lab_exec("node-1", "qemu-img", "info", "--output=json", "-U", f"{path}/root.qcow2").stdout)
+        assert info["backing-filename"].endswith("blank.qcow2") and info["actual-size"] > 0, info
+        messages = [e["message"] for e in kubectl_json("-n", vms.namespace, "get", "events", "--field-selector",
+                                                        f"involvedObject.name={name},reason=DisksRetained")["items"]]
+        assert messages and "root.qcow2" in messages[0] and "StoragePool gluster" in messages[0] \
+            and path in messages[0], messages
+    finally:
+        lab_exec("node-1", "rm", "-rf", path)

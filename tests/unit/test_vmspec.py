@@ -1,6 +1,6 @@
 import pytest
 
-from kopfvirt.core import quantity, vmspec
+from kopfvirt.core import disks, quantity, vmspec
 
 UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
 
@@ -65,3 +65,17 @@ def test_refusals_name_the_field(spec, field):
     with pytest.raises(vmspec.SpecError) as e:
         parse(spec)
     assert str(e.value).startswith(field)
+
+
+def test_a_vm_keeps_on_deletion_the_disks_its_policies_retain():
+    spec = {"memory": {"size": "64Mi"}, "diskDeletionPolicy": "Retain",
+            "disks": [{"name": "root", "image": {"pool": "images", "volume": "base.qcow2"}},
+                      {"name": "scratch", "empty": {"size": "1Gi"}, "deletionPolicy": "Delete"},
+                      {"name": "data", "pool": {"pool": "san", "volume": "lun-1"}},
+                      {"name": "seed", "cloudInit": {"userData": "#cloud-config\n"}}]}
+    assert disks.kept_on_delete(vmspec.parse("ns", "vm", "u", spec)) == ["root.qcow2"]
+    spec["diskDeletionPolicy"] = "Delete"
+    spec["disks"][1]["deletionPolicy"] = "Retain"
+    assert disks.kept_on_delete(vmspec.parse("ns", "vm", "u", spec)) == ["scratch.qcow2"]
+    del spec["disks"][1]["deletionPolicy"]
+    assert disks.kept_on_delete(vmspec.parse("ns", "vm", "u", spec)) == []

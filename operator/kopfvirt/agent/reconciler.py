@@ -16,7 +16,7 @@ import libvirt
 from .. import GROUP, NODE_TLS_DIR
 from ..clients import images, kube
 from ..clients.libvirt import DomainConflict, Hypervisor
-from ..core import conditions, disks, domainxml, lifecycle, vmspec
+from ..core import conditions, disks, domainxml, lifecycle, pools, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
 from .devices import DeviceUnavailable, Devices, load_pci_ids
@@ -311,16 +311,25 @@ class Agent(Reconciler):
         self.vms.pop(meta["uid"], None)
 
     def _remove_disks(self, body: dict) -> None:
-        """The VM's own disks go with it; named volumes and base images are the admin's."""
+        """The VM's own disks go with it, but those its diskDeletionPolicy (or their own)
+        retains; named volumes and base images are the admin's."""
         meta = body["metadata"]
         try:
-            directory = self.pools.own_dir(vmspec.parse(meta["namespace"], meta["name"], meta["uid"],
-                                                        body.get("spec") or {}))
+            vm = vmspec.parse(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {})
+            directory = self.pools.own_dir(vm)
         except (SpecError, PoolNotReady) as e:  # nothing was made, or the pool is gone with them
             log.info("VM %s/%s: no disks to remove (%s)", meta["namespace"], meta["name"], e)
             return
-        if directory:
-            images.remove(directory)
+        if not directory:
+            return
+        kept = disks.kept_on_delete(vm)
+        images.remove(directory, keep=kept)
+        if kept:
+            pool = pools.own_pool(vm.spec, self.pools.specs())
+            message = (f"kept {', '.join(kept)} (diskDeletionPolicy Retain) in StoragePool {pool}, "
+                       f"directory {directory}")
+            self.event(body, "DisksRetained", message)
+            log.info("VM %s/%s deleted: %s", meta["namespace"], meta["name"], message)
 
     def _failed(self, body: dict, reason: str, message: str, stalled: bool) -> None:
         status = self.with_condition(body, "Ready", False, reason, message)

@@ -137,10 +137,15 @@ class Disk:
     pool: PoolSource | None = field(None, description="A volume of a StoragePool, attached as it is.")
     empty: EmptySource | None = field(None, description="A new empty disk of a size.")
     cloud_init: CloudInit | None = field(None, description="cloud-init NoCloud data (a read-only CD-ROM).")
+    deletion_policy: str | None = field(None, enum=["Delete", "Retain"], description=(
+        "What deleting the VM does with this disk, over spec.diskDeletionPolicy: Delete or Retain. Only for "
+        "image and empty disks (the VM's own files); a pool volume is never deleted, cloud-init media always are."))
 
     __schema__ = {"rules": [(
         "[has(self.image), has(self.pool), has(self.empty), has(self.cloudInit)].filter(x, x).size() == 1",
-        "must have exactly one of image, pool, empty or cloudInit")]}
+        "must have exactly one of image, pool, empty or cloudInit"), (
+        "!has(self.deletionPolicy) || has(self.image) || has(self.empty)",
+        "deletionPolicy applies to image and empty disks only")]}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -213,6 +218,9 @@ class VirtualMachineSpec:
         "Stop, or None (refuse the eviction)."))
     termination_grace_period_seconds: int = field(30, minimum=0, maximum=3600, description=(
         "Seconds an ACPI shutdown may take before the domain is destroyed."))
+    disk_deletion_policy: str = field("Delete", enum=["Delete", "Retain"], description=(
+        "What deleting the VM does with its own disks (image overlays and empty disks): Delete them, or "
+        "Retain them in their StoragePool (an Event names where). A disk's deletionPolicy overrides it."))
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import posixpath
 import shutil
 import subprocess
 import tempfile
@@ -121,8 +123,17 @@ def ensure_leases(plan: Plan) -> None:
         raise DiskError(f"lease directory {plan.lease_dir}: {e.strerror}") from None
 
 
-def remove(vm_dir: str) -> None:
-    if nfs_parts(vm_dir):
+def remove(vm_dir: str, keep: list[str] = ()) -> None:
+    """A VM's own directory, all of it, or every file in it but those named in `keep`."""
+    if keep:
+        if nfs_parts(vm_dir):
+            names = nfs.listdir(vm_dir)
+        else:
+            names = sorted(os.listdir(vm_dir)) if Path(vm_dir).is_dir() else []
+        for name in names:
+            if name not in keep:
+                _remove(posixpath.join(vm_dir, name))
+    elif nfs_parts(vm_dir):
         nfs.remove_tree(vm_dir)
     else:
         shutil.rmtree(vm_dir, ignore_errors=True)

@@ -125,9 +125,16 @@ class Allocator:
                                                                       f"again by this VM")
 
     def release_orphans(self) -> None:
+        """Release what a VM holds that no longer exists. A holder missing from the cache is
+        asked of the API first: a restarted controller's watch may not have listed it yet."""
         with self.lock:
             known = set(self.controller.vms)
             for obj in list(self.objects.values()):
                 holder = (obj.get("status") or {}).get("holder") or {}
-                if holder and holder.get("uid") not in known:
-                    self.release(holder["uid"])
+                if not holder or holder.get("uid") in known:
+                    continue
+                vm = kube.get_object(holder.get("namespace"), holder.get("name", ""))
+                if vm is not None and vm["metadata"]["uid"] == holder.get("uid"):
+                    known.add(holder["uid"])
+                    continue
+                self.release(holder["uid"])

@@ -73,6 +73,18 @@ def cloud_init_iso(own_dir: str, disk_name: str) -> str:
     return posixpath.join(own_dir, f"{disk_name}-cidata.iso")
 
 
+def own_file(disk_name: str) -> str:
+    """The file of an image or empty disk among the VM's own disks."""
+    return f"{disk_name}.qcow2"
+
+
+def kept_on_delete(vm: VM) -> list[str]:
+    """The files of the VM's own disks that deleting it keeps (diskDeletionPolicy Retain,
+    or a disk's own deletionPolicy); cloud-init media always go."""
+    return [own_file(d.name) for d in vm.spec.disks
+            if (d.image or d.empty) and (d.deletion_policy or vm.spec.disk_deletion_policy) == "Retain"]
+
+
 def named_volumes(vm: VM) -> list[tuple[str, str]]:
     """The (pool, volume) pairs the spec names, which the node must resolve to paths."""
     out = []
@@ -132,11 +144,11 @@ def plan(vm: VM, own_dir: str | None, volumes: Volumes, own_pool_shared: bool = 
         common = dict(name=d.name, target=vm.targets[d.name], read_only=d.read_only, boot_order=d.boot_order)
         if d.image:
             out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="overlay",
-                                   path=own(f"{d.name}.qcow2"), backing=volumes[d.image.pool, d.image.volume],
+                                   path=own(own_file(d.name)), backing=volumes[d.image.pool, d.image.volume],
                                    cache=cache))
         elif d.empty:
             out.append(PlannedDisk(**common, bus=d.bus, device="disk", kind="empty",
-                                   path=own(f"{d.name}.qcow2"), size_bytes=quantity.to_bytes(d.empty.size),
+                                   path=own(own_file(d.name)), size_bytes=quantity.to_bytes(d.empty.size),
                                    cache=cache))
         elif d.pool:
             location = volumes.get((d.pool.pool, d.pool.volume))
