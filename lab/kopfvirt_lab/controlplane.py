@@ -90,7 +90,10 @@ def _argv(lab: Lab, component: str) -> list[str]:
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={p / 'sa.key'}", f"--root-ca-file={p / 'ca.crt'}",
                 f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}", "--v=1"]
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # A silent kubelet's node turns Ready=Unknown after 30 s (50 s by default): the
+                # node-loss test waits for that, not for the default.
+                "--node-monitor-grace-period=30s", "--v=1"]
     if component == "kube-scheduler":
         kc = lab.root / "scheduler.kubeconfig"
         return [str(b / component), f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",

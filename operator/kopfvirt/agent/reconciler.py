@@ -90,7 +90,7 @@ class Agent(Reconciler):
         else:
             super().on_error(body, error)
 
-    def handle(self, body: dict) -> None:
+    def handle(self, body: dict, reread: bool = False) -> None:
         meta, status = body["metadata"], dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         if meta.get("deletionTimestamp"):
@@ -102,9 +102,31 @@ class Agent(Reconciler):
         if (status.get("migration") or {}).get("sourceNode") == self.node:
             return self.migrator.recover(body, status)  # a move from here runs, or ended unrecorded
 
+        # Never on two nodes: this node runs the VM only while its reservation pod is bound
+        # here and the controller has not placed it elsewhere.
+        pod = self.reservation_of(ns, name, self.node)
+        if reread or pod is None or (pod.get("spec") or {}).get("nodeName") != self.node:
+            # None of its own seen yet: ask the API, for this agent's pod watch may lag its VM
+            # watch (after a migration's hand-off, the relabelled target pod), and a running
+            # guest would be stopped as if evicted. A pod of its own seen going is lost.
+            pod = kube.reservation_pod_on(ns, name, self.node)
+        held_here = self._held(pod, status)
         # Read the domain before taking a recorded stop event, so a stop between the two is
         # still seen: a defined, shut-off domain of a VM we run means the guest stopped.
         state, why = self.hv.state_and_reason(uid)
+        ran_here = status.get("nodeName") == self.node and status.get("phase") in ("Running", "Paused")
+        if (not held_here or state not in ACTIVE) and ran_here and not reread:
+            # A guest this node ran is to stop, or has stopped: act on the VM and its pod as
+            # they are now, not as cached. After a network split the caches may be from before
+            # the controller released a lost node's VMs: a stale write would undo that, and a
+            # restart here would be a second copy.
+            fresh = kube.get_object(ns, name)
+            if fresh is None or fresh["metadata"]["uid"] != uid or \
+                    (fresh["metadata"].get("labels") or {}).get(NODE_LABEL) != self.node:
+                self.vms.pop(uid, None)  # no longer this node's: a copy left here is a stray
+                return
+            self.remember(body, fresh)
+            return self.handle(body, reread=True)
         stop = self.guest_stops.pop(uid, None)
         if stop is None and state in ("shutoff", "crashed") and status.get("phase") in ("Running", "Paused"):
             stop = (lifecycle.stop_reason_for_event(why), now())
@@ -114,15 +136,6 @@ class Agent(Reconciler):
                        warning=stop[0] == lifecycle.GUEST_CRASHED)
         annotations = meta.get("annotations") or {}
         run = lifecycle.wants_running(vm.run_strategy, annotations, status)
-        # Never on two nodes: this node runs the VM only while its reservation pod is bound
-        # here and the controller has not placed it elsewhere.
-        pod = self.reservation_of(ns, name, self.node)
-        if pod is None or (pod.get("spec") or {}).get("nodeName") != self.node:
-            # None of its own seen yet: ask the API, for this agent's pod watch may lag its VM
-            # watch (after a migration's hand-off, the relabelled target pod), and a running
-            # guest would be stopped as if evicted. A pod of its own seen going is lost.
-            pod = kube.reservation_pod_on(ns, name, self.node)
-        held_here = self._held(pod, status)
         if run and not held_here:
             if state not in ACTIVE and status.get("nodeName") != self.node:
                 # Stopped here and released: the controller places it anew and writes its

@@ -116,10 +116,12 @@ def patch_pod_labels(namespace: str, name: str, labels: dict[str, str | None]) -
     client.CoreV1Api().patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}})
 
 
-def delete_pod(namespace: str, name: str, uid: str | None = None) -> None:
+def delete_pod(namespace: str, name: str, uid: str | None = None, force: bool = False) -> None:
+    """`force`: gone at once, without waiting for its kubelet (only for a node known dead)."""
     try:
         client.CoreV1Api().delete_namespaced_pod(
-            name, namespace, body=client.V1DeleteOptions(preconditions={"uid": uid} if uid else None))
+            name, namespace, body=client.V1DeleteOptions(preconditions={"uid": uid} if uid else None,
+                                                         grace_period_seconds=0 if force else None))
     except ApiException as e:
         if e.status not in (404, 409):
             raise
@@ -207,6 +209,17 @@ def get_node_metadata(node: str) -> tuple[dict[str, str], dict[str, str]]:
     """A Node's labels and annotations."""
     meta = client.CoreV1Api().read_node(node).metadata
     return meta.labels or {}, meta.annotations or {}
+
+
+def get_node(node: str) -> dict | None:
+    """A Node as a plain dict; None when it does not exist."""
+    api = client.CoreV1Api()
+    try:
+        return api.api_client.sanitize_for_serialization(api.read_node(node))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 def node_reference(node: str) -> dict:

@@ -12,9 +12,9 @@ import threading
 
 from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
-from ..core import conditions, lifecycle, migration, passthrough, pools, reservation, vmspec
+from ..core import conditions, lifecycle, migration, nodeloss, passthrough, pools, reservation, vmspec
 from ..core.vmspec import SpecError
-from ..reconciling import Reconciler
+from ..reconciling import Reconciler, now, write_migration_status
 from .devices import Allocator
 from .migrations import Migrations
 
@@ -34,6 +34,7 @@ class Controller(Reconciler):
         super().__init__(log)
         self.pod_settings = pod_settings
         self.nodes: dict[str, migration.Node] = {}
+        self.node_states: dict[str, str] = {}  # core/nodeloss.py: Ready, Unreachable or Dead
         self.storage_pools: dict[str, dict] = {}   # StoragePool objects by name
         self.pools_listed = False                   # listed from the API once, before the watch fills it
         self.migrations = Migrations(self, namespace)
@@ -57,6 +58,13 @@ class Controller(Reconciler):
     def observe_node(self, node: dict, deleted: bool = False) -> None:
         name = node["metadata"]["name"]
         before = self.nodes.pop(name, None)
+        state = nodeloss.node_state(None if deleted else node)
+        if self.node_states.get(name, nodeloss.READY) != state and self.active():
+            for uid, body in list(self.vms.items()):  # its VMs say so, or are released from it
+                if name in ((body.get("status") or {}).get("nodeName"),
+                            (body["metadata"].get("labels") or {}).get(NODE_LABEL)):
+                    self.submit(uid)
+        self.node_states[name] = state
         if deleted:
             if self.active():
                 self.devices.node_deleted(name)
@@ -159,9 +167,26 @@ class Controller(Reconciler):
         self.devices.reclaim()
         self.devices.release_orphans()
 
+    def node_state(self, node: str) -> str:
+        """A node the watch has not delivered (just after a start) is read from the API."""
+        if node not in self.node_states:
+            self.node_states[node] = nodeloss.node_state(kube.get_node(node))
+        return self.node_states[node]
+
     def handle(self, body: dict) -> None:
         meta, status = body["metadata"], dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        node = status.get("nodeName") or (meta.get("labels") or {}).get(NODE_LABEL)
+        state = self.node_state(node) if node else nodeloss.READY
+        if state == nodeloss.DEAD:
+            return self._release_from_lost_node(body, node)
+        if state == nodeloss.UNREACHABLE and status.get("nodeName") == node:
+            ready = conditions.get(status.get("conditions"), "Ready") or {}
+            if status.get("phase") in ACTIVE_PHASES and ready.get("reason") != "NodeUnreachable":
+                self.write_status(body, self.with_condition(body, "Ready", None, "NodeUnreachable",
+                                                            nodeloss.unreachable_message(node)))
+                self.event(body, "NodeUnreachable", nodeloss.unreachable_message(node), warning=True)
+            return  # it may run on there: nothing moves on a timeout alone
         if meta.get("deletionTimestamp"):
             return
         record = status.get("migration")
@@ -224,6 +249,41 @@ class Controller(Reconciler):
             self.hand_off(body, bound)
             self.event(body, "Scheduled", f"placed on {bound}")
         # Once handed off, the status is the agent's to write.
+
+    def _release_from_lost_node(self, body: dict, node: str) -> None:
+        """`node` is known dead: what ran there no longer does. Its pods go at once, a move
+        from it fails, a VM that ran there is recorded as stopped (stopReason NodeLost, so
+        its runStrategy decides where it runs next), and the node's label and finalizer
+        leave the VM (a deletion then completes; its disks stay in their pool)."""
+        meta, status = body["metadata"], dict(body.get("status") or {})
+        ns, name = meta["namespace"], meta["name"]
+        for pod in self.pods_of(ns, name) + self.pods_of(ns, name, migration.TARGET_ROLE):
+            if (pod.get("spec") or {}).get("nodeName") == node:
+                kube.delete_pod(ns, pod["metadata"]["name"], pod["metadata"].get("uid"), force=True)
+        message = nodeloss.lost_message(node, deleted=node not in self.nodes)
+        if status.get("nodeName") == node:
+            record = status.get("migration") or {}
+            current = kube.get_object(ns, record["name"], migration.PLURAL) if record.get("name") else None
+            if current is not None and (current.get("status") or {}).get("phase") not in migration.FINAL_PHASES:
+                write_migration_status(ns, record["name"], {"reason": nodeloss.NODE_LOST, "message": message},
+                                       "Failed", current)
+            if not meta.get("deletionTimestamp"):
+                status = self.with_condition(body, "Ready", False, nodeloss.NODE_LOST, message)
+                self.write_status(body, {**status, "phase": "Stopped", "nodeName": None, "migration": None,
+                                         "hostDevices": None, "interfaces": None,
+                                         "stopReason": nodeloss.NODE_LOST, "stopTime": now()})
+            self.devices.release(meta["uid"])
+        finalizers = meta.get("finalizers") or []
+        ops = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers}] if finalizers else []
+        if FINALIZER_PREFIX + node in finalizers:
+            ops.append({"op": "replace", "path": "/metadata/finalizers",
+                        "value": [f for f in finalizers if f != FINALIZER_PREFIX + node]})
+        if (meta.get("labels") or {}).get(NODE_LABEL) == node:
+            ops.append({"op": "remove", "path": "/metadata/labels/" + NODE_LABEL.replace("/", "~1")})
+        if len(ops) > 1:
+            self.remember(body, kube.json_patch(ns, name, ops))
+            self.event(body, nodeloss.NODE_LOST, message, warning=True)
+            log.warning("VM %s/%s: %s", ns, name, message)
 
     def _pending(self, body: dict, status: dict, reason: str, message: str) -> None:
         """Held back before any pod exists: Pending, with the reason on Ready and Scheduled."""
