@@ -15,8 +15,8 @@ import urllib.request
 import pytest
 import yaml
 
-from .conftest import (KUBECONFIG, domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, operator_pid,
-                       operator_url, restarts_seen, run, wait_for)
+from .conftest import (KOPFVIRT_LAB, KUBECONFIG, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec,
+                       lab_guest, operator_pid, operator_url, restarts_seen, run, wait_for)
 
 OTHER = {"node-1": "node-2", "node-2": "node-1"}
 
@@ -266,6 +266,30 @@ def test_a_move_whose_target_cannot_be_asked_stays_migrating_until_it_can(vms, m
     assert vm["status"]["nodeName"] == target
     assert_on_one_node(uid, target)
     assert_keeps_counting(vms, name, target, before)  # never restarted: it did not start over
+    vms.delete(name)
+
+
+def test_a_move_whose_target_libvirtd_dies_fails_and_the_guest_runs_on_at_the_source(vms, migrations):
+    """The target's libvirtd is killed mid-move: libvirt aborts the move, the guest runs on
+    at the source, never restarted; once `lab up` brings that libvirtd back, no half-made
+    copy is left on the target."""
+    name = "mig-tgt-libvirtd"
+    source, uid = running_vm(vms, name)
+    target = OTHER[source]
+    migrations.create(name, name, options={"bandwidthMiBps": 6})  # about 20 s for 128 MiB
+    wait_for("the move's first progress", lambda: ((migrations.get(name) or {}).get("status") or {}).get("progress"),
+             timeout=60)
+    before = heartbeat(source, vms.domain(name))
+    os.kill(int((REPO / ".lab" / "nodes" / target / "run/libvirt/libvirtd.pid").read_text()), signal.SIGKILL)
+    m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)
+    assert m["status"]["phase"] == "Failed", m["status"]
+    vm = wait_for("the VM settled", lambda: (v := vms.get(name)) and v["status"].get("phase") == "Running"
+                  and "migration" not in v["status"] and v, timeout=60)
+    assert vm["status"]["nodeName"] == source
+    run(*KOPFVIRT_LAB, "up", timeout=600)  # the target's libvirtd back
+    wait_for(f"the guest on {source} only", lambda: domains_of(uid) == {source: "running"}, timeout=60)
+    assert_keeps_counting(vms, name, source, before)
+    assert not restarts_seen(source, vms.domain(name))
     vms.delete(name)
 
 
