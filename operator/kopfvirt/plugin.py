@@ -17,10 +17,10 @@ import sys
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from . import GROUP, VERSION
+from . import GROUP, VERSION, names
 from .core import lifecycle, migration, pools, vmspec
 
-PLURAL = "virtualmachines"
+PLURAL = names.VMS
 DEFAULT_OPERATOR_NAMESPACE = "kopfvirt-system"  # the chart's and the manifests' namespace
 MIGRATION_CONFIG = "kopfvirt-migration"
 AGENT_SELECTOR = "app.kubernetes.io/name=kopfvirt,app.kubernetes.io/component=agent"

@@ -222,6 +222,16 @@ def test_a_killed_part_mid_migration_leaves_the_vm_on_one_node(vms, migrations, 
     vms.delete(name)
 
 
+def slow_move_under_way(vms, migrations, name: str) -> tuple[str, str, str, int]:
+    """A guest, and a live Migration of it slowed to about 20 s for its 128 MiB, that has
+    begun to copy: (source, target, uid, the guest's counter then)."""
+    source, uid = running_vm(vms, name)
+    migrations.create(name, name, options={"bandwidthMiBps": 6})
+    wait_for("the move's first progress", lambda: ((migrations.get(name) or {}).get("status") or {}).get("progress"),
+             timeout=60)
+    return source, OTHER[source], uid, heartbeat(source, vms.domain(name))
+
+
 class TargetUnreachable:
     """New connections to the target's libvirtd refused (iptables in its network namespace),
     while those already open, the move's own among them, go on."""
@@ -245,12 +255,7 @@ def test_a_move_whose_target_cannot_be_asked_stays_migrating_until_it_can(vms, m
     second copy booted on the source); once the target answers, the move counts as done:
     one domain, on the target, its counter never reset."""
     name = "mig-unasked"
-    source, uid = running_vm(vms, name)
-    target = OTHER[source]
-    migrations.create(name, name, options={"bandwidthMiBps": 6})  # about 20 s for 128 MiB
-    wait_for("the move's first progress", lambda: ((migrations.get(name) or {}).get("status") or {}).get("progress"),
-             timeout=60)
-    before = heartbeat(source, vms.domain(name))
+    source, target, uid, before = slow_move_under_way(vms, migrations, name)
     with TargetUnreachable(target):
         os.kill(operator_pid("agent", source), signal.SIGKILL)  # its pod's container restarts it
         wait_for("the guest on the target only", lambda: domains_of(uid) == {target: "running"}, timeout=120)
@@ -274,12 +279,7 @@ def test_a_move_whose_target_libvirtd_dies_fails_and_the_guest_runs_on_at_the_so
     at the source, never restarted; once `lab up` brings that libvirtd back, no half-made
     copy is left on the target."""
     name = "mig-tgt-libvirtd"
-    source, uid = running_vm(vms, name)
-    target = OTHER[source]
-    migrations.create(name, name, options={"bandwidthMiBps": 6})  # about 20 s for 128 MiB
-    wait_for("the move's first progress", lambda: ((migrations.get(name) or {}).get("status") or {}).get("progress"),
-             timeout=60)
-    before = heartbeat(source, vms.domain(name))
+    source, target, uid, before = slow_move_under_way(vms, migrations, name)
     os.kill(int((REPO / ".lab" / "nodes" / target / "run/libvirt/libvirtd.pid").read_text()), signal.SIGKILL)
     m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)
     assert m["status"]["phase"] == "Failed", m["status"]

@@ -18,15 +18,15 @@ from pathlib import Path
 from prometheus_client import Counter
 from kubernetes.client.rest import ApiException
 
-from .. import GROUP
+from .. import GROUP, names
 from ..api.schema import SpecError
 from ..clients import kube, sysfs
 from ..core import domainxml, passthrough, pci, pciids
 from ..core.pci import VFIO_DRIVER
 
 log = logging.getLogger("kopfvirt.agent.devices")
-PLURAL = "passthroughdevices"
-NODE_LABEL = f"{GROUP}/node"
+PLURAL = names.DEVICES
+NODE_LABEL = names.NODE_LABEL
 OPERATIONS = Counter("kopfvirt_device_operations", "Driver moves of PCI functions by the agent.",
                      ["node", "operation", "result"])
 

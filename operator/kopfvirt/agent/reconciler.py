@@ -13,7 +13,7 @@ import time
 
 import libvirt
 
-from .. import GROUP, NODE_TLS_DIR
+from .. import NODE_TLS_DIR, names
 from ..clients import images, kube
 from ..clients.libvirt import DomainConflict, Hypervisor
 from ..core import conditions, disks, domainxml, lifecycle, pools, vmspec
@@ -25,8 +25,8 @@ from .storage import PoolNotReady, Pools
 from .strays import Strays
 
 log = logging.getLogger("kopfvirt.agent")
-NODE_LABEL = f"{GROUP}/node"
-FINALIZER_PREFIX = f"agent.{GROUP}/"
+NODE_LABEL = names.NODE_LABEL
+FINALIZER_PREFIX = names.AGENT_FINALIZER_PREFIX
 ACTIVE = ("running", "paused", "shuttingdown")  # domain states in which QEMU runs
 STOP_EVENT_WINDOW = 10.0  # seconds within which a stopped event is taken as our own stop's
 DEVICE_RETRY_SECONDS = 20.0  # after a failed start with host devices: no new bind before this

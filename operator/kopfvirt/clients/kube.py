@@ -12,9 +12,9 @@ import os
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from .. import GROUP, VERSION
+from .. import GROUP, VERSION, names
 
-PLURAL = "virtualmachines"
+PLURAL = names.VMS
 log = logging.getLogger(__name__)
 
 

@@ -15,7 +15,7 @@ import threading
 
 from kubernetes.client.rest import ApiException
 
-from ..agent.devices import PLURAL, NODE_LABEL
+from ..names import DEVICES as PLURAL, NODE_LABEL
 from ..clients import kube
 from ..core import passthrough, reservation
 from ..core.vmspec import VM

@@ -21,7 +21,7 @@ from .. import GROUP, VERSION
 from ..clients import kube
 from ..core import conditions, migration, reservation, vmspec
 from ..core.migration import FINAL_PHASES, PLURAL
-from ..agent.reconciler import NODE_LABEL
+from ..names import NODE_LABEL
 from ..reconciling import concurrently, older, write_migration_status
 from . import metrics
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..agent.reconciler import FINALIZER_PREFIX, NODE_LABEL
+from ..names import AGENT_FINALIZER_PREFIX as FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
 from ..core import conditions, lifecycle, migration, nodeloss, passthrough, pools, reservation, vmspec
 from ..core.vmspec import SpecError

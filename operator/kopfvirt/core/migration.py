@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from .. import GROUP
+from .. import GROUP, names
 from . import cpu, pools, reservation
 from .vmspec import VM
 
-PLURAL = "migrations"
+PLURAL = names.MIGRATIONS
 MIGRATION_LABEL = f"{GROUP}/migration"      # on the target pod: the Migration's name
 SOURCE_NODE_LABEL = f"{GROUP}/source-node"  # on a Migration: the node whose agent moves it
 TARGET_ROLE = "migration-target"            # reservation.ROLE_LABEL of a target pod until hand-off

@@ -6,13 +6,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import PurePosixPath
 
+from .. import names
 from ..api.schema import SpecError, from_dict
 from ..api.storagepool import FILE_POOL_TYPES, NETWORK_POOL_TYPES, StoragePoolSpec
 from .disks import nfs_location
 
 BLOCK_POOL_TYPES = ("iscsi-direct", "rbd")  # volumes on a server, no mount to look at
 
-PLURAL = "storagepools"
+PLURAL = names.STORAGE_POOLS
 MOUNT_ROOT = PurePosixPath("/var/lib/kopfvirt/pools")
 
 

@@ -7,9 +7,8 @@ and left for a human."""
 
 from __future__ import annotations
 
-from .. import GROUP
+from ..names import NODE_LABEL
 
-NODE_LABEL = f"{GROUP}/node"
 CONDITION = "StrayDomain"  # on a VM with a stray copy that is only reported
 PLACED, GONE, ELSEWHERE = "placed", "gone", "elsewhere"
 KEEP, DESTROY, REPORT = "keep", "destroy", "report"

@@ -1,0 +1,14 @@
+"""The names the controller, the agents and the plugin share on objects: plurals, labels
+and finalizers, in one place, so no part imports another's module for a constant (loading
+the controller must not load libvirt)."""
+
+from . import GROUP
+
+VMS = "virtualmachines"
+MIGRATIONS = "migrations"
+STORAGE_POOLS = "storagepools"
+DEVICES = "passthroughdevices"
+# On a VM (and a PassthroughDevice): the node whose agent runs it (holds it).
+NODE_LABEL = f"{GROUP}/node"
+# A VM's finalizer while a node's agent may hold its domain: agent.kopfvirt.io/<node>.
+AGENT_FINALIZER_PREFIX = f"agent.{GROUP}/"
