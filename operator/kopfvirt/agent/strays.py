@@ -47,6 +47,7 @@ class Strays:
             self.timer.start()
 
     def _scan_logged(self) -> None:
+        self.timer = None  # a stray still in its grace asks for the next look
         try:
             self.scan()
         except Exception:  # the next resync scans again
@@ -66,6 +67,8 @@ class Strays:
                 first = self.first_seen.setdefault(uid, time.monotonic())
                 if time.monotonic() - first >= GRACE_SECONDS:
                     self._judge(uid, state, owner)
+                elif state in ("running", "paused"):
+                    self.notice()  # a running copy is judged as soon as its grace ends
             for uid in set(self.first_seen) - present:
                 del self.first_seen[uid]
             for uid in set(self.reported) - present:
