@@ -153,7 +153,9 @@ class Hypervisor:
                 self._conn = libvirt.open(self.uri)
                 reconnected = True
                 if self._on_event:
-                    self._conn.setKeepAlive(5, 3)
+                    # No keepalive on this local socket: a libvirtd that dies closes it at
+                    # once, and one frozen for a while (SIGSTOP) answers when it resumes; a
+                    # keepalive closing it under calls in flight crashed the agent (SIGSEGV).
                     self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                                       self._lifecycle, None)
             conn = self._conn
