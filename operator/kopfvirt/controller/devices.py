@@ -15,10 +15,10 @@ import threading
 
 from kubernetes.client.rest import ApiException
 
-from ..names import DEVICES as PLURAL, NODE_LABEL
 from ..clients import kube
 from ..core import passthrough, reservation
 from ..core.vmspec import VM
+from ..names import DEVICES as PLURAL, NODE_LABEL
 from . import metrics
 
 log = logging.getLogger("kopfvirt.controller.devices")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..names import AGENT_FINALIZER_PREFIX as FINALIZER_PREFIX, NODE_LABEL
 from ..clients import kube
 from ..core import conditions, lifecycle, migration, nodeloss, passthrough, pools, reservation, vmspec
 from ..core.vmspec import SpecError
+from ..names import AGENT_FINALIZER_PREFIX as FINALIZER_PREFIX, NODE_LABEL
 from ..reconciling import Reconciler, now, write_migration_status
 from .devices import Allocator
 from .migrations import Migrations
@@ -274,14 +274,15 @@ class Controller(Reconciler):
                                          "stopReason": nodeloss.NODE_LOST, "stopTime": now()})
             self.devices.release(meta["uid"])
         finalizers = meta.get("finalizers") or []
-        ops = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers}] if finalizers else []
+        changes = []
         if FINALIZER_PREFIX + node in finalizers:
-            ops.append({"op": "replace", "path": "/metadata/finalizers",
-                        "value": [f for f in finalizers if f != FINALIZER_PREFIX + node]})
+            changes.append({"op": "replace", "path": "/metadata/finalizers",
+                            "value": [f for f in finalizers if f != FINALIZER_PREFIX + node]})
         if (meta.get("labels") or {}).get(NODE_LABEL) == node:
-            ops.append({"op": "remove", "path": "/metadata/labels/" + NODE_LABEL.replace("/", "~1")})
-        if len(ops) > 1:
-            self.remember(body, kube.json_patch(ns, name, ops))
+            changes.append({"op": "remove", "path": "/metadata/labels/" + NODE_LABEL.replace("/", "~1")})
+        if changes:
+            guard = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers}] if finalizers else []
+            self.remember(body, kube.json_patch(ns, name, guard + changes))
             self.event(body, nodeloss.NODE_LOST, message, warning=True)
             log.warning("VM %s/%s: %s", ns, name, message)
 
