@@ -153,9 +153,7 @@ class Hypervisor:
                 self._conn = libvirt.open(self.uri)
                 reconnected = True
                 if self._on_event:
-                    # No keepalive on this local socket: a libvirtd that dies closes it at
-                    # once, and one frozen for a while (SIGSTOP) answers when it resumes; a
-                    # keepalive closing it under calls in flight crashed the agent (SIGSEGV).
+                    self._conn.setKeepAlive(5, 3)
                     self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                                       self._lifecycle, None)
             conn = self._conn
