@@ -24,7 +24,6 @@ def older(a: dict, b: dict) -> bool:
         return False
 
 
-RESYNC_WAIT_SECONDS = 120  # a resync's further tasks (and the next pass) wait no longer
 _WRITES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="writes")
 
 
@@ -138,9 +137,8 @@ class Reconciler:
                 self.submit(uid)
 
     def resync(self) -> None:
-        """Every VM again, through the bounded pool: a call that hangs holds one worker and
-        its VM, not the pass over every other VM (each call also has a timeout)."""
-        wait([self.executor.submit(self.reconcile, uid) for uid in list(self.vms)], timeout=RESYNC_WAIT_SECONDS)
+        for uid in list(self.vms):
+            self.reconcile(uid)
 
     def reconcile(self, uid: str) -> None:
         if not self.active():

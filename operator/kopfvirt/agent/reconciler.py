@@ -9,7 +9,6 @@ so a start costs it one write.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import libvirt
@@ -80,8 +79,7 @@ class Agent(Reconciler):
             self.strays.notice()  # a domain of no VM of this node's: is it a stray copy?
 
     def _reconnected(self) -> None:
-        # Its own thread: a resync waits on the reconcile pool, and must not wait from inside it.
-        threading.Thread(target=self.resync, name="resync-on-reconnect", daemon=True).start()
+        self.executor.submit(self.resync)
 
     # -- the loop -----------------------------------------------------------------------
     def on_error(self, body: dict, error: Exception) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
-import urllib.parse
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from typing import Callable
@@ -20,27 +18,6 @@ from typing import Callable
 import libvirt
 
 log = logging.getLogger(__name__)
-REMOTE_CONNECT_SECONDS = 5  # a node's libvirtd that does not accept in this long is unreachable
-TLS_PORT = 16514
-
-
-def _open_remote(uri: str) -> libvirt.virConnect:
-    """Another node's libvirtd, without hanging: a TCP connect that fails fast when the
-    node is gone (libvirt would wait out the kernel's minutes), then keepalive on the
-    connection (no answer for 15 s closes it, so no call waits forever)."""
-    parts = urllib.parse.urlsplit(uri)
-    try:
-        socket.create_connection((parts.hostname, parts.port or TLS_PORT), REMOTE_CONNECT_SECONDS).close()
-    except OSError as e:
-        raise RuntimeError(f"libvirtd at {parts.hostname}:{parts.port or TLS_PORT} is unreachable: {e}") from None
-    conn = libvirt.open(uri)
-    try:
-        conn.setKeepAlive(5, 3)
-    except libvirt.libvirtError:  # no event loop in this process (a one-off tool): none to run it
-        pass
-    return conn
-
-
 # libvirt prints every error to stderr by default; we raise and log them ourselves.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -377,7 +354,7 @@ class Hypervisor:
         pool_xml = ET.Element("pool", type="dir")
         ET.SubElement(pool_xml, "name").text = name
         ET.SubElement(ET.SubElement(pool_xml, "target"), "path").text = directory
-        conn = _open_remote(uri)
+        conn = libvirt.open(uri)
         try:
             try:  # left by an agent that died mid-move
                 stale = conn.storagePoolLookupByName(name)
@@ -424,7 +401,7 @@ class Hypervisor:
     def remote(uri: str, uuid: str) -> tuple[str, dict]:
         """(state, completed job statistics) of a domain on another node's libvirtd; the
         statistics are those of the migration that brought it there."""
-        conn = _open_remote(uri)
+        conn = libvirt.open(uri)
         try:
             try:
                 dom = conn.lookupByUUIDString(uuid)
