@@ -52,6 +52,12 @@ class Reconciler:
         self.locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         # Domain starts block for as long as QEMU takes to come up; many VMs start at once.
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
+        # A work queue as controllers keep one: a VM is reconciled by one worker at a time,
+        # and what is asked for it meanwhile is one more pass after that, however often it
+        # was asked. So a VM whose call hangs holds one worker, never the pool.
+        self._queue_lock = threading.Lock()
+        self._waiting: set[str] = set()   # asked for, not yet begun
+        self._working: set[str] = set()   # a worker reconciles it now
         self.notices = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
 
     def handle(self, body: dict) -> None:
@@ -124,7 +130,28 @@ class Reconciler:
         threading.Thread(target=loop, name="periodic", daemon=True).start()
 
     def submit(self, uid: str) -> None:
-        self.executor.submit(self.reconcile, uid)
+        """Reconcile the VM soon: at once if no worker has it, else once more after."""
+        with self._queue_lock:
+            if uid in self._waiting:
+                return
+            self._waiting.add(uid)
+            if uid in self._working:  # its worker goes round again
+                return
+            self._working.add(uid)
+        self.executor.submit(self._work, uid)
+
+    def _work(self, uid: str) -> None:
+        while True:
+            with self._queue_lock:
+                self._waiting.discard(uid)
+            try:
+                self.reconcile(uid)
+            except Exception:  # reconcile reports its own failures; this keeps the queue going
+                self.log.exception("reconciling %s", uid)
+            with self._queue_lock:
+                if uid not in self._waiting:
+                    self._working.discard(uid)
+                    return
 
     def vm_named(self, namespace: str, name: str) -> dict | None:
         """The cached VM of that namespace and name."""
@@ -137,8 +164,9 @@ class Reconciler:
                 self.submit(uid)
 
     def resync(self) -> None:
+        """Every VM once more, through the queue: one whose reconcile hangs delays no other."""
         for uid in list(self.vms):
-            self.reconcile(uid)
+            self.submit(uid)
 
     def reconcile(self, uid: str) -> None:
         if not self.active():

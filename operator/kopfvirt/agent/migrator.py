@@ -172,7 +172,7 @@ class Migrator:
         def keep() -> bool:  # the copies stay unless the domain is surely not on the target
             try:
                 return moved or hv.remote(uri, uid)[0] != "absent"
-            except libvirt.libvirtError:
+            except (libvirt.libvirtError, RuntimeError):
                 return True
 
         destination = hv.copy_destination(uri, f"kopfvirt-copy-{uid}", own_dir, keep, media) if own_dir \
@@ -194,7 +194,7 @@ class Migrator:
             run.done.set()
         try:
             _state, stats = hv.remote(uri, uid)
-        except libvirt.libvirtError as e:  # libvirt said it moved; only its figures are missing
+        except (libvirt.libvirtError, RuntimeError) as e:  # libvirt said it moved; only its figures are missing
             log.warning("moved, but the target's libvirtd gave no figures of the move: %s", e)
             stats = {}
         if own_dir:  # the VM runs on its copies there: these are stale

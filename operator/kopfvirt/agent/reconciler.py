@@ -9,6 +9,7 @@ so a start costs it one write.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import libvirt
@@ -54,6 +55,7 @@ class Agent(Reconciler):
         self.strays = Strays(self)
         self.finalizer = FINALIZER_PREFIX + node
         self.stopping: dict[str, float] = {}           # domains we stop ourselves -> until when
+        self.shutdowns: dict[str, float] = {}          # guests asked to power off -> grace end
         self.guest_stops: dict[str, tuple[str, str]] = {}  # uid -> (reason, time), not yet written
         # uid -> (retry after, the failure): a start with devices that failed is not retried on
         # the domain events its own define and undefine raise, only after a pause.
@@ -114,7 +116,7 @@ class Agent(Reconciler):
         # Read the domain before taking a recorded stop event, so a stop between the two is
         # still seen: a defined, shut-off domain of a VM we run means the guest stopped.
         state, why = self.hv.state_and_reason(uid)
-        ran_here = status.get("nodeName") == self.node and status.get("phase") in ("Running", "Paused")
+        ran_here = status.get("nodeName") == self.node and status.get("phase") in ("Running", "Paused", "Stopping")
         if (not held_here or state not in ACTIVE) and ran_here and not reread:
             # A guest this node ran is to stop, or has stopped: act on the VM and its pod as
             # they are now, not as cached. After a network split the caches may be from before
@@ -142,7 +144,7 @@ class Agent(Reconciler):
                 # status until a node takes it (else the two would overwrite each other's phase).
                 self.hv.remove(uid)
                 return
-            if state in ACTIVE:
+            if state in ACTIVE and status.get("phase") != "Stopping":
                 stop = ("Evicted", now())
                 status.update(stopReason="Evicted", stopTime=stop[1])
                 self.event(body, "Evicted", f"reservation pod gone: stopping the VM on {self.node} "
@@ -169,6 +171,7 @@ class Agent(Reconciler):
     def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict, state: str) -> dict:
         """`state` is the domain's, as handle() read it at the start of this reconcile."""
         uid, generation = vm.uid, body["metadata"].get("generation")
+        self.shutdowns.pop(uid, None)  # to run again: a stop begun is called off
         if state in ("running", "paused") and lifecycle.restart_due(annotations, status):
             self._stop_domain(vm)
             state = "shutoff"
@@ -288,18 +291,50 @@ class Agent(Reconciler):
         self.stopping[vm.uid] = time.monotonic() + grace + STOP_EVENT_WINDOW
         self.hv.stop(vm.uid, grace=grace)
 
+    def _shut_down(self, vm: vmspec.VM, state: str) -> bool:
+        """A graceful stop that holds no worker for its grace period: ask the guest to power
+        off and come back on its stopped event or when the grace ends (a timer), then
+        destroy what still runs. True once the domain is off."""
+        uid, grace = vm.uid, vm.spec.termination_grace_period_seconds
+        if state not in ACTIVE:
+            self.shutdowns.pop(uid, None)
+            return True
+        deadline = self.shutdowns.get(uid)
+        if deadline is None and state != "paused" and grace > 0:
+            deadline = self.shutdowns[uid] = time.monotonic() + grace
+            self.stopping[uid] = deadline + STOP_EVENT_WINDOW
+            self.hv.shutdown(uid)
+            timer = threading.Timer(grace, self.submit, (uid,))
+            timer.daemon = True
+            timer.start()
+            return False
+        if deadline is not None and time.monotonic() < deadline:
+            return False
+        self.stopping[uid] = time.monotonic() + STOP_EVENT_WINDOW
+        self.hv.destroy(uid)
+        self.shutdowns.pop(uid, None)
+        return True
+
     def _stop(self, body: dict, vm: vmspec.VM, status: dict, state: str, requested: bool) -> dict:
-        """Stop and undefine the domain; disks stay for the next start (on any node)."""
-        if state in ACTIVE:
-            self._stop_domain(vm)
-            if requested:
-                status.update(stopReason=lifecycle.REQUESTED, stopTime=now())
+        """Stop and undefine the domain; disks stay for the next start (on any node). While
+        the guest shuts down the VM is Stopping; its reason is the one recorded first."""
+        generation = body["metadata"].get("generation")
+        first = status.get("phase") != "Stopping"
+        if state in ACTIVE and requested and first:
+            status.update(stopReason=lifecycle.REQUESTED, stopTime=now())
+        if not self._shut_down(vm, state):
+            status["phase"] = "Stopping"
+            status["conditions"] = conditions.set_condition(
+                status.get("conditions"), "Ready", False, "Stopping",
+                f"the guest shuts down (terminationGracePeriodSeconds "
+                f"{vm.spec.termination_grace_period_seconds})", generation)
+            return status
+        if state in ACTIVE or not first:
             self.event(body, "Stopped", f"guest stopped on {self.node}")
         self.hv.remove(vm.uid)
         self.device_failures.pop(vm.uid, None)
         if status.get("hostDevices"):
             self._devices_released(body)
-        generation = body["metadata"].get("generation")
         status.update(phase="Stopped", nodeName=None, interfaces=None, observedGeneration=generation)
         conds = conditions.set_condition(status.get("conditions"), "Ready", False, "Stopped",
                                          f"stopped ({status.get('stopReason', 'runStrategy')})", generation)
@@ -309,6 +344,7 @@ class Agent(Reconciler):
     def _delete(self, body: dict) -> None:
         meta = body["metadata"]
         self.stopping[meta["uid"]] = time.monotonic() + STOP_EVENT_WINDOW
+        self.shutdowns.pop(meta["uid"], None)
         self.hv.remove(meta["uid"])
         self.device_failures.pop(meta["uid"], None)
         if (body.get("status") or {}).get("hostDevices"):

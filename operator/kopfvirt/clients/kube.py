@@ -27,8 +27,26 @@ def load(kubeconfig: str | None) -> None:
         config.load_incluster_config()
 
 
+# No call may hold a reconcile (and the lock of its VM) on an API server that stopped
+# answering: it fails after this (connect, read) and the next event or resync retries it.
+REQUEST_TIMEOUT = (5, 30)
+
+
+class _TimedClient(client.ApiClient):
+    """An ApiClient whose every request has REQUEST_TIMEOUT unless the call names its own
+    (the generated client's default is to wait forever)."""
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout or REQUEST_TIMEOUT)
+
+
+def _api(kind=client.CoreV1Api):
+    """An API group's client on a _TimedClient."""
+    return kind(_TimedClient())
+
+
 def _custom() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi()
+    return _api(client.CustomObjectsApi)
 
 
 def patch_status(namespace: str | None, name: str, status: dict, plural: str = PLURAL) -> dict:
@@ -86,7 +104,7 @@ def list_objects(plural: str, namespace: str | None = None) -> list[dict]:
 def create_pod(body: dict) -> bool:
     """True if created, False if it already existed (a retry or a restarted controller)."""
     try:
-        client.CoreV1Api().create_namespaced_pod(body["metadata"]["namespace"], body)
+        _api().create_namespaced_pod(body["metadata"]["namespace"], body)
         return True
     except ApiException as e:
         if e.status == 409:
@@ -96,7 +114,7 @@ def create_pod(body: dict) -> bool:
 
 def get_pod(namespace: str, name: str) -> dict | None:
     try:
-        return client.ApiClient().sanitize_for_serialization(client.CoreV1Api().read_namespaced_pod(name, namespace))
+        return client.ApiClient().sanitize_for_serialization(_api().read_namespaced_pod(name, namespace))
     except ApiException as e:
         if e.status == 404:
             return None
@@ -105,7 +123,7 @@ def get_pod(namespace: str, name: str) -> dict | None:
 
 def reservation_pod_on(namespace: str, vm_name: str, node: str) -> dict | None:
     """The VM's live reservation pod bound to `node`, read from the API (not a cache)."""
-    pods = client.CoreV1Api().list_namespaced_pod(
+    pods = _api().list_namespaced_pod(
         namespace, label_selector=f"{GROUP}/vm={vm_name},{GROUP}/role=reservation",
         field_selector=f"spec.nodeName={node}").items
     live = [p for p in pods if p.metadata.deletion_timestamp is None]
@@ -113,13 +131,13 @@ def reservation_pod_on(namespace: str, vm_name: str, node: str) -> dict | None:
 
 
 def patch_pod_labels(namespace: str, name: str, labels: dict[str, str | None]) -> None:
-    client.CoreV1Api().patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}})
+    _api().patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}})
 
 
 def delete_pod(namespace: str, name: str, uid: str | None = None, force: bool = False) -> None:
     """`force`: gone at once, without waiting for its kubelet (only for a node known dead)."""
     try:
-        client.CoreV1Api().delete_namespaced_pod(
+        _api().delete_namespaced_pod(
             name, namespace, body=client.V1DeleteOptions(preconditions={"uid": uid} if uid else None,
                                                          grace_period_seconds=0 if force else None))
     except ApiException as e:
@@ -135,7 +153,7 @@ def secret_data(namespace: str, name: str) -> dict[str, str] | None:
 def read_secret(namespace: str, name: str) -> tuple[dict[str, str], str] | None:
     """A Secret's data (decoded) and resourceVersion, for a guarded rewrite; None if absent."""
     try:
-        secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
+        secret = _api().read_namespaced_secret(name, namespace)
     except ApiException as e:
         if e.status == 404:
             return None
@@ -152,7 +170,7 @@ def write_secret(namespace: str, name: str, data: dict[str, str], resource_versi
         metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=labels,
                                      resource_version=resource_version),
         type=secret_type, data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()})
-    api = client.CoreV1Api()
+    api = _api()
     if resource_version is None:
         api.create_namespaced_secret(namespace, body)
     else:
@@ -162,7 +180,7 @@ def write_secret(namespace: str, name: str, data: dict[str, str], resource_versi
 def webhook_ca_bundles(name: str) -> list[str] | None:
     """The caBundle (base64) of each webhook of a ValidatingWebhookConfiguration; None if absent."""
     try:
-        config = client.AdmissionregistrationV1Api().read_validating_webhook_configuration(name)
+        config = _api(client.AdmissionregistrationV1Api).read_validating_webhook_configuration(name)
     except ApiException as e:
         if e.status == 404:
             return None
@@ -174,7 +192,7 @@ def set_webhook_ca_bundle(name: str, ca_bundle: str, count: int) -> None:
     """Give the first `count` webhooks of the configuration this caBundle (a JSON patch by
     index: if webhooks were removed since they were counted, it fails and is tried again)."""
     ops = [{"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle} for i in range(count)]
-    client.AdmissionregistrationV1Api().patch_validating_webhook_configuration(name, ops)
+    _api(client.AdmissionregistrationV1Api).patch_validating_webhook_configuration(name, ops)
 
 
 def secret_exists(namespace: str, name: str) -> bool:
@@ -196,24 +214,24 @@ def post_event(body: dict, reason: str, message: str, warning: bool = False, com
         source=client.V1EventSource(component=component), first_timestamp=now, last_timestamp=now,
         count=1, reporting_component=component, reporting_instance=component)
     try:
-        client.CoreV1Api().create_namespaced_event(meta["namespace"], event)
+        _api().create_namespaced_event(meta["namespace"], event)
     except Exception as e:  # an Event is worth a log line, never a failed reconcile
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e)
 
 
 def patch_node_labels(node: str, labels: dict[str, str | None]) -> None:
-    client.CoreV1Api().patch_node(node, {"metadata": {"labels": labels}})
+    _api().patch_node(node, {"metadata": {"labels": labels}})
 
 
 def get_node_metadata(node: str) -> tuple[dict[str, str], dict[str, str]]:
     """A Node's labels and annotations."""
-    meta = client.CoreV1Api().read_node(node).metadata
+    meta = _api().read_node(node).metadata
     return meta.labels or {}, meta.annotations or {}
 
 
 def get_node(node: str) -> dict | None:
     """A Node as a plain dict; None when it does not exist."""
-    api = client.CoreV1Api()
+    api = _api()
     try:
         return api.api_client.sanitize_for_serialization(api.read_node(node))
     except ApiException as e:
@@ -225,18 +243,18 @@ def get_node(node: str) -> dict | None:
 def node_reference(node: str) -> dict:
     """A Node as post_event takes it (an Event about the node itself)."""
     return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": node, "uid": client.CoreV1Api().read_node(node).metadata.uid}}
+            "metadata": {"name": node, "uid": _api().read_node(node).metadata.uid}}
 
 
 def node_address(node: str) -> str | None:
     """The node's InternalIP, where its libvirtd listens for migrations."""
-    addresses = client.CoreV1Api().read_node(node).status.addresses or []
+    addresses = _api().read_node(node).status.addresses or []
     return next((a.address for a in addresses if a.type == "InternalIP"), None)
 
 
 def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
     try:
-        return client.CoreV1Api().read_namespaced_config_map(name, namespace).data or {}
+        return _api().read_namespaced_config_map(name, namespace).data or {}
     except ApiException as e:
         if e.status == 404:
             return None
@@ -245,7 +263,7 @@ def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
 
 def node_addresses(node: str) -> list[str]:
     """Every address the Node reports (InternalIP first), then its name."""
-    status = client.CoreV1Api().read_node(node).status
+    status = _api().read_node(node).status
     addresses = sorted(status.addresses or [], key=lambda a: a.type != "InternalIP")
     return list(dict.fromkeys([a.address for a in addresses] + [node]))
 
@@ -254,7 +272,7 @@ def write_config_map(namespace: str, name: str, data: dict[str, str], labels: di
     """Create or replace a ConfigMap the operator owns."""
     body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=labels),
                               data=data)
-    api = client.CoreV1Api()
+    api = _api()
     try:
         api.replace_namespaced_config_map(name, namespace, body)
     except ApiException as e:
@@ -267,12 +285,12 @@ def create_csr(name: str, request_pem: bytes, signer: str, usages: list[str]) ->
     body = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
             "metadata": {"name": name},
             "spec": {"request": base64.b64encode(request_pem).decode(), "signerName": signer, "usages": usages}}
-    client.CertificatesV1Api().create_certificate_signing_request(body)
+    _api(client.CertificatesV1Api).create_certificate_signing_request(body)
 
 
 def read_csr(name: str) -> dict | None:
     """A CertificateSigningRequest as the API serves it (camelCase dict); None if absent."""
-    api = client.CertificatesV1Api()
+    api = _api(client.CertificatesV1Api)
     try:
         return api.api_client.sanitize_for_serialization(api.read_certificate_signing_request(name))
     except ApiException as e:
@@ -286,7 +304,7 @@ def settle_csr(csr: dict, approved: bool, reason: str, message: str) -> dict:
     condition = {"type": "Approved" if approved else "Denied", "status": "True", "reason": reason,
                  "message": message[:1024]}
     csr.setdefault("status", {}).setdefault("conditions", []).append(condition)
-    api = client.CertificatesV1Api()
+    api = _api(client.CertificatesV1Api)
     return api.api_client.sanitize_for_serialization(
         api.replace_certificate_signing_request_approval(csr["metadata"]["name"], csr))
 
@@ -294,13 +312,13 @@ def settle_csr(csr: dict, approved: bool, reason: str, message: str) -> dict:
 def issue_csr(csr: dict, certificate_pem: bytes) -> None:
     """Give an approved CSR its certificate (status.certificate)."""
     csr.setdefault("status", {})["certificate"] = base64.b64encode(certificate_pem).decode()
-    client.CertificatesV1Api().replace_certificate_signing_request_status(csr["metadata"]["name"], csr)
+    _api(client.CertificatesV1Api).replace_certificate_signing_request_status(csr["metadata"]["name"], csr)
 
 
 def read_lease(namespace: str, name: str, timeout: float) -> tuple[dict, str] | None:
     """A Lease's spec and resourceVersion; None if absent."""
     try:
-        lease = client.CoordinationV1Api().read_namespaced_lease(name, namespace, _preload_content=False,
+        lease = _api(client.CoordinationV1Api).read_namespaced_lease(name, namespace, _preload_content=False,
                                                                  _request_timeout=timeout)
     except ApiException as e:
         if e.status == 404:
@@ -317,7 +335,7 @@ def write_lease(namespace: str, name: str, spec: dict, resource_version: str | N
     if resource_version is not None:
         metadata["resourceVersion"] = resource_version
     body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
-    api = client.CoordinationV1Api()
+    api = _api(client.CoordinationV1Api)
     if resource_version is None:
         written = api.create_namespaced_lease(namespace, body, _preload_content=False, _request_timeout=timeout)
     else:
@@ -327,12 +345,12 @@ def write_lease(namespace: str, name: str, spec: dict, resource_version: str | N
 
 
 def node_conditions(node: str) -> list[dict]:
-    api = client.CoreV1Api()
+    api = _api()
     body = api.api_client.sanitize_for_serialization(api.read_node_status(node))
     return (body.get("status") or {}).get("conditions") or []
 
 
 def set_node_condition(node: str, condition: dict) -> None:
     """One condition of the Node's status, merged by its type (the kubelet's stay)."""
-    client.CoreV1Api().patch_node_status(node, {"status": {"conditions": [condition]}},
+    _api().patch_node_status(node, {"status": {"conditions": [condition]}},
                                          _content_type="application/strategic-merge-patch+json")

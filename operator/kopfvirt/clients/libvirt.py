@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from typing import Callable
@@ -18,6 +20,27 @@ from typing import Callable
 import libvirt
 
 log = logging.getLogger(__name__)
+REMOTE_CONNECT_SECONDS = 5  # a node's libvirtd that does not accept in this long is unreachable
+TLS_PORT = 16514
+
+
+def _open_remote(uri: str) -> libvirt.virConnect:
+    """Another node's libvirtd, without hanging: a TCP connect that fails fast when the
+    node is gone (libvirt would wait out the kernel's minutes), then keepalive on the
+    connection (no answer for 15 s closes it, so no call waits forever)."""
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        socket.create_connection((parts.hostname, parts.port or TLS_PORT), REMOTE_CONNECT_SECONDS).close()
+    except OSError as e:
+        raise RuntimeError(f"libvirtd at {parts.hostname}:{parts.port or TLS_PORT} is unreachable: {e}") from None
+    conn = libvirt.open(uri)
+    try:
+        conn.setKeepAlive(5, 3)
+    except libvirt.libvirtError:  # no event loop in this process (a one-off tool): none to run it
+        pass
+    return conn
+
+
 # libvirt prints every error to stderr by default; we raise and log them ourselves.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -130,7 +153,9 @@ class Hypervisor:
                 self._conn = libvirt.open(self.uri)
                 reconnected = True
                 if self._on_event:
-                    self._conn.setKeepAlive(5, 3)
+                    # No keepalive on this local socket: a libvirtd that dies closes it at
+                    # once, and one frozen for a while (SIGSTOP) answers when it resumes; a
+                    # keepalive closing it under calls in flight crashed the agent (SIGSEGV).
                     self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                                       self._lifecycle, None)
             conn = self._conn
@@ -236,8 +261,30 @@ class Hypervisor:
         if dom is not None and self.info(dom).state == "paused":
             dom.resume()
 
+    def shutdown(self, uuid: str) -> None:
+        """Ask the guest to power off (ACPI); it may take its time, or ignore it."""
+        dom = self.find(uuid)
+        if dom is None or not dom.isActive():
+            return
+        try:
+            dom.shutdown()
+        except libvirt.libvirtError:  # it stopped meanwhile, or it cannot be asked: destroy follows
+            pass
+
+    def destroy(self, uuid: str) -> None:
+        """Power off at once; a domain already off (or gone) is fine."""
+        dom = self.find(uuid)
+        if dom is None:
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as e:
+            if not _is(e, libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN):
+                raise
+
     def stop(self, uuid: str, grace: float = 30.0) -> None:
-        """ACPI shutdown, then destroy when the guest ignores it for `grace` seconds."""
+        """ACPI shutdown, then destroy when the guest ignores it for `grace` seconds (blocks
+        for that long: for one-off stops off the reconcile queue, such as an offline move)."""
         dom = self.find(uuid)
         if dom is None or not dom.isActive():
             return
@@ -354,7 +401,7 @@ class Hypervisor:
         pool_xml = ET.Element("pool", type="dir")
         ET.SubElement(pool_xml, "name").text = name
         ET.SubElement(ET.SubElement(pool_xml, "target"), "path").text = directory
-        conn = libvirt.open(uri)
+        conn = _open_remote(uri)
         try:
             try:  # left by an agent that died mid-move
                 stale = conn.storagePoolLookupByName(name)
@@ -401,7 +448,7 @@ class Hypervisor:
     def remote(uri: str, uuid: str) -> tuple[str, dict]:
         """(state, completed job statistics) of a domain on another node's libvirtd; the
         statistics are those of the migration that brought it there."""
-        conn = libvirt.open(uri)
+        conn = _open_remote(uri)
         try:
             try:
                 dom = conn.lookupByUUIDString(uuid)
