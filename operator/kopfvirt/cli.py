@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                         "CertificateSigningRequest; libvirtd and QEMU read it there)")
     a.add_argument("--cert-check-seconds", type=_positive, default=600,
                    help="how often the node's certificate is checked (renewed 30 days before it expires)")
+    a.add_argument("--serial-log-max-bytes", type=int, default=2 << 20,
+                   help="each guest's serial log on the node is cut past this (the older part kept once as "
+                        "<log>.1); a Node's annotation kopfvirt.io/serial-log-max-bytes overrides it")
     a.add_argument("--sysfs-root", default="/sys", help="where the node's sysfs is (a built tree in tests and the lab)")
     a.add_argument("--pci-ids", help="the pci.ids database (default: where Debian's pci.ids or hwdata puts it)")
     a.add_argument("--device-scan-seconds", type=float, default=10, help="period of the PCI device scan")
@@ -108,4 +111,5 @@ def main(argv: list[str] | None = None) -> None:
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
             args.tls_dir, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
-            args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds)
+            args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds,
+            args.serial_log_max_bytes)

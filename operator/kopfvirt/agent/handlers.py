@@ -52,6 +52,9 @@ def label_node(agent: Agent) -> None:
     pools = sorted({p for p in agent.hv.active_pools() if p in specs} | set(agent.pools.active_outside_libvirt()))
     dom_caps = agent.hv.domain_capabilities(agent.virt_type)
     current, annotations = kube.get_node_metadata(agent.node)
+    agent.serial_log_max_bytes, trouble = nodelabels.serial_log_max_bytes(annotations, agent.serial_log_default)
+    if trouble:
+        log.warning("node %s: %s", agent.node, trouble)
     labels = nodelabels.node_labels(caps, dom_caps, agent.virt_type,
                                     nodelabels.kvm_offered(kvm_caps), pools,
                                     shared_pools=[p for p in pools if p in specs and storagepools.is_shared(specs[p])],
@@ -108,7 +111,8 @@ def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds
         label_node(agent)
         refresh_node(agent)  # with the pools now active
         agent.devices.publish()  # also gives back groups a crash left on vfio-pci
-        agent.start_resync(resync_seconds, also=lambda: (refresh_node(agent), agent.strays.scan()))
+        agent.start_resync(resync_seconds, also=lambda: (refresh_node(agent), agent.strays.scan(),
+                                                         agent.cap_serial_logs()))
         agent.start_periodic(device_scan_seconds, agent.devices.publish)
 
     def wait_for_libvirt(error: Exception) -> None:

@@ -15,7 +15,7 @@ import time
 import libvirt
 
 from .. import NODE_TLS_DIR, names
-from ..clients import images, kube
+from ..clients import images, kube, serial_logs
 from ..clients.libvirt import DomainConflict, Hypervisor
 from ..core import conditions, disks, domainxml, lifecycle, pools, vmspec
 from ..core.vmspec import SpecError
@@ -45,11 +45,13 @@ class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
                  hidden_cpu_features: tuple[str, ...] = (), tls_dir: str = NODE_TLS_DIR,
                  sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system",
-                 lease_dir: str | None = None):
+                 lease_dir: str | None = None, serial_log_max_bytes: int = 2 << 20):
         super().__init__(log)
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.networks = node, virt_type, networks
         self.hidden_cpu_features = tuple(hidden_cpu_features)
+        # Each guest's serial log is cut past this (the Node's annotation may say otherwise).
+        self.serial_log_default = self.serial_log_max_bytes = serial_log_max_bytes
         self.tls_dir = tls_dir  # the node's certificate for migration (agent/tls.py)
         self.migrator = Migrator(self)
         self.strays = Strays(self)
@@ -82,6 +84,11 @@ class Agent(Reconciler):
 
     def _reconnected(self) -> None:
         self.executor.submit(self.resync)
+
+    def cap_serial_logs(self) -> None:
+        for name in serial_logs.rotate(self.serial_log_max_bytes):
+            log.info("serial log %s cut to %d bytes (the older part kept as %s.1)", name,
+                     self.serial_log_max_bytes, name)
 
     # -- the loop -----------------------------------------------------------------------
     def on_error(self, body: dict, error: Exception) -> None:
@@ -350,6 +357,7 @@ class Agent(Reconciler):
         if (body.get("status") or {}).get("hostDevices"):
             self._devices_released(body)
         self._remove_disks(body)
+        serial_logs.remove(vmspec.domain_name(meta["namespace"], meta["name"]))
         finalizers = meta.get("finalizers") or []
         if self.finalizer in finalizers:
             self.remember(body, kube.json_patch(meta["namespace"], meta["name"], [

@@ -14,9 +14,14 @@ VIRT_TYPES = ("kvm", "qemu")
 ET.register_namespace("kopfvirt", METADATA_NS)
 
 
+SERIAL_LOG_DIR = "/var/log/libvirt/qemu"  # node-local; the agent caps what is there
+SERIAL_LOG_SUFFIX = "-serial.log"
+
+
 def serial_log_path(vm: VM) -> str:
-    """Where the node keeps the guest's serial console output (node-local)."""
-    return f"/var/log/libvirt/qemu/{vm.domain_name}-serial.log"
+    """Where the node keeps the guest's serial console output. QEMU appends (O_APPEND),
+    so the agent may cut the file (clients/serial_logs.py)."""
+    return f"{SERIAL_LOG_DIR}/{vm.domain_name}{SERIAL_LOG_SUFFIX}"
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:

@@ -24,6 +24,10 @@ from . import cpu
 # An admin narrows a node to its older peers: `kubectl annotate node N
 # kopfvirt.io/hide-cpu-features=f1,f2` keeps those flags out of its labels.
 HIDE_CPU_FEATURES_ANNOTATION = f"{GROUP}/hide-cpu-features"
+# ... and `kopfvirt.io/serial-log-max-bytes=N` caps each guest's serial log there (the
+# agent's --serial-log-max-bytes elsewhere).
+SERIAL_LOG_MAX_ANNOTATION = f"{GROUP}/serial-log-max-bytes"
+SERIAL_LOG_MIN_BYTES = 1024
 PREFIXES = (f"{GROUP}/virt-type", f"{GROUP}/kvm-available", f"cpu.{GROUP}/", f"cpu-model.{GROUP}/",
             f"cpu-feature.{GROUP}/", f"pool.{GROUP}/", f"shared-pool.{GROUP}/")
 _VALID = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -72,3 +76,19 @@ def hidden_features(annotations: dict[str, str] | None, also: tuple[str, ...] = 
     """The flags hidden on a node: its annotation's, and the agent's own (--hide-cpu-features)."""
     listed = ((annotations or {}).get(HIDE_CPU_FEATURES_ANNOTATION) or "").split(",")
     return tuple(dict.fromkeys([*also, *(f.strip() for f in listed if f.strip())]))
+
+
+def serial_log_max_bytes(annotations: dict[str, str] | None, default: int) -> tuple[int, str | None]:
+    """The node's cap on each serial log, and what is wrong with its annotation (then the
+    default holds): a whole number of bytes, at least SERIAL_LOG_MIN_BYTES."""
+    value = (annotations or {}).get(SERIAL_LOG_MAX_ANNOTATION)
+    if value is None:
+        return default, None
+    try:
+        cap = int(value.strip())
+    except ValueError:
+        cap = 0
+    if cap < SERIAL_LOG_MIN_BYTES:
+        return default, (f"annotation {SERIAL_LOG_MAX_ANNOTATION}={value!r} is not a number of bytes "
+                         f">= {SERIAL_LOG_MIN_BYTES}; the default {default} holds")
+    return cap, None

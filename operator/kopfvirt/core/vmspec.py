@@ -15,11 +15,16 @@ from ..api.schema import SpecError, from_dict
 from ..api.virtualmachine import Disk, VirtualMachineSpec
 from . import quantity
 
-__all__ = ["SpecError", "VM", "parse"]
+__all__ = ["SpecError", "VM", "domain_name", "parse"]
 
 MIN_MEMORY = 16 * 2**20
 MAX_VCPUS = 256
 _PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd"}
+
+
+def domain_name(namespace: str, name: str) -> str:
+    """namespace_name: unique per node, and a name an admin recognises in virsh."""
+    return f"{namespace}_{name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +38,7 @@ class VM:
 
     @property
     def domain_name(self) -> str:
-        """namespace_name: unique per node, and a name an admin recognises in virsh."""
-        return f"{self.namespace}_{self.name}"
+        return domain_name(self.namespace, self.name)
 
     @property
     def vcpus(self) -> int:
