@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable
 
 from kubernetes.client.rest import ApiException
 
@@ -52,13 +54,13 @@ class Reconciler:
         self.locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         # Domain starts block for as long as QEMU takes to come up; many VMs start at once.
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
-        # A work queue as controllers keep one: a VM is reconciled by one worker at a time,
-        # and what is asked for it meanwhile is one more pass after that, however often it
-        # was asked. So a VM whose call hangs holds one worker, never the pool.
+        # A work queue as controllers keep one: each key (a VM, or a task such as a pool
+        # sync) is worked on by one worker at a time, and what is asked for it meanwhile is
+        # one more run after, however often it was asked. So a VM whose call hangs holds one
+        # worker, and a storm of events (every status write of a StoragePool) one as well.
         self._queue_lock = threading.Lock()
-        self._waiting: set[str] = set()   # asked for, not yet begun
-        self._working: set[str] = set()   # a worker reconciles it now
-        self.notices = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
+        self._waiting: dict[object, Callable[[], None]] = {}  # asked for, not yet begun
+        self._working: set[object] = set()                    # a worker runs it now
 
     def handle(self, body: dict) -> None:
         raise NotImplementedError
@@ -131,26 +133,29 @@ class Reconciler:
 
     def submit(self, uid: str) -> None:
         """Reconcile the VM soon: at once if no worker has it, else once more after."""
-        with self._queue_lock:
-            if uid in self._waiting:
-                return
-            self._waiting.add(uid)
-            if uid in self._working:  # its worker goes round again
-                return
-            self._working.add(uid)
-        self.executor.submit(self._work, uid)
+        self.enqueue(("vm", uid), functools.partial(self.reconcile, uid))
 
-    def _work(self, uid: str) -> None:
+    def enqueue(self, key: object, task: Callable[[], None]) -> None:
+        """Run `task` on the pool, once for all the asks for `key` until it begins."""
+        with self._queue_lock:
+            queued = key in self._waiting
+            self._waiting[key] = task
+            if queued or key in self._working:  # its worker goes round again
+                return
+            self._working.add(key)
+        self.executor.submit(self._work, key)
+
+    def _work(self, key: object) -> None:
         while True:
             with self._queue_lock:
-                self._waiting.discard(uid)
+                task = self._waiting.pop(key)
             try:
-                self.reconcile(uid)
+                task()
             except Exception:  # reconcile reports its own failures; this keeps the queue going
-                self.log.exception("reconciling %s", uid)
+                self.log.exception("%s failed", key)
             with self._queue_lock:
-                if uid not in self._waiting:
-                    self._working.discard(uid)
+                if key not in self._waiting:
+                    self._working.discard(key)
                     return
 
     def vm_named(self, namespace: str, name: str) -> dict | None:

@@ -274,19 +274,27 @@ def test_a_move_whose_target_cannot_be_asked_stays_migrating_until_it_can(vms, m
     vms.delete(name)
 
 
-def test_a_move_whose_target_libvirtd_dies_fails_and_the_guest_runs_on_at_the_source(vms, migrations):
-    """The target's libvirtd is killed mid-move: libvirt aborts the move, the guest runs on
-    at the source, never restarted; once `lab up` brings that libvirtd back, no half-made
-    copy is left on the target."""
-    name = "mig-tgt-libvirtd"
+@pytest.mark.parametrize("side", ["target", "source"])
+def test_a_move_whose_libvirtd_dies_fails_and_the_guest_runs_on_at_the_source(vms, migrations, side):
+    """A libvirtd is killed mid-move. The target's: libvirt aborts the move at once. The
+    source's: the target's libvirtd drops the incoming guest when its peer goes, and the
+    source agent, which cannot ask its own libvirtd, leaves the VM Migrating until `lab up`
+    brings that libvirtd back, which finds the outgoing job failed and resumes the guest.
+    Either way the guest runs on at the source, never restarted, and no half-made copy is
+    left on the target."""
+    name = f"mig-libvirtd-{side}"
     source, target, uid, before = slow_move_under_way(vms, migrations, name)
-    os.kill(int((REPO / ".lab" / "nodes" / target / "run/libvirt/libvirtd.pid").read_text()), signal.SIGKILL)
+    victim = target if side == "target" else source
+    os.kill(int((REPO / ".lab" / "nodes" / victim / "run/libvirt/libvirtd.pid").read_text()), signal.SIGKILL)
+    if side == "source":
+        run(*KOPFVIRT_LAB, "up", timeout=600)  # the source's libvirtd back: the agent asks it again
     m = migrations.wait_phase(name, "Succeeded", "Failed", timeout=120)
     assert m["status"]["phase"] == "Failed", m["status"]
     vm = wait_for("the VM settled", lambda: (v := vms.get(name)) and v["status"].get("phase") == "Running"
                   and "migration" not in v["status"] and v, timeout=60)
     assert vm["status"]["nodeName"] == source
-    run(*KOPFVIRT_LAB, "up", timeout=600)  # the target's libvirtd back
+    if side == "target":
+        run(*KOPFVIRT_LAB, "up", timeout=600)  # the target's libvirtd back
     wait_for(f"the guest on {source} only", lambda: domains_of(uid) == {source: "running"}, timeout=60)
     assert_keeps_counting(vms, name, source, before)
     assert not restarts_seen(source, vms.domain(name))

@@ -82,7 +82,7 @@ def test_a_vm_asked_for_while_it_hangs_takes_one_worker_and_gets_one_more_pass()
     assert _until(lambda: r.passes.count("hung") == 2)  # the 50 asks: one more pass, with the newest state
     time.sleep(0.2)
     assert r.passes.count("hung") == 2
-    assert r._working == set() and r._waiting == set()
+    assert r._working == set() and r._waiting == {}
 
 
 def test_a_failing_reconcile_leaves_the_vm_queueable():

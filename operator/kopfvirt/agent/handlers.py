@@ -145,16 +145,19 @@ def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds
     @kopf.on.event(GROUP, VERSION, DEVICES, registry=registry)
     def device_event(type, body, **_):
         if agent.devices.observe(dict(body), deleted=type == "DELETED"):
-            agent.executor.submit(agent.devices.publish)
+            agent.enqueue("publish-devices", agent.devices.publish)
 
     @kopf.on.event(GROUP, VERSION, storagepools.PLURAL, registry=registry)
     def pool_event(type, body, **_):
+        name = body["metadata"]["name"]
+        before = agent.pools.objects.get(name)
         agent.pools.observe(dict(body), deleted=type == "DELETED")
         if type == "DELETED":
-            name = body["metadata"]["name"]
-            agent.executor.submit(lambda: (agent.pools.forget(name), label_node(agent)))
-        else:
-            agent.executor.submit(lambda: (agent.pools.sync(), label_node(agent)))
+            agent.enqueue(("forget-pool", name), lambda: (agent.pools.forget(name), label_node(agent)))
+        elif before is None or before["metadata"].get("generation") != body["metadata"].get("generation"):
+            # A new spec, not the nodes' status writes (each agent's would wake every other
+            # agent's sync, and its write the next: a storm); the resync refreshes those.
+            agent.enqueue("sync-pools", lambda: (agent.pools.sync(), label_node(agent)))
 
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
     def migration_event(type, body, **_):

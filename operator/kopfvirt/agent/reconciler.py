@@ -83,7 +83,7 @@ class Agent(Reconciler):
             self.strays.notice()  # a domain of no VM of this node's: is it a stray copy?
 
     def _reconnected(self) -> None:
-        self.executor.submit(self.resync)
+        self.enqueue("resync", self.resync)
 
     def cap_serial_logs(self) -> None:
         for name in serial_logs.rotate(self.serial_log_max_bytes):

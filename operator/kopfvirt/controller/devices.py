@@ -44,7 +44,7 @@ class Allocator:
         else:
             self.objects[name] = obj
         if self.controller.active():
-            self.controller.executor.submit(self.reclaim)
+            self.controller.enqueue("reclaim-devices", self.reclaim)
         for uid, body in list(self.controller.vms.items()):  # waiting VMs may now find what they lack
             if (body.get("spec") or {}).get("hostDevices") and (body.get("status") or {}).get("phase") == "Pending":
                 self.controller.submit(uid)

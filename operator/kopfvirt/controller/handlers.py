@@ -106,7 +106,7 @@ def build_registry(controller: Controller, resync_seconds: float = 30, webhook: 
     def pool_event(type, body, **_):
         controller.observe_pool(dict(body), deleted=type == "DELETED")
         if type != "DELETED":
-            controller.executor.submit(controller.judge_pools)
+            controller.enqueue("judge-pools", controller.judge_pools)
 
     @kopf.on.event(GROUP, VERSION, "migrations", registry=registry)
     def migration_event(type, body, **_):

@@ -73,7 +73,7 @@ class Migrations:
         self.kick()
 
     def kick(self) -> None:
-        self.c.executor.submit(self.reconcile_all)
+        self.c.enqueue("migrations", self.reconcile_all)
 
     def reconcile_all(self) -> None:
         if not self.c.active():

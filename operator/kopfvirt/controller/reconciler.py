@@ -52,8 +52,8 @@ class Controller(Reconciler):
         for uid in list(self.vms):
             self.submit(uid)
         self.migrations.kick()
-        self.executor.submit(self.judge_pools)
-        self.executor.submit(self.devices.reclaim)
+        self.enqueue("judge-pools", self.judge_pools)
+        self.enqueue("reclaim-devices", self.devices.reclaim)
 
     def observe_node(self, node: dict, deleted: bool = False) -> None:
         name = node["metadata"]["name"]
@@ -150,7 +150,8 @@ class Controller(Reconciler):
     def observe_vm(self, body: dict, deleted: bool = False) -> None:
         super().observe_vm(body, deleted)
         if deleted and vm_has_devices(body) and self.active():
-            self.executor.submit(self.devices.release, body["metadata"]["uid"])
+            uid = body["metadata"]["uid"]
+            self.enqueue(("release-devices", uid), lambda: self.devices.release(uid))
         self.migrations.kick()
 
     def observe_pod(self, pod: dict, deleted: bool = False) -> None:
