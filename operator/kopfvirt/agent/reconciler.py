@@ -17,7 +17,7 @@ import libvirt
 from .. import NODE_TLS_DIR, names
 from ..clients import images, kube, serial_logs
 from ..clients.libvirt import DomainConflict, Hypervisor
-from ..core import conditions, disks, domainxml, lifecycle, pools, vmspec
+from ..core import conditions, disks, domainxml, lifecycle, pools, steps, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
 from .devices import DeviceUnavailable, Devices, load_pci_ids
@@ -28,7 +28,7 @@ from .strays import Strays
 log = logging.getLogger("kopfvirt.agent")
 NODE_LABEL = names.NODE_LABEL
 FINALIZER_PREFIX = names.AGENT_FINALIZER_PREFIX
-ACTIVE = ("running", "paused", "shuttingdown")  # domain states in which QEMU runs
+ACTIVE = steps.DOMAIN_UP  # domain states in which QEMU runs
 STOP_EVENT_WINDOW = 10.0  # seconds within which a stopped event is taken as our own stop's
 DEVICE_RETRY_SECONDS = 20.0  # after a failed start with host devices: no new bind before this
 
@@ -119,16 +119,11 @@ class Agent(Reconciler):
             # watch (after a migration's hand-off, the relabelled target pod), and a running
             # guest would be stopped as if evicted. A pod of its own seen going is lost.
             pod = kube.reservation_pod_on(ns, name, self.node)
-        held_here = self._held(pod, status)
+        held_here = steps.holds_node(pod, status, self.node)
         # Read the domain before taking a recorded stop event, so a stop between the two is
         # still seen: a defined, shut-off domain of a VM we run means the guest stopped.
         state, why = self.hv.state_and_reason(uid)
-        ran_here = status.get("nodeName") == self.node and status.get("phase") in ("Running", "Paused", "Stopping")
-        if (not held_here or state not in ACTIVE) and ran_here and not reread:
-            # A guest this node ran is to stop, or has stopped: act on the VM and its pod as
-            # they are now, not as cached. After a network split the caches may be from before
-            # the controller released a lost node's VMs: a stale write would undo that, and a
-            # restart here would be a second copy.
+        if not reread and steps.agent_must_reread(status, self.node, held_here, state):
             fresh = kube.get_object(ns, name)
             if fresh is None or fresh["metadata"]["uid"] != uid or \
                     (fresh["metadata"].get("labels") or {}).get(NODE_LABEL) != self.node:
@@ -144,20 +139,17 @@ class Agent(Reconciler):
             self.event(body, stop[0], f"the guest stopped by itself on {self.node} ({stop[0]})",
                        warning=stop[0] == lifecycle.GUEST_CRASHED)
         annotations = meta.get("annotations") or {}
-        run = lifecycle.wants_running(vm.run_strategy, annotations, status)
-        if run and not held_here:
-            if state not in ACTIVE and status.get("nodeName") != self.node:
-                # Stopped here and released: the controller places it anew and writes its
-                # status until a node takes it (else the two would overwrite each other's phase).
-                self.hv.remove(uid)
-                return
-            if state in ACTIVE and status.get("phase") != "Stopping":
-                stop = ("Evicted", now())
-                status.update(stopReason="Evicted", stopTime=stop[1])
-                self.event(body, "Evicted", f"reservation pod gone: stopping the VM on {self.node} "
-                           f"(evictionStrategy {vm.spec.eviction_strategy})", warning=True)
-            run = False
-        if run:
+        action = steps.agent_action(status, self.node, held_here, state,
+                                    lifecycle.wants_running(vm.run_strategy, annotations, status))
+        if action == steps.LET_GO:  # (else the controller and this agent would overwrite each other's phase)
+            self.hv.remove(uid)
+            return
+        if action == steps.EVICT:
+            stop = ("Evicted", now())
+            status.update(stopReason="Evicted", stopTime=stop[1])
+            self.event(body, "Evicted", f"reservation pod gone: stopping the VM on {self.node} "
+                       f"(evictionStrategy {vm.spec.eviction_strategy})", warning=True)
+        if action == steps.RUN:
             status = self._run(body, vm, annotations, status, state)
         else:
             # A stop recorded this round (by the guest, or an eviction) keeps its reason.
@@ -169,11 +161,6 @@ class Agent(Reconciler):
             status.get("conditions"), "Reconciling", not settled, reason,
             "" if settled else "working towards the spec", meta.get("generation"))
         self.write_status(body, status)
-
-    def _held(self, pod: dict | None, status: dict) -> bool:
-        return (pod is not None and not pod["metadata"].get("deletionTimestamp")
-                and (pod.get("spec") or {}).get("nodeName") == self.node
-                and status.get("nodeName") in (None, self.node))
 
     def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict, state: str) -> dict:
         """`state` is the domain's, as handle() read it at the start of this reconcile."""

@@ -11,7 +11,7 @@ import logging
 import threading
 
 from ..clients import kube
-from ..core import conditions, lifecycle, migration, nodeloss, passthrough, pools, reservation, vmspec
+from ..core import conditions, lifecycle, migration, nodeloss, passthrough, pools, reservation, steps, vmspec
 from ..core.vmspec import SpecError
 from ..names import AGENT_FINALIZER_PREFIX as FINALIZER_PREFIX, NODE_LABEL
 from ..reconciling import Reconciler, now, write_migration_status
@@ -178,22 +178,20 @@ class Controller(Reconciler):
         meta, status = body["metadata"], dict(body.get("status") or {})
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         node = status.get("nodeName") or (meta.get("labels") or {}).get(NODE_LABEL)
-        state = self.node_state(node) if node else nodeloss.READY
-        if state == nodeloss.DEAD:
+        gate = steps.controller_gate(self.node_state(node) if node else nodeloss.READY, status, node,
+                                     bool(meta.get("deletionTimestamp")))
+        if gate == steps.RELEASE_LOST:
             return self._release_from_lost_node(body, node)
-        if state == nodeloss.UNREACHABLE and status.get("nodeName") == node:
+        if gate == steps.REPORT_UNREACHABLE:
             ready = conditions.get(status.get("conditions"), "Ready") or {}
             if status.get("phase") in ACTIVE_PHASES and ready.get("reason") != "NodeUnreachable":
                 self.write_status(body, self.with_condition(body, "Ready", None, "NodeUnreachable",
                                                             nodeloss.unreachable_message(node)))
                 self.event(body, "NodeUnreachable", nodeloss.unreachable_message(node), warning=True)
-            return  # it may run on there: nothing moves on a timeout alone
-        if meta.get("deletionTimestamp"):
             return
-        record = status.get("migration")
-        if record:  # the source agent moves it; once it runs on the target, we hand it over
-            if status.get("nodeName") == record["targetNode"]:
-                self.migrations.hand_over(body)
+        if gate == steps.HAND_OVER:
+            return self.migrations.hand_over(body)
+        if gate == steps.WAIT:
             return
         node_label = (meta.get("labels") or {}).get(NODE_LABEL)
         try:
@@ -213,43 +211,41 @@ class Controller(Reconciler):
         problem = self._precheck(vm) if pod is None and not node_label else None
         if problem:
             return self._pending(body, status, *problem)
-        if pod is None:
-            node = None
-            if vm.spec.host_devices:
-                if node_label and status.get("nodeName"):
-                    return  # its agent still stops the domain that uses them
-                try:
-                    alloc = self.devices.allocate(vm)
-                except passthrough.Refusal as e:
-                    self._pending(body, {**status, "hostDevices": None}, e.reason, str(e))
-                    self.devices.release(uid)  # nothing runs: hold nothing while waiting
-                    return
-                status["hostDevices"], node = self.devices.status_of(alloc), alloc.node
-            # Ready=False before the pod exists, so it never lands after the binding's "Starting".
-            status = self.with_condition(body, "Ready", False, "Scheduling",
-                                         "waiting for the reservation pod to be scheduled", base=status)
-            status = self.with_condition(body, "Scheduled", False, "Pending", "reservation pod created",
-                                         base=status)
-            status = self.with_condition(body, "Reconciling", True, "Scheduling", "placing the VM", base=status)
-            if status.get("phase") not in ACTIVE_PHASES:
-                status["phase"] = "Scheduling"
-            self.write_status(body, {**status, "observedGeneration": meta.get("generation")})
-            if kube.create_pod(reservation.reservation_pod(vm, node, self.pod_settings)):
-                self.event(body, "Scheduling", f"reservation pod {reservation.pod_name(name)} created")
-            return
-        if pod["metadata"].get("deletionTimestamp"):
-            return  # the agent stops the VM; a new pod follows once this one is gone
-        bound = (pod.get("spec") or {}).get("nodeName")
-        if not bound:
+        step = steps.controller_placement(status, node_label, pod, bool(vm.spec.host_devices))
+        if step == steps.PLACE:
+            return self._place(body, vm, status)
+        if step == steps.UNSCHEDULED:
             return self._unscheduled(body, pod)
-        if node_label != bound:
-            if node_label and status.get("nodeName"):
-                return  # the previous node's agent still holds the domain
+        if step == steps.HAND_OFF:
+            bound = pod["spec"]["nodeName"]
             if status.get("phase") not in ACTIVE_PHASES or status.get("nodeName") != bound:
                 self._starting(body, bound)
             self.hand_off(body, bound)
             self.event(body, "Scheduled", f"placed on {bound}")
-        # Once handed off, the status is the agent's to write.
+        # WAIT, DONE: once handed off, the status is the agent's to write.
+
+    def _place(self, body: dict, vm: vmspec.VM, status: dict) -> None:
+        """Its devices allocated (if any), then its reservation pod for kube-scheduler."""
+        meta, node = body["metadata"], None
+        if vm.spec.host_devices:
+            try:
+                alloc = self.devices.allocate(vm)
+            except passthrough.Refusal as e:
+                self._pending(body, {**status, "hostDevices": None}, e.reason, str(e))
+                self.devices.release(meta["uid"])  # nothing runs: hold nothing while waiting
+                return
+            status["hostDevices"], node = self.devices.status_of(alloc), alloc.node
+        # Ready=False before the pod exists, so it never lands after the binding's "Starting".
+        status = self.with_condition(body, "Ready", False, "Scheduling",
+                                     "waiting for the reservation pod to be scheduled", base=status)
+        status = self.with_condition(body, "Scheduled", False, "Pending", "reservation pod created",
+                                     base=status)
+        status = self.with_condition(body, "Reconciling", True, "Scheduling", "placing the VM", base=status)
+        if status.get("phase") not in ACTIVE_PHASES:
+            status["phase"] = "Scheduling"
+        self.write_status(body, {**status, "observedGeneration": meta.get("generation")})
+        if kube.create_pod(reservation.reservation_pod(vm, node, self.pod_settings)):
+            self.event(body, "Scheduling", f"reservation pod {reservation.pod_name(meta['name'])} created")
 
     def _release_from_lost_node(self, body: dict, node: str) -> None:
         """`node` is known dead: what ran there no longer does. Its pods go at once, a move
