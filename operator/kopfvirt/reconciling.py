@@ -54,6 +54,7 @@ class Reconciler:
         self.locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         # Domain starts block for as long as QEMU takes to come up; many VMs start at once.
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
+        self.notices = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
         # A work queue as controllers keep one: each key (a VM, or a task such as a pool
         # sync) is worked on by one worker at a time, and what is asked for it meanwhile is
         # one more run after, however often it was asked. So a VM whose call hangs holds one

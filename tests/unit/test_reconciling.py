@@ -95,3 +95,14 @@ def test_a_failing_reconcile_leaves_the_vm_queueable():
     r.handle = lambda body: r.passes.append("a")
     r.submit("a")
     assert _until(lambda: r.passes == ["a"])
+
+
+def test_an_event_is_posted_in_the_background_and_a_reconcile_goes_on(monkeypatch):
+    posted = []
+    monkeypatch.setattr("kopfvirt.clients.kube.post_event", lambda *args: posted.append(args))
+    r = _Blocking()
+    r.handle = lambda body: (r.event(body, "Stopped", "guest stopped on node-1"), r.passes.append("a"))
+    r.vms["a"] = _vm("a")
+    r.submit("a")
+    assert _until(lambda: r.passes == ["a"] and posted)
+    assert posted[0][1:3] == ("Stopped", "guest stopped on node-1")
