@@ -20,3 +20,10 @@ def test_a_node_is_dead_only_when_an_admin_says_so():
     assert nodeloss.node_state(node("Unknown", shut)) == DEAD
     assert nodeloss.node_state(node("True", shut)) == DEAD
     assert nodeloss.node_state(None) == DEAD  # the Node was deleted
+
+
+def test_the_lost_node_message_says_why_and_what_stays():
+    assert "tainted node.kubernetes.io/out-of-service" in nodeloss.lost_message("n1", deleted=False)
+    assert "its Node was deleted" in nodeloss.lost_message("n1", deleted=True)
+    assert "disks" not in nodeloss.lost_message("n1", deleted=False)
+    assert "disks were not removed" in nodeloss.lost_message("n1", deleted=False, vm_deleting=True)

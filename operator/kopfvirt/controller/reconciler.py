@@ -257,7 +257,8 @@ class Controller(Reconciler):
         for pod in self.pods_of(ns, name) + self.pods_of(ns, name, migration.TARGET_ROLE):
             if (pod.get("spec") or {}).get("nodeName") == node:
                 kube.delete_pod(ns, pod["metadata"]["name"], pod["metadata"].get("uid"), force=True)
-        message = nodeloss.lost_message(node, deleted=node not in self.nodes)
+        message = nodeloss.lost_message(node, deleted=node not in self.nodes,
+                                        vm_deleting=bool(meta.get("deletionTimestamp")))
         if status.get("nodeName") == node:
             record = status.get("migration") or {}
             current = kube.get_object(ns, record["name"], migration.PLURAL) if record.get("name") else None

@@ -32,6 +32,9 @@ def unreachable_message(node: str) -> str:
             f"delete the Node) and the VM starts elsewhere")
 
 
-def lost_message(node: str, deleted: bool) -> str:
+def lost_message(node: str, deleted: bool, vm_deleting: bool = False) -> str:
     why = "its Node was deleted" if deleted else f"it is tainted {OUT_OF_SERVICE}"
-    return f"node {node} is known to be down ({why}): the VM was released from it"
+    message = f"node {node} is known to be down ({why}): the VM was released from it"
+    if vm_deleting:  # the node's agent, which removes a deleted VM's disks, is gone with it
+        message += "; the VM's own disks were not removed and stay in their pool"
+    return message
