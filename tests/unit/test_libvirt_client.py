@@ -60,3 +60,18 @@ def test_stop_shuts_down(hv):
     hv.stop(UID, grace=5)
     assert not hv.find(UID).isActive()
     hv.remove(UID)
+
+
+def test_a_stop_in_steps_asks_then_destroys_and_minds_no_missing_domain(hv):
+    name, xml = _xml(name="stepper")
+    hv.ensure_running(name, UID, xml)
+    hv.destroy(UID)
+    assert hv.state_and_reason(UID) == ("shutoff", "destroyed")
+    hv.destroy(UID)  # once more: already off is fine
+    hv.shutdown(UID)
+    hv.conn().lookupByUUIDString(UID).create()
+    hv.shutdown(UID)  # the test driver's guests obey the power button at once
+    assert hv.state_and_reason(UID) == ("shutoff", "shutdown")
+    hv.remove(UID)
+    hv.destroy(UID)  # and gone
+    hv.shutdown(UID)

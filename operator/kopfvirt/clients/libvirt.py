@@ -288,23 +288,14 @@ class Hypervisor:
         dom = self.find(uuid)
         if dom is None or not dom.isActive():
             return
-        if self.info(dom).state == "paused" or grace <= 0:
-            dom.destroy()
-            return
-        try:
-            dom.shutdown()
-        except libvirt.libvirtError:
-            pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if not dom.isActive():
-                return
-            time.sleep(0.2)
-        try:
-            dom.destroy()
-        except libvirt.libvirtError as e:
-            if not _is(e, libvirt.VIR_ERR_OPERATION_INVALID):  # it stopped meanwhile
-                raise
+        if self.info(dom).state != "paused" and grace > 0:
+            self.shutdown(uuid)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if not dom.isActive():
+                    return
+                time.sleep(0.2)
+        self.destroy(uuid)
 
     def remove(self, uuid: str) -> None:
         """Destroy and undefine; what is already gone is fine."""
