@@ -118,10 +118,13 @@ def operator_pid(component: str, node: str | None = None) -> int:
     return wait_for(f"the {component} process" + (f" of {node}" if node else ""), find, timeout=60)
 
 
+LAB_NODES = ("node-1", "node-2")
+
+
 def domains_of(uid: str) -> dict[str, str]:
     """node -> domain state, for every lab node that has a domain with this UUID."""
     found = {}
-    for node in ("node-1", "node-2"):
+    for node in LAB_NODES:
         result = lab_exec(node, "virsh", "-c", "qemu:///system", "domstate", uid, check=False)
         if result.returncode == 0:
             found[node] = result.stdout.strip()
@@ -195,12 +198,30 @@ def lab():
     return REPO / ".lab"
 
 
+def domains_named(prefix: str) -> dict[str, list[str]]:
+    """The libvirt domains, defined or running, whose names start with `prefix`, by node."""
+    found = {}
+    for node in LAB_NODES:
+        names = lab_exec(node, "virsh", "-c", "qemu:///system", "list", "--all", "--name", check=False).stdout.split()
+        if mine := [n for n in names if n.startswith(prefix)]:
+            found[node] = mine
+    return found
+
+
 @pytest.fixture(scope="session")
 def namespace(lab):
+    """The session's namespace. At the end it is deleted as a user would, and nothing of it
+    may be left behind: the deletion completes (no finalizer waits forever, no pod stays)
+    and no node keeps a domain of its VMs."""
     name = f"it-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
     yield name
-    kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
+    result = kubectl("delete", "namespace", name, "--wait=true", "--timeout=180s", check=False)
+    assert result.returncode == 0, f"namespace {name} still there after 180 s: {result.stderr}"
+    deadline = time.monotonic() + 60  # a stray (a lost node's leftover) goes on its agent's next scan
+    while (left := domains_named(f"{name}_")) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not left, f"domains of {name} left on the nodes: {left}"
 
 
 class VMs:
