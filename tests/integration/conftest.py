@@ -177,9 +177,15 @@ def operator_logs(about: str, lines: int = 40) -> str:
         for previous in ((), ("--previous",)):
             log = kubectl("-n", OPERATOR_NAMESPACE, "logs", pod, *previous, check=False).stdout
             found = [line for line in log.splitlines() if about in line][-lines:]
+            # The controllers' last words too, whatever they are about (leadership, the API).
+            if "controller" in pod:
+                found += ["-- its last lines:"] + [line for line in log.splitlines()
+                                                   if "/healthz" not in line and "/readyz" not in line][-lines:]
             if found:
                 out.append(f"== {pod} {' '.join(previous)}\n" + "\n".join(found))
-    return "\n".join(out)
+    lease = kubectl("-n", OPERATOR_NAMESPACE, "get", "lease", "kopfvirt-controller", "-o", "jsonpath={.spec}",
+                    check=False).stdout
+    return "\n".join(out + [f"== the controllers' Lease: {lease}"])
 
 
 @pytest.hookimpl(hookwrapper=True)
