@@ -179,7 +179,7 @@ def _on_node(vms: VMs, name: str, virsh_args: list[str], interactive: bool = Fal
                           f"(--operator-namespace names another)")
     kubectl = ["kubectl", *(["--kubeconfig", vms.kubeconfig] if vms.kubeconfig else []),
                *(["--context", vms.context] if vms.context else [])]
-    virsh = ["virsh", "-c", "qemu:///system", *virsh_args, f"{vms.namespace}_{name}"]
+    virsh = ["virsh", "-c", "qemu:///system", *virsh_args, vmspec.domain_name(vms.namespace, name)]
     return subprocess.call([*kubectl, "exec", "-n", namespace, *(["-it"] if interactive else []),
                             pods[0].metadata.name, "--", *virsh])
 

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import Counter, Gauge
 
 from ..clients import kube
-from ..core import conditions, domainxml, strays
+from ..core import conditions, domainxml, strays, vmspec
 
 log = logging.getLogger("kopfvirt.agent.strays")
 GRACE_SECONDS = 10.0
@@ -97,7 +97,7 @@ class Strays:
                 why = f"its VM {namespace}/{name} (uid {uid}) no longer exists"
                 DESTROYED.labels(node=node, reason="VMGone").inc()
                 self.agent.event(kube.node_reference(node), "StrayDomainDestroyed",
-                                 f"domain {namespace}_{name} destroyed on {node}: {why}", warning=True)
+                                 f"domain {vmspec.domain_name(namespace, name)} destroyed on {node}: {why}", warning=True)
             else:
                 why = f"the VM runs on {its_node} ({on_its_node})"
                 DESTROYED.labels(node=node, reason="RunsElsewhere").inc()
