@@ -95,27 +95,30 @@ def operator_url(component: str, port: int, path: str, node: str | None = None) 
     return f"http://{operator_pod(component, node)['status']['podIP']}:{port}{path}"
 
 
+def operator_processes(component: str) -> dict[int, list[bytes]]:
+    """Host pid -> environment of every running kopfvirt `component` process (each in its
+    pod's container)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            at = next(i for i, a in enumerate(argv[:3]) if a == b"kopfvirt" or a.endswith(b"/kopfvirt"))
+            if argv[at + 1] == component.encode():
+                found[int(proc.name)] = (proc / "environ").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, StopIteration):
+            continue
+    return found
+
+
 def operator_pid(component: str, node: str | None = None) -> int:
     """The host pid of a node's agent's process, or of the controller leader's (in its pod's
     container)."""
     wanted = f"NODE_NAME={node}" if node else f"POD_NAME={controller_leader()}" if component == "controller" else None
-
-    def find():
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-                at = next(i for i, a in enumerate(argv[:3]) if a == b"kopfvirt" or a.endswith(b"/kopfvirt"))
-                if argv[at + 1] != component.encode():
-                    continue
-                if wanted and wanted.encode() not in (proc / "environ").read_bytes().split(b"\0"):
-                    continue
-                return int(proc.name)
-            except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, StopIteration):
-                continue
-        return None
-    return wait_for(f"the {component} process" + (f" of {node}" if node else ""), find, timeout=60)
+    return wait_for(f"the {component} process" + (f" of {node}" if node else ""),
+                    lambda: next((pid for pid, env in operator_processes(component).items()
+                                  if not wanted or wanted.encode() in env), None), timeout=60)
 
 
 LAB_NODES = ("node-1", "node-2")
@@ -172,9 +175,12 @@ def operator_logs(about: str, lines: int = 40) -> str:
     """What every operator pod logged about `about` (a test namespace), its previous
     container's too (one killed by a test): read into a failed test's report."""
     pods = kubectl("-n", OPERATOR_NAMESPACE, "get", "pods", "-o", "name", check=False).stdout.split()
+    # The controllers last, each one's current container after its previous one: a long
+    # report is cut in its middle, and their last words matter most.
+    pods.sort(key=lambda pod: "controller" in pod)
     out = []
     for pod in pods:
-        for previous in ((), ("--previous",)):
+        for previous in (("--previous",), ()):
             log = kubectl("-n", OPERATOR_NAMESPACE, "logs", pod, *previous, check=False).stdout
             found = [line for line in log.splitlines() if about in line][-lines:]
             # The controllers' last words too, whatever they are about (leadership, the API).

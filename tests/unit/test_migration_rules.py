@@ -128,3 +128,19 @@ def test_where_a_guest_runs_after_its_move_is_asked_of_both_sides():
     assert ends("absent", "absent") == "nowhere"
     assert ends("absent", None) is None
     assert ends("shuttingdown", "absent") is None  # its QEMU still runs: look again
+
+
+def test_a_move_handed_over_without_its_end_written_is_recognised():
+    running = {"phase": "Running", "sourceNode": "node-2", "targetNode": "node-1"}
+    on_target = {"phase": "Running", "nodeName": "node-1"}
+    assert migration.handed_over_unrecorded(running, on_target)
+    assert migration.handed_over_unrecorded(running, {**on_target, "phase": "Paused"})
+    # Still under way: the record is there (the hand-over writes the end before clearing it).
+    assert not migration.handed_over_unrecorded(running, {**on_target, "migration": {"name": "m"}})
+    # Back on the source (the agent writes Failed itself), stopped, or never placed on a target.
+    assert not migration.handed_over_unrecorded(running, {**on_target, "nodeName": "node-2"})
+    assert not migration.handed_over_unrecorded(running, {**on_target, "phase": "Stopped"})
+    assert not migration.handed_over_unrecorded({**running, "targetNode": None}, on_target)
+    # Ended already, or not yet claimed by the source agent.
+    assert not migration.handed_over_unrecorded({**running, "phase": "Succeeded"}, on_target)
+    assert not migration.handed_over_unrecorded({**running, "phase": "TargetReady"}, on_target)

@@ -130,6 +130,12 @@ def reservation_pod_on(namespace: str, vm_name: str, node: str) -> dict | None:
     return client.ApiClient().sanitize_for_serialization(live[0]) if live else None
 
 
+def pods_of_vm(namespace: str, vm_name: str) -> list[dict]:
+    """Every pod of the VM (reservation and migration target), read from the API."""
+    pods = _api().list_namespaced_pod(namespace, label_selector=f"{GROUP}/vm={vm_name}").items
+    return [client.ApiClient().sanitize_for_serialization(p) for p in pods]
+
+
 def patch_pod_labels(namespace: str, name: str, labels: dict[str, str | None]) -> None:
     _api().patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}})
 

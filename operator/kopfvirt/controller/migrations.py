@@ -124,6 +124,11 @@ class Migrations:
                 return False
             return True
         vm_status = (vm_body or {}).get("status") or {}
+        if vm_body is not None and migration.handed_over_unrecorded(st, vm_status):
+            log.warning("Migration %s/%s: its VM was handed over to %s but the end was not recorded; recording it",
+                        meta["namespace"], meta["name"], st["targetNode"])
+            self._succeed(m, m["spec"]["vmName"], {"sourceNode": st.get("sourceNode"), "targetNode": st["targetNode"]})
+            return False
         moving = (vm_status.get("migration") or {}).get("name") == meta["name"]
         if not moving and (vm_body is None or vm_status.get("phase") not in ("Running", "Paused")
                            or vm_status.get("nodeName") != st.get("sourceNode")):
@@ -255,13 +260,16 @@ class Migrations:
         when it looks (else it would stop the guest as evicted); then clear
         status.migration, last, so that a failed step is retried by the next reconcile
         (each step is idempotent). Under the Migrations' lock: no new Migration of the VM
-        is judged halfway through."""
+        is judged halfway through. What the caches lack is read from the API: a controller
+        just started may hand over before its watches have listed the pods and Migrations,
+        and a Migration left out would stay Running for ever."""
         meta, status = vm_body["metadata"], vm_body.get("status") or {}
         record, ns = status["migration"], meta["namespace"]
         target = record["targetNode"]
         pods = list(self.c.pods.get((ns, meta["name"]), {}).values())
-        target_pod = next((p for p in pods if p["metadata"]["name"] == record["targetPod"]), None) \
-            or kube.get_pod(ns, record["targetPod"])
+        if not any(p["metadata"]["name"] == record["targetPod"] for p in pods):
+            pods = kube.pods_of_vm(ns, meta["name"])
+        target_pod = next((p for p in pods if p["metadata"]["name"] == record["targetPod"]), None)
         steps = []
         if target_pod is not None and (target_pod["metadata"].get("labels") or {}).get(reservation.ROLE_LABEL) \
                 != "reservation":
@@ -270,14 +278,24 @@ class Migrations:
         steps += [lambda p=p: kube.delete_pod(ns, p["metadata"]["name"], p["metadata"]["uid"]) for p in pods
                   if p["metadata"]["name"] != record["targetPod"] and not p["metadata"].get("deletionTimestamp")]
         with self.lock:
-            m = next((b for b in self.migrations.values()
-                      if b["metadata"]["namespace"] == ns and b["metadata"]["name"] == record["name"]), None)
+            m = self._named(ns, record["name"])
             if m is not None and (m.get("status") or {}).get("phase") not in FINAL_PHASES:
                 steps.append(lambda: self._succeed(m, vm_body["metadata"]["name"], record))
             concurrently(*steps)
             if (meta.get("labels") or {}).get(NODE_LABEL) != target:
                 self.c.hand_off(vm_body, target)
             self.c.write_status(vm_body, {**vm_body.get("status", {}), "migration": None})
+
+    def _named(self, namespace: str, name: str) -> dict | None:
+        """The Migration from the cache; from the API (and then cached) when the cache lacks it."""
+        found = next((b for b in self.migrations.values()
+                      if b["metadata"]["namespace"] == namespace and b["metadata"]["name"] == name), None)
+        if found is None:
+            found = kube.get_object(namespace, name, plural=PLURAL)
+            if found is not None:
+                self.observe(found)
+                found = self.migrations.get(found["metadata"]["uid"], found)
+        return found
 
     def _succeed(self, m: dict, vm_name: str, record: dict) -> None:
         result = record.get("result") or {}
