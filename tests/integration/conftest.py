@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from kopfvirt.clients import nfs
+from kopfvirt_lab import install
 from kopfvirt_lab.layout import Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,6 +121,24 @@ def operator_pid(component: str, node: str | None = None) -> int:
     return wait_for(f"the {component} process" + (f" of {node}" if node else ""),
                     lambda: next((pid for pid, env in operator_processes(component).items()
                                   if not wanted or wanted.encode() in env), None), timeout=60)
+
+
+def controller_pods() -> list[dict]:
+    return kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=controller")["items"]
+
+
+def restart_controllers_cold(pids=None) -> None:
+    """Kill every controller replica at once (SIGKILL, frozen or not: no Lease handed over)
+    and wait until each container has restarted and is Ready: whichever leads next starts
+    with empty caches."""
+    pids = list(pids or operator_processes("controller"))
+    assert pids, "no controller process"
+    before = {p["metadata"]["name"]: install.restarts(p) for p in controller_pods()}
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_for("the controller replicas restarted and ready", lambda: all(
+        install.ready(p) and install.restarts(p) > before.get(p["metadata"]["name"], -1)
+        for p in controller_pods()), timeout=120)
 
 
 LAB_NODES = ("node-1", "node-2")

@@ -15,10 +15,9 @@ import urllib.request
 import pytest
 import yaml
 from kopfvirt.names import NODE_LABEL
-from kopfvirt_lab import install
 
-from .conftest import (KOPFVIRT_LAB, KUBECONFIG, OPERATOR_NAMESPACE, REPO, domains_of, heartbeat, kubectl,
-                       kubectl_json, lab_exec, lab_guest, operator_pid, operator_processes, operator_url,
+from .conftest import (KOPFVIRT_LAB, KUBECONFIG, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec,
+                       lab_guest, operator_pid, operator_processes, operator_url, restart_controllers_cold,
                        restarts_seen, run, wait_for)
 
 OTHER = {"node-1": "node-2", "node-2": "node-1"}
@@ -225,29 +224,19 @@ def test_a_killed_part_mid_migration_leaves_the_vm_on_one_node(vms, migrations, 
     vms.delete(name)
 
 
-def controller_pods() -> list[dict]:
-    return kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=controller")["items"]
-
-
 def test_a_move_that_ends_while_no_controller_runs_is_closed_by_the_next_one(vms, migrations):
     """Both controller replicas frozen while libvirt ends a move, then killed: the one that
     leads next starts with empty caches, and may see the VM on its target before its watch
     has listed the Migration. It still closes the move: Succeeded, nothing left Running."""
     source, target, uid, before = slow_move_under_way(vms, migrations, "mig-unwatched")
     frozen = operator_processes("controller")
-    assert frozen, "no controller process"
-    restarts = {p["metadata"]["name"]: install.restarts(p) for p in controller_pods()}
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
     try:
         wait_for("the source agent to report the guest on its target",
                  lambda: (vms.get("mig-unwatched")["status"]).get("nodeName") == target, timeout=90)
     finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGKILL)  # their containers restart them, with nothing cached
-    wait_for("the controller replicas restarted and ready", lambda: all(
-        install.ready(p) and install.restarts(p) > restarts.get(p["metadata"]["name"], -1)
-        for p in controller_pods()), timeout=120)
+        restart_controllers_cold(frozen)
     m = migrations.wait_phase("mig-unwatched", "Succeeded", "Failed", timeout=120)
     assert m["status"]["phase"] == "Succeeded", m["status"]
     vm = wait_for("the VM settled", lambda: (v := vms.get("mig-unwatched")) and "migration" not in v["status"]

@@ -136,6 +136,15 @@ def pods_of_vm(namespace: str, vm_name: str) -> list[dict]:
     return [client.ApiClient().sanitize_for_serialization(p) for p in pods]
 
 
+def pod_uids(label_selector: str) -> set[str]:
+    """The UIDs of every pod in the cluster with these labels."""
+    return {p.metadata.uid for p in _api().list_pod_for_all_namespaces(label_selector=label_selector).items}
+
+
+def node_names() -> set[str]:
+    return {n.metadata.name for n in _api().list_node().items}
+
+
 def patch_pod_labels(namespace: str, name: str, labels: dict[str, str | None]) -> None:
     _api().patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}})
 

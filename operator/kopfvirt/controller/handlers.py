@@ -8,12 +8,12 @@ import dataclasses
 import kopf
 
 from .. import GROUP, VERSION
-from ..core import certificates, migration, pools, reservation, vmspec
+from ..core import certificates, pools, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .certificates import NodeCertificateSigner
 from .leadership import LeaderElector
 from .migrations import EvacuationFailed
-from .reconciler import Controller
+from .reconciler import POD_SELECTOR, Controller
 
 PLACEHOLDER_UID = "00000000-0000-4000-8000-000000000000"  # CREATE reviews carry no UID yet
 WEBHOOK_PATH = "validate-virtualmachine"  # served at https://<host>:<port>/<this>
@@ -35,14 +35,15 @@ class Webhook:
 def build_registry(controller: Controller, resync_seconds: float = 30, webhook: Webhook | None = None,
                    signer: NodeCertificateSigner | None = None,
                    elector: LeaderElector | None = None) -> kopf.OperatorRegistry:
-    registry = registry_with_settings("controller", pod_selector=(
-        f"{reservation.ROLE_LABEL} in (reservation,{migration.TARGET_ROLE})", None))
+    registry = registry_with_settings("controller", pod_selector=(POD_SELECTOR, None))
 
     @kopf.on.startup(registry=registry)
     def start(settings: kopf.OperatorSettings, **_):
         controller.start_resync(resync_seconds)
         if elector:
-            elector.start()
+            elector.start()  # it calls controller.lead once elected
+        else:
+            controller.lead()
         if webhook:
             with open(webhook.cafile, "rb") as ca:
                 # A renewed certificate is served within seconds of its files changing.

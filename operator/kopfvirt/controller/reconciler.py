@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from .. import names
 from ..clients import kube
 from ..core import conditions, lifecycle, migration, nodeloss, passthrough, pools, reservation, steps, vmspec
 from ..core.vmspec import SpecError
@@ -20,6 +22,8 @@ from .migrations import Migrations
 
 log = logging.getLogger("kopfvirt.controller")
 ACTIVE_PHASES = ("Starting", "Running", "Paused", "Stopping", "Migrating")
+POD_SELECTOR = f"{reservation.ROLE_LABEL} in (reservation,{migration.TARGET_ROLE})"  # the pods it watches
+SYNC_PATIENCE = 60  # seconds a new leader waits for its watches to catch up before it acts anyway
 
 
 def vm_has_devices(body: dict) -> bool:
@@ -42,18 +46,61 @@ class Controller(Reconciler):
         # Set while this replica holds the leadership (always, without leader election).
         self.leading = threading.Event()
         self.leading.set()
+        # Set once the watches had delivered everything that existed when it began to lead.
+        self.synced = threading.Event()
 
     def active(self) -> bool:
-        return self.leading.is_set()
+        return self.leading.is_set() and self.synced.is_set()
 
     def lead(self) -> None:
-        """Just elected: act on what the watches delivered while another replica led (the
-        orphan checks wait for the next resync, as after a start)."""
+        """Just elected (or started without election): once the caches hold what the API
+        lists, act on all of it (the orphan checks wait for the next resync, as after a
+        start). In a thread of its own: the elector must go on renewing meanwhile."""
+        threading.Thread(target=self._take_over, name="take-over", daemon=True).start()
+
+    def _take_over(self) -> None:
+        began = time.monotonic()
+        self.wait_for_caches()
+        self.synced.set()
+        log.info("acting: the caches held all the API lists after %.1fs", time.monotonic() - began)
         for uid in list(self.vms):
             self.submit(uid)
         self.migrations.kick()
         self.enqueue("judge-pools", self.judge_pools)
         self.enqueue("reclaim-devices", self.devices.reclaim)
+
+    def wait_for_caches(self) -> None:
+        """Until every object the API lists is in the caches the watches fill: a leader just
+        started acts on none before (a running VM whose pod it has not seen yet would be
+        placed anew, a move handed over without its Migration). An object deleted meanwhile
+        leaves the next list. After SYNC_PATIENCE it acts anyway, saying what it lacks."""
+        deadline, missing = time.monotonic() + SYNC_PATIENCE, None
+        while time.monotonic() < deadline:
+            try:
+                missing = self._not_yet_cached()
+            except Exception as e:  # noqa: BLE001 - the API may be away a moment; ask again
+                log.warning("listing what the caches must hold: %s", e)
+            if missing == []:
+                return
+            time.sleep(1)
+        missing = missing or []
+        log.warning("acting on incomplete caches after %ss; not yet delivered: %s", SYNC_PATIENCE,
+                    ", ".join(missing[:10]) if missing else "(the API did not answer)")
+
+    def _not_yet_cached(self) -> list[str]:
+        cached_pods = {uid for pods in list(self.pods.values()) for uid in pods}
+        wanted = {
+            "VirtualMachine": ({o["metadata"]["uid"] for o in kube.list_objects(names.VMS)}, set(self.vms)),
+            "Migration": ({o["metadata"]["uid"] for o in kube.list_objects(migration.PLURAL)},
+                          set(self.migrations.migrations)),
+            "PassthroughDevice": ({o["metadata"]["name"] for o in kube.list_objects(names.DEVICES)},
+                                  set(self.devices.objects)),
+            "StoragePool": ({o["metadata"]["name"] for o in kube.list_objects(pools.PLURAL)},
+                            set(self.storage_pools)),
+            "Pod": (kube.pod_uids(POD_SELECTOR), cached_pods),
+            "Node": (kube.node_names(), set(self.nodes)),
+        }
+        return [f"{kind} {key}" for kind, (listed, cached) in wanted.items() for key in sorted(listed - cached)]
 
     def observe_node(self, node: dict, deleted: bool = False) -> None:
         name = node["metadata"]["name"]
