@@ -117,8 +117,9 @@ class Reconciler:
         return pods[0] if pods else None
 
     def start_resync(self, seconds: float, also=None) -> None:
-        """A slow pass over every VM: catches missed events and retries failed reconciles."""
-        self.start_periodic(seconds, also, self.resync)
+        """A slow pass over every VM: catches missed events and retries failed reconciles.
+        `also` runs on the queue too, so a call of it that hangs never stops the resync."""
+        self.start_periodic(seconds, also and (lambda: self.enqueue("resync-also", also)), self.resync)
 
     def start_periodic(self, seconds: float, *tasks) -> None:
         """Run each task every `seconds`, in a thread of its own; a failure is logged."""

@@ -106,3 +106,20 @@ def test_an_event_is_posted_in_the_background_and_a_reconcile_goes_on(monkeypatc
     r.submit("a")
     assert _until(lambda: r.passes == ["a"] and posted)
     assert posted[0][1:3] == ("Stopped", "guest stopped on node-1")
+
+
+def test_a_hung_periodic_task_never_stops_the_resync():
+    """The agent's `also` (node labels, strays, serial logs) may hang on a stuck libvirtd:
+    it holds one worker of the queue, and every VM is still passed over on time."""
+    release = threading.Event()
+    passes = []
+
+    class Quick(Reconciler):
+        def resync(self):
+            passes.append(time.monotonic())
+
+    r = Quick(logging.getLogger("test"))
+    r.start_resync(0.05, also=release.wait)
+    time.sleep(0.5)
+    release.set()
+    assert len(passes) >= 5

@@ -113,7 +113,7 @@ def build_registry(agent: Agent, resync_seconds: float = 30, device_scan_seconds
         agent.devices.publish()  # also gives back groups a crash left on vfio-pci
         agent.start_resync(resync_seconds, also=lambda: (refresh_node(agent), agent.strays.scan(),
                                                          agent.cap_serial_logs()))
-        agent.start_periodic(device_scan_seconds, agent.devices.publish)
+        agent.start_periodic(device_scan_seconds, lambda: agent.enqueue("publish-devices", agent.devices.publish))
 
     def wait_for_libvirt(error: Exception) -> None:
         """A node without a reachable libvirtd: say so on the Node, keep serving (probes,

@@ -207,13 +207,15 @@ class Controller(Reconciler):
             self.migrations.kick()
 
     def resync(self) -> None:
+        """Through the queue, as every VM's pass: a call that hangs holds one worker, never
+        the resync's own thread."""
         if not self.active():
             return
         super().resync()
-        self.judge_pools()
-        self.migrations.reconcile_all()
-        self.devices.reclaim()
-        self.devices.release_orphans()
+        self.enqueue("judge-pools", self.judge_pools)
+        self.migrations.kick()
+        self.enqueue("reclaim-devices", self.devices.reclaim)
+        self.enqueue("release-orphan-devices", self.devices.release_orphans)
 
     def node_state(self, node: str) -> str:
         """A node the watch has not delivered (just after a start) is read from the API."""
