@@ -233,8 +233,9 @@ def where_it_runs(source: str, target: str | None) -> str | None:
 
 def handed_over_unrecorded(migration_status: dict, vm_status: dict) -> bool:
     """A Running Migration whose VM already runs on its target with the move's record
-    cleared: the hand-over was done but the Migration's end was not written (a controller
-    stopped between the two). Its end is Succeeded; nothing else would ever write it."""
+    cleared: the VM was handed over but the Migration's end was not written (a hand-over
+    that did not find the Migration, as a new leader with cold caches once did). Its end is
+    Succeeded; nothing else would ever write it, and its finalizer would hold its namespace."""
     target = migration_status.get("targetNode")
     return (migration_status.get("phase") == "Running" and bool(target) and not vm_status.get("migration")
             and vm_status.get("nodeName") == target and vm_status.get("phase") in ("Running", "Paused"))
