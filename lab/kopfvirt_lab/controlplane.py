@@ -48,6 +48,10 @@ def prepare_pki(lab: Lab) -> None:
     pki.ensure_cert(p, "scheduler", "system:kube-scheduler")
     # The API server's identity towards kubelets (logs, exec): bound to system:kubelet-api-admin.
     pki.ensure_cert(p, "apiserver-kubelet-client", "kube-apiserver-kubelet-client")
+    # The API server's identity towards aggregated APIs (the operator's VM subresources),
+    # from a CA of its own, as kubeadm sets it up: that CA vouches for X-Remote-User only.
+    pki.ensure_ca(p, "front-proxy-ca", "kopfvirt-lab-front-proxy-ca")
+    pki.ensure_cert(p, "front-proxy-client", "front-proxy-client", ca="front-proxy-ca")
     server = server_url()
     for user, name in (("admin", "admin"), ("system:kube-controller-manager", "controller-manager"),
                        ("system:kube-scheduler", "scheduler")):
@@ -81,6 +85,13 @@ def _argv(lab: Lab, component: str) -> list[str]:
                 # Webhooks and aggregated APIs by their Services' pod addresses: the host
                 # routes to pods, and Service addresses exist only inside the nodes.
                 "--enable-aggregator-routing=true",
+                f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
                 f"--audit-log-path={lab.logs / 'audit.log'}", "--audit-log-maxsize=200",
                 "--audit-log-maxbackup=1", "--profiling=false", "--v=1"]
     if component == "kube-controller-manager":
@@ -128,13 +139,16 @@ def start(lab: Lab) -> None:
     (lab.root / "audit-policy.yaml").write_text(AUDIT_POLICY)
     ports = {"etcd": ETCD_CLIENT_PORT, "kube-apiserver": APISERVER_PORT}
     for component in COMPONENTS:
-        if procs.running(lab, component):
-            continue
+        argv = _argv(lab, component)
+        if pid := procs.running(lab, component):
+            if procs.command_line(pid) == argv:
+                continue
+            procs.stop(lab, component)  # started with other flags (an older checkout): restart
         port = ports.get(component)
         if port and (holder := procs.port_in_use(port)):
             raise LabError(f"cannot start {component}: port {port} is in use by {holder}. "
                            "Stop it (or run `kopfvirt-lab down` in the checkout that owns it).")
-        procs.start(lab, component, _argv(lab, component))
+        procs.start(lab, component, argv)
         if component == "kube-apiserver":
             wait_ready(lab)
         else:

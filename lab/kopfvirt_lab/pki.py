@@ -27,21 +27,21 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def ensure_ca(pki: Path) -> None:
-    if (pki / "ca.crt").exists():
+def ensure_ca(pki: Path, name: str = "ca", cn: str = "kopfvirt-lab-ca") -> None:
+    if (pki / f"{name}.crt").exists():
         return
     pki.mkdir(parents=True, exist_ok=True)
-    cert, key = certificates.new_ca("kopfvirt-lab-ca", _now(), VALID_FOR)
-    _write(pki / "ca.key", key)
-    _write(pki / "ca.crt", cert)
+    cert, key = certificates.new_ca(cn, _now(), VALID_FOR)
+    _write(pki / f"{name}.key", key)
+    _write(pki / f"{name}.crt", cert)
 
 
 def ensure_cert(pki: Path, name: str, cn: str, orgs: tuple[str, ...] = (),
-                dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> None:
-    """A leaf cert signed by the lab CA; a server cert when it has SANs."""
+                dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), ca: str = "ca") -> None:
+    """A leaf cert signed by the lab CA (or the CA named `ca`); a server cert when it has SANs."""
     if (pki / f"{name}.crt").exists():
         return
-    cert, key = certificates.new_leaf((pki / "ca.crt").read_bytes(), (pki / "ca.key").read_bytes(), cn, _now(),
+    cert, key = certificates.new_leaf((pki / f"{ca}.crt").read_bytes(), (pki / f"{ca}.key").read_bytes(), cn, _now(),
                                       VALID_FOR, orgs=orgs, names=(*dns, *ips))
     _write(pki / f"{name}.key", key)
     _write(pki / f"{name}.crt", cert)

@@ -51,6 +51,13 @@ def running(lab: Lab, name: str) -> int | None:
     return pid if pid and start_time(pid) == started else None
 
 
+def command_line(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return None
+
+
 def start(lab: Lab, name: str, argv: Sequence[str], env: dict | None = None) -> int:
     """Start `argv` in its own session so it outlives `kopfvirt-lab up`."""
     lab.pids.mkdir(parents=True, exist_ok=True)

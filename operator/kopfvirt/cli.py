@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                                           "(cert-manager)")
     c.add_argument("--webhook-key", help="its private key (PEM)")
     c.add_argument("--webhook-ca", help="the CA that signed it, given to the API server as caBundle")
+    c.add_argument("--api-host", help="the Service name kube-apiserver reaches the VM subresources (console, vnc, "
+                                      "xml) at, an aggregated API; needs --webhook-secret (none: not served)")
+    c.add_argument("--api-port", type=int, default=8443)
     c.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (ConfigMap kopfvirt-migration)")
     c.add_argument("--leader-election-lease", metavar="NAME",
@@ -79,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--device-scan-seconds", type=float, default=10, help="period of the PCI device scan")
     a.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (its ConfigMaps)")
+    a.add_argument("--stream-port", type=int, default=8186,
+                   help="port of the console, VNC and XML endpoint the controller relays users to (0: none)")
+    a.add_argument("--controller-name", help="the common name of the controller's certificate, the one client "
+                                             "of that endpoint (default: kopfvirt-webhook.<namespace>.svc)")
     a.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
     a.add_argument("--health-port", type=int, default=0, help="GET /healthz port for probes (0: none)")
     a.add_argument("--lease-dir", help="libvirt's lockd file_lockspace_dir, on storage every node shares: "
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "controller":
+        from .controller.apiserver import API_SERVICE
         from .controller.certificates import WebhookCertificates
         from .controller.handlers import Webhook
         from .controller.main import main as run
@@ -98,18 +106,23 @@ def main(argv: list[str] | None = None) -> None:
             webhook = Webhook(args.webhook_host, args.webhook_port, args.webhook_cert, args.webhook_key,
                               args.webhook_ca)
         elif args.webhook_host and args.webhook_secret:
-            certs = WebhookCertificates(args.namespace, args.webhook_secret, [args.webhook_host],
-                                        args.webhook_configuration, args.webhook_cert_dir)
+            certs = WebhookCertificates(args.namespace, args.webhook_secret,
+                                        [args.webhook_host, *([args.api_host] if args.api_host else [])],
+                                        args.webhook_configuration, args.webhook_cert_dir,
+                                        api_service=API_SERVICE if args.api_host else None)
             webhook = Webhook(args.webhook_host, args.webhook_port, certs.certfile, certs.keyfile, certs.cafile)
         elif args.webhook_host:
             parser.error("--webhook-host needs --webhook-secret, or --webhook-cert, --webhook-key and --webhook-ca")
+        if args.api_host and not certs:
+            parser.error("--api-host needs --webhook-host and --webhook-secret: the agents trust the operator's CA")
         run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port,
             PodSettings(args.reservation_image, args.cpu_allocation_ratio), certs, args.cert_check_seconds,
-            args.health_port, args.leader_election_lease, args.identity)
+            args.health_port, args.leader_election_lease, args.identity, args.api_port if args.api_host else 0)
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
             args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
             args.tls_dir, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
             args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds,
-            args.serial_log_max_bytes)
+            args.serial_log_max_bytes, args.stream_port,
+            args.controller_name or f"kopfvirt-webhook.{args.namespace}.svc")

@@ -12,3 +12,6 @@ DEVICES = "passthroughdevices"
 NODE_LABEL = f"{GROUP}/node"
 # A VM's finalizer while a node's agent may hold its domain: agent.kopfvirt.io/<node>.
 AGENT_FINALIZER_PREFIX = f"agent.{GROUP}/"
+# The agent pods (the plugin finds the operator's namespace by them; the controller, the
+# agent on a VM's node).
+AGENT_SELECTOR = "app.kubernetes.io/name=kopfvirt,app.kubernetes.io/component=agent"

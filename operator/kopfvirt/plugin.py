@@ -2,8 +2,8 @@
 
 Named kopfvirt so it never clashes with KubeVirt's `virt`. Requests are written to the
 VM object (spec or a timestamped annotation) and carried out by the controller and the
-node's agent; console and xml reach the node's libvirt through the agent pod on the VM's
-node (`kubectl exec`), found in whichever namespace the operator runs.
+node's agent. console, vnc and xml are VM subresources of the Kubernetes API, asked as
+the user (console_client.py): no exec into the operator's pods, no right in its namespace.
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import sys
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from . import GROUP, VERSION, names
+from . import GROUP, VERSION, console_client, names
 from .core import lifecycle, migration, pools, vmspec
 
 PLURAL = names.VMS
 DEFAULT_OPERATOR_NAMESPACE = "kopfvirt-system"  # the chart's and the manifests' namespace
 MIGRATION_CONFIG = "kopfvirt-migration"
-AGENT_SELECTOR = "app.kubernetes.io/name=kopfvirt,app.kubernetes.io/component=agent"
 
 
 class PluginError(RuntimeError):
@@ -61,7 +59,7 @@ class VMs:
         if not self._operator_namespace:
             self._operator_namespace = DEFAULT_OPERATOR_NAMESPACE
             try:
-                pods = client.CoreV1Api().list_pod_for_all_namespaces(label_selector=AGENT_SELECTOR, limit=1).items
+                pods = client.CoreV1Api().list_pod_for_all_namespaces(label_selector=names.AGENT_SELECTOR, limit=1).items
                 if pods:
                     self._operator_namespace = pods[0].metadata.namespace
             except ApiException as e:
@@ -165,25 +163,6 @@ def migrate_cancel(vms: VMs, name: str) -> str:
     return "cancelling " + ", ".join(cancelled)
 
 
-def _on_node(vms: VMs, name: str, virsh_args: list[str], interactive: bool = False) -> int:
-    """Run virsh against the VM's domain in the agent pod on its node (`kubectl exec`)."""
-    vm = vms.get(name)
-    node = (vm.get("status") or {}).get("nodeName")
-    if not node:
-        raise PluginError(f"virtualmachine {vms.namespace}/{name} is not running on any node")
-    namespace = vms.operator_namespace()
-    pods = client.CoreV1Api().list_namespaced_pod(namespace, label_selector=AGENT_SELECTOR,
-                                                  field_selector=f"spec.nodeName={node}").items
-    if not pods:
-        raise PluginError(f"no kopfvirt agent pod runs on {node} in namespace {namespace} "
-                          f"(--operator-namespace names another)")
-    kubectl = ["kubectl", *(["--kubeconfig", vms.kubeconfig] if vms.kubeconfig else []),
-               *(["--context", vms.context] if vms.context else [])]
-    virsh = ["virsh", "-c", "qemu:///system", *virsh_args, vmspec.domain_name(vms.namespace, name)]
-    return subprocess.call([*kubectl, "exec", "-n", namespace, *(["-it"] if interactive else []),
-                            pods[0].metadata.name, "--", *virsh])
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="kubectl kopfvirt", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--namespace")
@@ -196,11 +175,15 @@ def main(argv: list[str] | None = None) -> None:
                           ("restart", "restart a running VM"), ("pause", "pause a running VM"),
                           ("unpause", "resume a paused VM"),
                           ("console", "attach to the serial console (Ctrl+] leaves)"),
+                          ("vnc", "open a local port for a VNC viewer to the VM's display"),
                           ("xml", "show the domain XML: the live one, or the definition with --inactive")):
         c = sub.add_parser(command, help=text)
         c.add_argument("name")
         if command == "xml":
             c.add_argument("--inactive", action="store_true", help="the persistent definition, not the live XML")
+        if command == "vnc":
+            c.add_argument("--port", type=int, default=0, help="the local port (default: any free one)")
+            c.add_argument("--address", default="127.0.0.1", help="the local address to listen on")
     c = sub.add_parser("migrate", help="move a running VM to another node (a Migration object)")
     c.add_argument("name")
     c.add_argument("--offline", action="store_true", help="shut down here, boot there (default: live)")
@@ -212,15 +195,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         vms = VMs(args.namespace, args.context, args.kubeconfig, args.operator_namespace)
         if args.command == "console":
-            sys.exit(_on_node(vms, args.name, ["console", "--force"], interactive=True))
+            console_client.console(vms.namespace, args.name)
+            return
+        if args.command == "vnc":
+            console_client.vnc(vms.namespace, args.name, args.port, args.address)
+            return
         if args.command == "xml":
-            sys.exit(_on_node(vms, args.name, ["dumpxml", *(["--inactive"] if args.inactive else [])]))
+            sys.stdout.write(console_client.xml(vms.namespace, args.name, args.inactive))
+            return
         if args.command == "migrate":
             print(migrate(vms, args.name, args.offline, args.target, args.dry_run))
             return
         action = {"start": start, "stop": stop, "restart": restart, "pause": pause, "migrate-cancel": migrate_cancel,
                   "unpause": lambda v, n: pause(v, n, paused=False)}[args.command]
         print(f"virtualmachine {vms.namespace}/{args.name}: {action(vms, args.name)}")
+    except console_client.SubresourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except PluginError as e:
         print(f"error: {e}" if e.code == 1 else str(e), file=sys.stderr if e.code == 1 else sys.stdout)
         sys.exit(e.code)

@@ -53,3 +53,9 @@ imagePullSecrets:
 {{- define "kopfvirt.webhookCertsManaged" -}}
 {{- if not (or .Values.webhook.certManagerIssuer .Values.webhook.caBundle) }}true{{ end -}}
 {{- end -}}
+
+{{- /* The VM subresources (console, vnc, xml) need the certificates the controller keeps:
+       the agents trust the operator's CA. */}}
+{{- define "kopfvirt.subresourcesServed" -}}
+{{- if and .Values.subresources.enabled .Values.webhook.enabled (include "kopfvirt.webhookCertsManaged" .) }}true{{ end -}}
+{{- end -}}

@@ -180,7 +180,7 @@ class HostDevice:
 class Console:
     """How a human reaches the guest."""
 
-    vnc: bool = field(False, description="Add a VNC display (listening on the node's loopback).")
+    vnc: bool = field(False, description="Add a VNC display, reached only through the API (`kubectl kopfvirt vnc`).")
 
 
 @dataclasses.dataclass(kw_only=True)

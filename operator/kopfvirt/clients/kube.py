@@ -192,6 +192,35 @@ def write_secret(namespace: str, name: str, data: dict[str, str], resource_versi
         api.replace_namespaced_secret(name, namespace, body)
 
 
+def api_service_ca_bundle(name: str) -> str | None:
+    """The caBundle (base64) of an APIService; "" if it has none, None if it is absent."""
+    try:
+        found = _api(client.ApiregistrationV1Api).read_api_service(name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    ca = found.spec.ca_bundle or ""
+    return ca if isinstance(ca, str) else base64.b64encode(ca).decode()
+
+
+def set_api_service_ca_bundle(name: str, ca_bundle: str) -> None:
+    _api(client.ApiregistrationV1Api).patch_api_service(name, {"spec": {"caBundle": ca_bundle}})
+
+
+def access_allowed(review: dict) -> tuple[bool, str]:
+    """Ask a SubjectAccessReview: (allowed, the authorizer's reason)."""
+    status = _api(client.AuthorizationV1Api).create_subject_access_review(review).status
+    return bool(status.allowed), status.reason or ""
+
+
+def agent_pod_ip(namespace: str, node: str, selector: str) -> str | None:
+    """The address of the running agent pod on `node`."""
+    pods = _api().list_namespaced_pod(namespace, label_selector=selector, field_selector=f"spec.nodeName={node}").items
+    return next((p.status.pod_ip for p in pods if p.status.phase == "Running" and p.status.pod_ip
+                 and not p.metadata.deletion_timestamp), None)
+
+
 def webhook_ca_bundles(name: str) -> list[str] | None:
     """The caBundle (base64) of each webhook of a ValidatingWebhookConfiguration; None if absent."""
     try:

@@ -132,6 +132,33 @@ def _upload(conn: libvirt.virConnect, pool: libvirt.virStoragePool, path: str) -
     stream.finish()
 
 
+class Console:
+    """An open serial console stream; send() writes to the guest, close() lets go."""
+
+    def __init__(self, stream: libvirt.virStream, on_end: Callable[[], None]):
+        self._stream, self._on_end = stream, on_end
+        self._closed = threading.Event()
+
+    def send(self, data: bytes) -> None:
+        while data and not self._closed.is_set():
+            sent = self._stream.send(data)
+            if sent == -2:  # the guest's side is full for now
+                time.sleep(0.01)
+                continue
+            data = data[sent:]
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for step in (self._stream.eventRemoveCallback, self._stream.abort):
+            try:
+                step()
+            except libvirt.libvirtError:
+                pass
+        self._on_end()
+
+
 class Hypervisor:
     """A reconnecting handle on one libvirtd; libvirt connections are thread-safe."""
 
@@ -376,6 +403,43 @@ class Hypervisor:
 
     def start_post_copy(self, uuid: str) -> None:
         self._domain(uuid).migrateStartPostCopy(0)
+
+    # -- what a user reaches through the API (agent/streams.py) --------------------------
+    def domain_xml(self, uuid: str, inactive: bool = False) -> str:
+        """The live domain XML, or the persistent definition."""
+        return self._domain(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+
+    def open_console(self, uuid: str, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> Console:
+        """The guest's serial console as a libvirt stream (taken over from any other
+        reader, as `virsh console --force`): what the guest writes goes to `on_data`, from
+        libvirt's event loop; `on_end` once the stream ends (the guest stopped or moved)."""
+        dom = self._domain(uuid)
+        stream = self.conn().newStream(libvirt.VIR_STREAM_NONBLOCK)
+        dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        console = Console(stream, on_end)
+
+        def readable(st, events, _opaque) -> None:
+            if events & libvirt.VIR_STREAM_EVENT_READABLE:
+                try:
+                    data = st.recv(65536)
+                except libvirt.libvirtError:
+                    data = b""
+                if data == -2:  # nothing after all (EAGAIN)
+                    return
+                if data:
+                    on_data(data)
+                    return
+            console.close()
+        stream.eventAddCallback(libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+                                | libvirt.VIR_STREAM_EVENT_HANGUP, readable, None)
+        return console
+
+    def open_vnc(self, uuid: str) -> socket.socket:
+        """A socket connected to the guest's VNC server, handed over by libvirtd
+        (virDomainOpenGraphicsFD): the server listens on no address of its own, so this is
+        the only way in, and it passes through the caller's authorization."""
+        fd = self._domain(uuid).openGraphicsFD(0, libvirt.VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH)
+        return socket.socket(fileno=fd)
 
     def set_max_downtime(self, uuid: str, ms: int) -> None:
         self._domain(uuid).migrateSetMaxDowntime(ms, 0)

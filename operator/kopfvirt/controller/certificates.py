@@ -1,7 +1,7 @@
 """The operator's CA and what it signs, kept by the controller: the CA and the webhook's
 certificate issued into a Secret it owns, renewed before they expire, written where its
-webhook server reads them, the CA patched into the webhook configuration's caBundle (so
-`helm install` needs no cert-manager) and published for the agents (ConfigMap
+webhook server reads them, the CA patched into the webhook configuration's caBundle and
+the subresource APIService's (so `helm install` needs no cert-manager) and published for the agents (ConfigMap
 kopfvirt-ca); and the agents' CertificateSigningRequests for their node's libvirt
 certificate, judged and signed. Every replica runs the same check; a guarded write lets
 one of them win.
@@ -29,9 +29,10 @@ NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"  # in tokens bound to
 
 
 class WebhookCertificates:
-    def __init__(self, namespace: str, secret: str, names: list[str], configuration: str, directory: str):
+    def __init__(self, namespace: str, secret: str, names: list[str], configuration: str, directory: str,
+                 api_service: str | None = None):
         self.namespace, self.secret, self.names = namespace, secret, names
-        self.configuration = configuration
+        self.configuration, self.api_service = configuration, api_service
         self.directory = Path(directory)
 
     @property
@@ -113,6 +114,16 @@ class WebhookCertificates:
         elif any(c != wanted for c in current):
             kube.set_webhook_ca_bundle(self.configuration, wanted, len(current))
             log.info("caBundle of ValidatingWebhookConfiguration %s set", self.configuration)
+        if self.api_service:
+            try:  # the webhooks never wait for it: the next pass tries again
+                current_api = kube.api_service_ca_bundle(self.api_service)
+                if current_api is None:
+                    log.warning("no APIService %s to give the CA of the VM subresources' server", self.api_service)
+                elif current_api != wanted:
+                    kube.set_api_service_ca_bundle(self.api_service, wanted)
+                    log.info("caBundle of APIService %s set", self.api_service)
+            except ApiException as e:
+                log.warning("caBundle of APIService %s: %s %s", self.api_service, e.status, e.reason)
 
     def _publish_ca(self, bundle: certificates.Bundle) -> None:
         ca = bundle.ca_bundle.decode()

@@ -9,6 +9,7 @@ from ..clients import kube
 from ..core.reservation import DEFAULT_POD_SETTINGS, PodSettings
 from ..runtime import configure_logging, run
 from . import metrics
+from .apiserver import SubresourceServer
 from .certificates import NodeCertificateSigner, WebhookCertificates
 from .handlers import Webhook, build_registry
 from .leadership import LeaderElector
@@ -19,8 +20,9 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
          namespace: str = "kopfvirt-system", metrics_port: int = 8080,
          pod_settings: PodSettings = DEFAULT_POD_SETTINGS, certs: WebhookCertificates | None = None,
          cert_check_seconds: float = 600, health_port: int = 0, lease: str | None = None,
-         identity: str = "") -> None:
-    """With `lease`, replicas elect a leader by that Lease of `namespace`; only it writes."""
+         identity: str = "", api_port: int = 0) -> None:
+    """With `lease`, replicas elect a leader by that Lease of `namespace`; only it writes.
+    With `api_port`, every replica serves the VM subresources (console, vnc, xml)."""
     configure_logging()
     kube.load(kubeconfig)
     if metrics_port:
@@ -29,6 +31,8 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
         _first_certificates(certs)
         certs.keep_fresh(cert_check_seconds)
     signer = NodeCertificateSigner(certs, namespace) if certs else None
+    if certs and api_port:
+        SubresourceServer(namespace, certs.certfile, certs.cafile, api_port).start()
     controller = Controller(namespace, pod_settings)
     elector = None
     if lease:

@@ -182,7 +182,9 @@ def domain_xml(vm: VM, plan: Plan, virt_type: str = "qemu",
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
     if spec.console.vnc:
-        _sub(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
+        # No address of its own: the agent hands a connection to an authorized user
+        # (virDomainOpenGraphicsFD, `kubectl kopfvirt vnc`); nothing on the node can connect.
+        _sub(_sub(devices, "graphics", type="vnc"), "listen", type="none")
         video = _sub(devices, "video")
         _sub(video, "model", type="vga", vram="16384", heads="1")
     _sub(devices, "memballoon", model="none")
