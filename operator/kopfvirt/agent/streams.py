@@ -74,6 +74,7 @@ class Streams:
                 return ws
             return await self._console(request, uid)
         except libvirt.libvirtError as e:
+            log.warning("%s of %s/%s: %s", target.subresource, target.namespace, target.name, e.get_error_message())
             return error(409, "Conflict", f"libvirt: {e.get_error_message()}")
 
     async def _console(self, request: web.Request, uid: str) -> web.StreamResponse:

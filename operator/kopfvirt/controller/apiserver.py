@@ -107,8 +107,8 @@ class SubresourceServer:
                     log.info("%s of %s/%s opened by %s", target.subresource, target.namespace, target.name, user.name)
                     await relay_websockets(ws, agent_ws)
                     return ws
-            except aiohttp.WSServerHandshakeError as e:
-                return error(e.status, "AgentRefused", f"the agent on {node}: {e.message}")
+            except aiohttp.WSServerHandshakeError as e:  # its reason is in its log
+                return error(e.status, "AgentRefused", f"the agent on {node} refused: HTTP {e.status}")
             except aiohttp.ClientConnectorCertificateError as e:
                 return error(502, "BadGateway", f"the agent at {address} is not {node}'s: {e.certificate_error}")
             except (aiohttp.ClientError, OSError) as e:
@@ -127,6 +127,9 @@ class SubresourceServer:
         node = (vm.get("status") or {}).get("nodeName")
         if not node:
             return error(409, "Conflict", f"virtualmachine {target.namespace}/{target.name} is not running")
+        if target.subresource == "vnc" and not ((vm.get("spec") or {}).get("console") or {}).get("vnc"):
+            return error(409, "Conflict", f"virtualmachine {target.namespace}/{target.name} has no VNC display "
+                                          f"(spec.console.vnc: true adds one; it applies at the next start)")
         address = kube.agent_pod_ip(self.namespace, node, AGENT_SELECTOR)
         if not address:
             return error(503, "ServiceUnavailable", f"no agent runs on {node}")
