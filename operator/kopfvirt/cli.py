@@ -8,6 +8,7 @@ import socket
 import uuid
 
 from . import NODE_TLS_DIR
+from .names import AGENT_STREAM_PORT
 from .core.reservation import DEFAULT_POD_SETTINGS, PodSettings
 
 
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--device-scan-seconds", type=float, default=10, help="period of the PCI device scan")
     a.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
                    help="the operator's namespace (its ConfigMaps)")
-    a.add_argument("--stream-port", type=int, default=8186,
+    a.add_argument("--stream-port", type=int, default=AGENT_STREAM_PORT,
                    help="port of the console, VNC and XML endpoint the controller relays users to (0: none)")
     a.add_argument("--controller-name", help="the common name of the controller's certificate, the one client "
                                              "of that endpoint (default: kopfvirt-webhook.<namespace>.svc)")

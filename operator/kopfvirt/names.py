@@ -15,3 +15,5 @@ AGENT_FINALIZER_PREFIX = f"agent.{GROUP}/"
 # The agent pods (the plugin finds the operator's namespace by them; the controller, the
 # agent on a VM's node).
 AGENT_SELECTOR = "app.kubernetes.io/name=kopfvirt,app.kubernetes.io/component=agent"
+# Where each agent serves its VMs' console, VNC and XML to the controller (mutual TLS).
+AGENT_STREAM_PORT = 8186

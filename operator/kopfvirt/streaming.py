@@ -78,23 +78,29 @@ def serve(app: web.Application, port: int, context: ssl.SSLContext, name: str) -
     return thread
 
 
-def reload_chain_when_changed(context: ssl.SSLContext, certfile: str, keyfile: str | None = None,
-                              period: float = 10) -> threading.Thread:
-    """New handshakes get a renewed certificate within `period` of its files changing."""
+def keep_loaded(context: ssl.SSLContext, certfile: str, keyfile: str | None = None, cafile: str | None = None,
+                period: float = 10) -> None:
+    """Load the certificate (and the CAs to trust) now; new handshakes get renewed ones
+    within `period` of their files changing (a rotated CA is trusted beside the old)."""
+    files = list(dict.fromkeys(f for f in (certfile, keyfile, cafile) if f))
+
+    def load() -> None:
+        context.load_cert_chain(certfile, keyfile)
+        if cafile:
+            context.load_verify_locations(cafile)
+    load()
+
     def loop() -> None:
-        seen = None
-        while True:
+        seen = tuple(os.stat(f).st_mtime_ns for f in files)
+        while not threading.Event().wait(period):
             try:
-                stamp = tuple(os.stat(f).st_mtime_ns for f in {certfile, keyfile or certfile})
+                stamp = tuple(os.stat(f).st_mtime_ns for f in files)
                 if stamp != seen:
-                    context.load_cert_chain(certfile, keyfile)
+                    load()
                     seen = stamp
-            except (OSError, ssl.SSLError) as e:
+            except (OSError, ssl.SSLError) as e:  # a pair half written: the next pass has both
                 log.warning("reloading %s: %s", certfile, e)
-            threading.Event().wait(period)
-    thread = threading.Thread(target=loop, name="reload-certificate", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=loop, name="reload-certificate", daemon=True).start()
 
 
 async def accept(request: web.Request) -> web.WebSocketResponse:

@@ -16,14 +16,14 @@ import libvirt
 from aiohttp import web
 
 from ..core import subresources
-from ..streaming import accept, error, relay_socket, reload_chain_when_changed, serve
+from ..names import AGENT_STREAM_PORT
+from ..streaming import accept, error, keep_loaded, relay_socket, serve
 
 log = logging.getLogger(__name__)
-PORT = 8186
 
 
 class Streams:
-    def __init__(self, agent, tls_dir: str, controller_name: str, port: int = PORT):
+    def __init__(self, agent, tls_dir: str, controller_name: str, port: int = AGENT_STREAM_PORT):
         self.agent, self.port, self.controller_name = agent, port, controller_name
         self.dir = Path(tls_dir)
 
@@ -38,9 +38,10 @@ class Streams:
         return thread
 
     def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.dir / "cacert.pem"))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.verify_mode = ssl.CERT_REQUIRED
-        reload_chain_when_changed(context, str(self.dir / "servercert.pem"), str(self.dir / "serverkey.pem"))
+        keep_loaded(context, str(self.dir / "servercert.pem"), str(self.dir / "serverkey.pem"),
+                    str(self.dir / "cacert.pem"))
         return context
 
     def app(self) -> web.Application:

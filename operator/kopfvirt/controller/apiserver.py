@@ -20,30 +20,34 @@ from kubernetes.client.rest import ApiException
 
 from ..clients import kube
 from ..core import subresources
-from ..names import AGENT_SELECTOR
-from ..streaming import HEARTBEAT_SECONDS, accept, error, relay_websockets, reload_chain_when_changed, serve
+from ..names import AGENT_SELECTOR, AGENT_STREAM_PORT
+from ..streaming import HEARTBEAT_SECONDS, accept, error, keep_loaded, relay_websockets, serve
 
 log = logging.getLogger(__name__)
 PORT = 8443
-AGENT_PORT = 8186
 API_SERVICE = f"{subresources.VERSION}.{subresources.GROUP}"
 FRONT_PROXY_REFRESH_SECONDS = 300
 
 
 class SubresourceServer:
-    def __init__(self, namespace: str, certfile: str, cafile: str, port: int = PORT, agent_port: int = AGENT_PORT):
+    def __init__(self, namespace: str, certfile: str, cafile: str, port: int = PORT,
+                 agent_port: int = AGENT_STREAM_PORT):
         self.namespace, self.certfile, self.cafile = namespace, certfile, cafile
         self.port, self.agent_port = port, agent_port
         self.proxy: subresources.FrontProxy | None = None
 
     def start(self) -> None:
-        self._refresh_front_proxy()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.verify_mode = ssl.CERT_OPTIONAL  # the availability probe and discovery come without
-        context.load_verify_locations(cadata=self.proxy.ca_pem)
-        reload_chain_when_changed(context, self.certfile)
-        threading.Thread(target=self._keep_front_proxy, args=(context,), name="front-proxy", daemon=True).start()
-        serve(self.app(), self.port, context, "subresource-api")
+        """Serve once kube-apiserver's front-proxy settings are known (in a thread: the
+        webhooks and the reconcilers never wait for them)."""
+        def run() -> None:
+            self._refresh_front_proxy()
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.verify_mode = ssl.CERT_OPTIONAL  # the availability probe and discovery come without
+            context.load_verify_locations(cadata=self.proxy.ca_pem)
+            keep_loaded(context, self.certfile)
+            threading.Thread(target=self._keep_front_proxy, args=(context,), name="front-proxy", daemon=True).start()
+            serve(self.app(), self.port, context, "subresource-api")
+        threading.Thread(target=run, name="subresource-api-start", daemon=True).start()
 
     def _refresh_front_proxy(self) -> None:
         """Wait for kube-apiserver's front-proxy settings (ConfigMap in kube-system)."""
@@ -91,7 +95,10 @@ class SubresourceServer:
         except subresources.Unauthenticated as e:
             return error(401, "Unauthorized", str(e))
         loop = asyncio.get_running_loop()
-        where = await loop.run_in_executor(None, self._authorize_and_locate, user, target)
+        try:
+            where = await loop.run_in_executor(None, self._authorize_and_locate, user, target)
+        except ApiException as e:
+            return error(503, "ServiceUnavailable", f"the Kubernetes API answered {e.status} {e.reason}")
         if isinstance(where, web.Response):
             return where
         node, address = where
