@@ -9,7 +9,7 @@ import uuid
 
 from . import NODE_TLS_DIR
 from .names import AGENT_STREAM_PORT
-from .core.reservation import DEFAULT_POD_SETTINGS, PodSettings
+from .core.reservation import DEFAULT_POD_POLICY, DEFAULT_POD_SETTINGS, PodPolicy, PodSettings
 
 
 def _positive(text: str) -> float:
@@ -17,6 +17,10 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="the image reservation pods run (the Dockerfile's reservation target)")
     c.add_argument("--cpu-allocation-ratio", type=_positive, default=DEFAULT_POD_SETTINGS.cpu_allocation_ratio,
                    help="vCPUs per CPU a reservation pod requests (a vCPU requests 1/ratio of a CPU)")
+    c.add_argument("--allowed-priority-classes", default="", metavar="C1,C2",
+                   help="the PriorityClasses VMs may name (default: any but the system-* ones, never allowed)")
+    c.add_argument("--forbidden-toleration-keys", metavar="K1,K2",
+                   default=",".join(DEFAULT_POD_POLICY.forbidden_toleration_keys),
+                   help="taint keys VMs may not tolerate (a toleration without a key is never allowed)")
+    c.add_argument("--pod-affinity-across-namespaces", action="store_true",
+                   help="let VMs' pod (anti-)affinity name pods of other namespaces")
 
     a = sub.add_parser("agent", help="run the node agent of one node")
     a.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ)
@@ -117,12 +128,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.api_host and not certs:
             parser.error("--api-host needs --webhook-host and --webhook-secret: the agents trust the operator's CA")
         run(args.kubeconfig, args.resync_seconds, webhook, args.namespace, args.metrics_port,
-            PodSettings(args.reservation_image, args.cpu_allocation_ratio), certs, args.cert_check_seconds,
+            PodSettings(args.reservation_image, args.cpu_allocation_ratio, PodPolicy(
+                _names(args.allowed_priority_classes), _names(args.forbidden_toleration_keys),
+                args.pod_affinity_across_namespaces)), certs, args.cert_check_seconds,
             args.health_port, args.leader_election_lease, args.identity, args.api_port if args.api_host else 0)
     elif args.command == "agent":
         from .agent.main import main as run
         run(args.node_name, args.kubeconfig, args.libvirt_uri, args.virt_type, args.vm_network,
-            args.resync_seconds, tuple(f for f in args.hide_cpu_features.split(",") if f),
+            args.resync_seconds, _names(args.hide_cpu_features),
             args.tls_dir, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
             args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds,
             args.serial_log_max_bytes, args.stream_port,

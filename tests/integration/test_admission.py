@@ -43,6 +43,16 @@ def test_missing_memory_is_refused(vms):
      "spec.memory.size: 65Mi is not a multiple of the 2Mi hugepage size"),
     ({"cpu": {"sockets": 16, "cores": 64}}, "spec.cpu: sockets x cores x threads is 1024, more than 256"),
     ({"cpu": {"model": "Bogus-CPU"}}, "spec.cpu.model: no node offers CPU model Bogus-CPU"),
+    # What a namespace's user may put on the pods made for a VM (the chart's reservation.policy).
+    ({"priorityClassName": "system-node-critical"},
+     "spec.priorityClassName: system-node-critical is the cluster's own; VMs may not use it"),
+    ({"tolerations": [{"operator": "Exists"}]},
+     "spec.tolerations[0]: a toleration without a key tolerates every taint"),
+    ({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}]},
+     "spec.tolerations[0].key: VMs may not tolerate node.kubernetes.io/unschedulable"),
+    ({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "namespaces": ["kube-system"], "labelSelector": {}}]}}},
+     "spec.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]: pods of other namespaces"),
 ])
 def test_webhook_refuses_what_the_schema_cannot_say(vms, change, expected):
     body = lab_guest("webhooked")

@@ -221,6 +221,9 @@ def test_kubectl_apply_k_of_the_manifests_installs_a_working_operator(vms):
         kustomized = vms.wait_phase("kustomized", "Running")
         wait_for("the new guest's heartbeat",
                  lambda: heartbeat(kustomized["status"]["nodeName"], vms.domain("kustomized")))
+        # The VM subresources through the manifests' APIService (its caBundle the controller's).
+        wait_for("the domain XML through the API", lambda: f"<name>{vms.domain('kustomized')}</name>"
+                 in vms.plugin("xml", "kustomized", check=False).stdout, timeout=60)
         vms.delete("kustomized")
     finally:
         run(install.helm(), "upgrade", "--install", install.RELEASE, str(REPO / "charts" / "kopfvirt"), "-n",

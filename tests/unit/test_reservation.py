@@ -69,3 +69,55 @@ def test_a_vm_with_host_devices_is_pinned_to_their_node_within_its_own_affinity(
     assert terms == [{**term, "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-2"]}]}]
     plain = vmspec.parse("ns", "plain", "u", {"memory": {"size": "64Mi"}})
     assert "affinity" not in reservation.reservation_pod(plain)["spec"]
+
+
+POLICY = reservation.PodPolicy()
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"priorityClassName": "system-node-critical"}, "spec.priorityClassName: system-node-critical is the cluster's"),
+    ({"priorityClassName": "system-cluster-critical"}, "spec.priorityClassName"),
+    ({"tolerations": [{"operator": "Exists"}]}, "spec.tolerations[0]: a toleration without a key tolerates every"),
+    ({"tolerations": [{"key": "dedicated", "operator": "Exists"}, {"operator": "Exists", "effect": "NoExecute"}]},
+     "spec.tolerations[1]"),
+    ({"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]},
+     "spec.tolerations[0].key: VMs may not tolerate node-role.kubernetes.io/control-plane"),
+    ({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}]}, "spec.tolerations[0].key"),
+    ({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "namespaceSelector": {}, "labelSelector": {}}]}}},
+     "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]: pods of other namespaces"),
+    ({"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "podAffinityTerm": {"topologyKey": "zone", "namespaces": ["default", "kube-system"]}}]}}},
+     "spec.affinity.podAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"),
+])
+def test_the_admins_policy_refuses_what_would_take_the_nodes_share(spec, field):
+    refusal = reservation.policy_refusal(_vm({"memory": {"size": "128Mi"}, **spec}), POLICY)
+    assert refusal and refusal.startswith(field), refusal
+
+
+@pytest.mark.parametrize("spec", [
+    {"priorityClassName": "vm-high"},
+    {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "vms", "effect": "NoSchedule"},
+                     {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+                      "tolerationSeconds": 30}]},
+    {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "namespaces": ["default"], "labelSelector": {}}]}}},
+])
+def test_the_policy_lets_ordinary_placement_through(spec):
+    assert reservation.policy_refusal(_vm({"memory": {"size": "128Mi"}, **spec}), POLICY) is None
+
+
+def test_an_admin_may_narrow_priority_classes_and_widen_affinity():
+    policy = reservation.PodPolicy(allowed_priority_classes=("vm-high",), pod_affinity_across_namespaces=True)
+    assert "not allowed here (allowed: vm-high)" in reservation.policy_refusal(
+        _vm({"memory": {"size": "128Mi"}, "priorityClassName": "vm-low"}), policy)
+    assert reservation.policy_refusal(_vm({"memory": {"size": "128Mi"}, "affinity": {"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone", "namespaceSelector": {}}]}}}),
+        policy) is None
+
+
+def test_only_a_tolerations_own_fields_reach_the_pod():
+    vm = _vm({"memory": {"size": "128Mi"}, "tolerations": [
+        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule", "hostPath": "/", "privileged": True}]})
+    assert reservation.reservation_pod(vm)["spec"]["tolerations"] == [
+        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]

@@ -71,7 +71,8 @@ def build_registry(controller: Controller, resync_seconds: float = 30, webhook: 
                                   meta.get("uid") or PLACEHOLDER_UID, dict(spec))
             except vmspec.SpecError as e:
                 raise kopf.AdmissionError(str(e), code=422)
-            refusal = (controller.unknown_cpu_model(vm) or controller.storage_refusal(vm)
+            refusal = (reservation.policy_refusal(vm, controller.pod_settings.policy)
+                       or controller.unknown_cpu_model(vm) or controller.storage_refusal(vm)
                        or controller.volume_taken(vm))
             if refusal:
                 raise kopf.AdmissionError(refusal, code=422)

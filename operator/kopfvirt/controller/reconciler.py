@@ -406,6 +406,9 @@ class Controller(Reconciler):
         refusal = self.storage_refusal(vm)
         if refusal:
             return "StoragePoolRefused", refusal
+        refusal = reservation.policy_refusal(vm, self.pod_settings.policy)
+        if refusal:
+            return "PodPolicyRefused", refusal
         unoffered = self._unoffered(vm)
         if unoffered.get("pool"):
             return "StoragePoolNotFound", f"no node has StoragePool {unoffered['pool'][0]} active"

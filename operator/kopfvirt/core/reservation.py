@@ -17,6 +17,35 @@ VM_LABEL = f"{GROUP}/vm"
 ROLE_LABEL = f"{GROUP}/role"
 
 
+# The cluster's own priority classes: a reservation pod with one would preempt what keeps
+# the node (and the cluster) running.
+SYSTEM_PRIORITY_PREFIX = "system-"
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class PodPolicy:
+    """What a namespace's user may put on the pods the operator creates for a VM (chart
+    values `reservation.policy`), judged at admission and again before a pod is made.
+
+    allowed_priority_classes: empty: any but the cluster's own `system-*` classes, which
+    are never allowed. forbidden_toleration_keys: taints a VM may never tolerate (the
+    control plane's, a cordon's, the out-of-service taint that releases a dead node's VMs);
+    a toleration without a key (it tolerates every taint) is never allowed either.
+    pod_affinity_across_namespaces: whether pod (anti-)affinity may look at pods of other
+    namespaces (namespaces, namespaceSelector): by default only the VM's own.
+    """
+
+    allowed_priority_classes: tuple[str, ...] = ()
+    forbidden_toleration_keys: tuple[str, ...] = (
+        "node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master",
+        "node.kubernetes.io/unschedulable", "node.kubernetes.io/out-of-service")
+    pod_affinity_across_namespaces: bool = False
+
+
+DEFAULT_POD_POLICY = PodPolicy()
+
+
 @dataclasses.dataclass(frozen=True)
 class PodSettings:
     """What the cluster's admin sets for every reservation pod (chart values `reservation.*`).
@@ -26,13 +55,43 @@ class PodSettings:
     of the node and nothing runs in it.
     cpu_allocation_ratio: vCPUs per requested CPU, as KubeVirt's cpuAllocationRatio (a
     vCPU requests 1/ratio of a CPU): guests' vCPUs are threads that share the node's CPUs.
+    policy: what users may put on the pods (PodPolicy).
     """
 
     image: str = f"kopfvirt-reservation:{__version__}"
     cpu_allocation_ratio: float = 10
+    policy: PodPolicy = DEFAULT_POD_POLICY
 
 
 DEFAULT_POD_SETTINGS = PodSettings()
+
+
+def policy_refusal(vm: VM, policy: PodPolicy = DEFAULT_POD_POLICY) -> str | None:
+    """Why the VM's placement fields break the admin's policy (naming the field), or None."""
+    spec = vm.spec
+    name = spec.priority_class_name
+    if name and name.startswith(SYSTEM_PRIORITY_PREFIX):
+        return f"spec.priorityClassName: {name} is the cluster's own; VMs may not use it"
+    if name and policy.allowed_priority_classes and name not in policy.allowed_priority_classes:
+        return (f"spec.priorityClassName: {name} is not allowed here (allowed: "
+                f"{', '.join(policy.allowed_priority_classes)})")
+    for i, t in enumerate(spec.tolerations):
+        key = t.get("key") or ""
+        if not key:
+            return f"spec.tolerations[{i}]: a toleration without a key tolerates every taint; name the taint's key"
+        if key in policy.forbidden_toleration_keys:
+            return f"spec.tolerations[{i}].key: VMs may not tolerate {key}"
+    if not policy.pod_affinity_across_namespaces:
+        for kind in ("podAffinity", "podAntiAffinity"):
+            rules = (spec.affinity or {}).get(kind) or {}
+            for when, terms in rules.items():
+                for i, term in enumerate(terms or []):
+                    term = term.get("podAffinityTerm", term) if isinstance(term, dict) else {}
+                    if term.get("namespaceSelector") is not None or \
+                            any(n != vm.namespace for n in term.get("namespaces") or []):
+                        return (f"spec.affinity.{kind}.{when}[{i}]: pods of other namespaces are not "
+                                f"yours to place by")
+    return None
 # The Pod Security "restricted" profile: the container is a program that only waits.
 RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "allowPrivilegeEscalation": False,
               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -106,8 +165,8 @@ def reservation_pod(vm: VM, node: str | None = None, settings: PodSettings = DEF
         pod_spec["nodeSelector"] = selector
     if spec.affinity:
         pod_spec["affinity"] = spec.affinity
-    if spec.tolerations:
-        pod_spec["tolerations"] = list(spec.tolerations)
+    if spec.tolerations:  # the fields a toleration has, nothing else a spec carries along
+        pod_spec["tolerations"] = [{k: t[k] for k in TOLERATION_KEYS if k in t} for t in spec.tolerations]
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
     pod = {
