@@ -17,7 +17,7 @@ PHASES = ["Pending", "Scheduling", "Starting", "Running", "Paused", "Stopping", 
 @dataclasses.dataclass(kw_only=True)
 class CPUFeature:
     name: str = field(description="A CPU feature flag as libvirt names it, e.g. avx2 or sse4.2.",
-                      pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+                      pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=63)  # a node label's name
     policy: str = field("require", enum=["require", "disable"],
                         description="require: the node's CPU must offer it (placement and migration check this); "
                                     "disable: hide it from the guest.")
@@ -30,7 +30,7 @@ class CPU:
     sockets: int = field(1, minimum=1, maximum=16, description="CPU sockets.")
     cores: int = field(1, minimum=1, maximum=64, description="Cores per socket.")
     threads: int = field(1, minimum=1, maximum=8, description="Threads per core.")
-    model: str | None = field(None, min_length=1, description=(
+    model: str | None = field(None, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$", description=(
         "host-model (the node's CPU as a migratable model), host-passthrough (the node's CPU exactly; "
         "not migratable between unlike nodes) or a named libvirt model such as Skylake-Client or EPYC. "
         "Empty: the hypervisor's default model."))
@@ -155,7 +155,7 @@ class Interface:
     name: str = field(pattern=DNS_LABEL, max_length=63, description="Name of the interface, unique in the VM.")
     model: str = field("virtio", enum=["virtio", "e1000e", "e1000", "rtl8139"],
                        description="NIC model the guest sees; virtio is fastest.")
-    network: str = field("default", min_length=1,
+    network: str = field("default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$",
                          description="The node's VM network to attach to (default: the node's VM network).")
     mac_address: str | None = field(None, pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$",
                                     description="MAC address; derived from the VM and interface name if empty.")

@@ -66,6 +66,26 @@ class PodSettings:
 DEFAULT_POD_SETTINGS = PodSettings()
 
 
+def _pod_affinity_terms(affinity: dict):
+    """(field path, term) of every pod (anti-)affinity term; a part of the wrong shape is
+    yielded as the term, for the caller to refuse (the schema leaves affinity free-form)."""
+    for kind in ("podAffinity", "podAntiAffinity"):
+        rules = affinity.get(kind)
+        where = f"spec.affinity.{kind}"
+        if rules is None:
+            continue
+        if not isinstance(rules, dict):
+            yield where, rules
+            continue
+        for when, terms in rules.items():
+            if not isinstance(terms, list):
+                yield f"{where}.{when}", terms
+                continue
+            for i, term in enumerate(terms):
+                inner = term.get("podAffinityTerm", term) if isinstance(term, dict) else term
+                yield f"{where}.{when}[{i}]", inner
+
+
 def policy_refusal(vm: VM, policy: PodPolicy = DEFAULT_POD_POLICY) -> str | None:
     """Why the VM's placement fields break the admin's policy (naming the field), or None."""
     spec = vm.spec
@@ -82,15 +102,13 @@ def policy_refusal(vm: VM, policy: PodPolicy = DEFAULT_POD_POLICY) -> str | None
         if key in policy.forbidden_toleration_keys:
             return f"spec.tolerations[{i}].key: VMs may not tolerate {key}"
     if not policy.pod_affinity_across_namespaces:
-        for kind in ("podAffinity", "podAntiAffinity"):
-            rules = (spec.affinity or {}).get(kind) or {}
-            for when, terms in rules.items():
-                for i, term in enumerate(terms or []):
-                    term = term.get("podAffinityTerm", term) if isinstance(term, dict) else {}
-                    if term.get("namespaceSelector") is not None or \
-                            any(n != vm.namespace for n in term.get("namespaces") or []):
-                        return (f"spec.affinity.{kind}.{when}[{i}]: pods of other namespaces are not "
-                                f"yours to place by")
+        for where, term in _pod_affinity_terms(spec.affinity or {}):
+            if not isinstance(term, dict):
+                return f"{where}: must be an object (a core/v1 PodAffinityTerm)"
+            namespaces = term.get("namespaces") or []
+            if term.get("namespaceSelector") is not None or not isinstance(namespaces, list) or \
+                    any(n != vm.namespace for n in namespaces):
+                return f"{where}: pods of other namespaces are not yours to place by"
     return None
 # The Pod Security "restricted" profile: the container is a program that only waits.
 RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "allowPrivilegeEscalation": False,

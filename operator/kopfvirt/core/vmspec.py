@@ -18,6 +18,7 @@ from . import quantity
 __all__ = ["SpecError", "VM", "domain_name", "parse"]
 
 MIN_MEMORY = 16 * 2**20
+MAX_MEMORY = 16 * 2**40  # beyond any host's, and libvirt's KiB count stays an unsigned long
 MAX_VCPUS = 256
 _PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd"}
 
@@ -94,6 +95,8 @@ def parse(namespace: str, name: str, uid: str, spec: dict) -> VM:
         raise SpecError("spec.memory.size", str(e)) from None
     if memory < MIN_MEMORY:
         raise SpecError("spec.memory.size", f"must be at least 16Mi, not {typed.memory.size}")
+    if memory > MAX_MEMORY:
+        raise SpecError("spec.memory.size", f"must be at most 16Ti, not {typed.memory.size}")
     if typed.memory.hugepages:
         page = quantity.to_bytes(typed.memory.hugepages.page_size)
         if memory % page:
