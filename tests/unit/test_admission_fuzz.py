@@ -6,6 +6,7 @@ every kind too, its CEL rules and our webhook together (tests/integration/test_a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
@@ -17,7 +18,8 @@ from kopfvirt.core import disks, domainxml, reservation, vmspec
 from ..specs import spec_of
 
 UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
-FUZZ = settings(max_examples=400, deadline=None, derandomize=False,
+# KOPFVIRT_FUZZ_EXAMPLES=20000 for a long run.
+FUZZ = settings(max_examples=int(os.environ.get("KOPFVIRT_FUZZ_EXAMPLES", 400)), deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
 
 

@@ -76,7 +76,8 @@ class KernelBoot:
     kernel: str = _volume_field("holding the kernel image")
     initrd: str | None = field(None, pattern=VOLUME, max_length=255,
                                description="The volume holding the initrd: a name in the pool, not a path.")
-    cmdline: str | None = field(None, max_length=4096, description="Kernel command line, e.g. console=ttyS0.")
+    cmdline: str | None = field(None, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$",  # no control characters
+                                description="Kernel command line, e.g. console=ttyS0.")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -157,8 +158,8 @@ class Interface:
                        description="NIC model the guest sees; virtio is fastest.")
     network: str = field("default", min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$",
                          description="The node's VM network to attach to (default: the node's VM network).")
-    mac_address: str | None = field(None, pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$",
-                                    description="MAC address; derived from the VM and interface name if empty.")
+    mac_address: str | None = field(None, pattern=r"^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$", description=(
+        "MAC address, a unicast one (as libvirt requires); derived from the VM and interface name if empty."))
 
 
 @dataclasses.dataclass(kw_only=True)

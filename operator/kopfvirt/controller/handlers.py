@@ -8,7 +8,8 @@ import dataclasses
 import kopf
 
 from .. import GROUP, VERSION
-from ..core import certificates, pools, reservation, vmspec
+from ..clients import kube
+from ..core import certificates, migration, pools, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .certificates import NodeCertificateSigner
 from .leadership import LeaderElector
@@ -139,6 +140,13 @@ def eviction_refusal(controller: Controller, namespace: str, pod_name: str, star
         return f"VM {namespace}/{vm_name} has evictionStrategy None: stop it before its node is drained"
     if strategy != "LiveMigrate":
         return None
+    # Only a node being emptied moves a VM: anyone who reaches the webhook's port could send
+    # an eviction's review, but not cordon a node (checked in the API when the cache has not
+    # seen the cordon a drain made just before its evictions).
+    cached = controller.nodes.get(node)
+    if not (cached and cached.being_emptied) and not migration.being_emptied(kube.get_node(node)):
+        return (f"VM {namespace}/{vm_name} has evictionStrategy LiveMigrate: it moves off {node} when the node is "
+                f"drained (cordoned); evictions from a node that still takes pods are refused")
     try:
         name = controller.migrations.evacuate(namespace, vm_name, node) if start else "(dry run)"
     except EvacuationFailed as e:

@@ -119,7 +119,8 @@ class Controller(Reconciler):
         ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                     for c in (node.get("status") or {}).get("conditions") or [])
         self.nodes[name] = migration.Node(name, dict(node["metadata"].get("labels") or {}),
-                                          schedulable=ready and not (node.get("spec") or {}).get("unschedulable"))
+                                          schedulable=ready and not (node.get("spec") or {}).get("unschedulable"),
+                                          being_emptied=migration.being_emptied(node))
         if before is not None and not before.schedulable and self.nodes[name].schedulable and self.active():
             self.migrations.node_uncordoned(name)
 

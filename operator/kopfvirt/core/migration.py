@@ -37,6 +37,17 @@ class Node:
     name: str
     labels: dict[str, str]
     schedulable: bool = True
+    being_emptied: bool = False  # see being_emptied()
+
+
+# A node is being emptied (a drain, or the cluster autoscaler removing it): the only case in
+# which an eviction moves a LiveMigrate VM off it.
+AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
+
+
+def being_emptied(node: dict | None) -> bool:
+    spec = (node or {}).get("spec") or {}
+    return bool(spec.get("unschedulable")) or any(t.get("key") == AUTOSCALER_TAINT for t in spec.get("taints") or [])
 
 
 @dataclasses.dataclass(frozen=True)
