@@ -93,8 +93,44 @@ def operator_pod(component: str, node: str | None = None) -> dict:
     return pods[0]
 
 
-def operator_url(component: str, port: int, path: str, node: str | None = None) -> str:
-    return f"http://{operator_pod(component, node)['status']['podIP']}:{port}{path}"
+def operator_url(component: str, port: int, path: str, node: str | None = None, scheme: str = "http") -> str:
+    return f"{scheme}://{operator_pod(component, node)['status']['podIP']}:{port}{path}"
+
+
+_SCRAPER: list[str] = []
+
+
+def scraper_token() -> str:
+    """A token of ServiceAccount default/kopfvirt-scraper, bound to ClusterRole
+    kopfvirt-metrics-reader, as a user's Prometheus would be."""
+    if not _SCRAPER:
+        kubectl("-n", "default", "create", "serviceaccount", "kopfvirt-scraper", check=False)
+        kubectl("create", "clusterrolebinding", "kopfvirt-scraper", "--clusterrole=kopfvirt-metrics-reader",
+                "--serviceaccount=default:kopfvirt-scraper", check=False)
+        _SCRAPER.append(kubectl("-n", "default", "create", "token", "kopfvirt-scraper",
+                                "--duration=2h").stdout.strip())
+    return _SCRAPER[0]
+
+
+def scrape(component: str, port: int, node: str | None = None, token: str | None = None) -> tuple[int, str]:
+    """(HTTP status, body) of a component's /metrics, over TLS, with a token."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(operator_url(component, port, "/metrics", node, "https"))
+    if token != "":
+        request.add_header("Authorization", f"Bearer {token or scraper_token()}")
+    try:
+        with urllib.request.urlopen(request, context=ssl._create_unverified_context(), timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metrics_of(component: str, port: int, node: str | None = None) -> str:
+    status, body = scrape(component, port, node)
+    assert status == 200, (status, body)
+    return body
 
 
 def operator_processes(component: str) -> dict[int, list[bytes]]:

@@ -10,7 +10,7 @@ import time
 import urllib.request
 import uuid
 
-from .conftest import OPERATOR_NAMESPACE, kubectl, kubectl_json
+from .conftest import OPERATOR_NAMESPACE, kubectl, kubectl_json, scrape
 from .test_migration import running_vm
 
 
@@ -46,3 +46,20 @@ def test_a_forged_eviction_review_moves_no_vm_off_a_node_that_takes_pods(vms):
             if m["spec"]["vmName"] == "forged-evict"]
     assert made == [], f"a forged review started {made}"
     kubectl("-n", vms.namespace, "delete", "virtualmachine", "forged-evict", "--wait=true", "--timeout=60s")
+
+
+def test_metrics_answer_only_a_token_that_may_get_them(vms):
+    """/metrics as kube-rbac-proxy guards it: a TokenReview and a SubjectAccessReview of
+    `get /metrics`; a Prometheus bound to kopfvirt-metrics-reader reads them."""
+    kubectl("-n", vms.namespace, "create", "serviceaccount", "nosy")
+    nosy = kubectl("-n", vms.namespace, "create", "token", "nosy").stdout.strip()
+    for component, port, node in (("controller", 8080, None), ("agent", 8081, "node-1")):
+        status, body = scrape(component, port, node, token="")
+        assert status == 401 and "a bearer token is needed" in body, (component, status, body)
+        status, body = scrape(component, port, node, token="not-a-token")
+        assert status == 401 and "not valid" in body, (component, status, body)
+        status, body = scrape(component, port, node, token=nosy)
+        assert status == 403, (component, status, body)
+        assert f'"system:serviceaccount:{vms.namespace}:nosy" cannot get /metrics' in json.loads(body)["message"]
+        status, body = scrape(component, port, node)
+        assert status == 200 and "# TYPE kopfvirt_" in body, (component, status, body[:300])

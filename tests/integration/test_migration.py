@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import urllib.request
 
 import pytest
 import yaml
 from kopfvirt.names import NODE_LABEL
 
 from .conftest import (KOPFVIRT_LAB, KUBECONFIG, REPO, domains_of, heartbeat, kubectl, kubectl_json, lab_exec,
-                       lab_guest, operator_pid, operator_processes, operator_url, restart_controllers_cold,
+                       lab_guest, metrics_of, operator_pid, operator_processes, restart_controllers_cold,
                        restarts_seen, run, wait_for)
 
 OTHER = {"node-1": "node-2", "node-2": "node-1"}
@@ -379,7 +378,7 @@ def test_drain_moves_live_migratable_vms_and_stops_the_others(vms, migrations):
     finally:
         kubectl("uncordon", moving_node)
     vms.wait_phase("mig-drain-stop", "Running")
-    metrics = urllib.request.urlopen(operator_url("controller", 8080, "/metrics"), timeout=10).read().decode()
+    metrics = metrics_of("controller", 8080)
     assert 'kopfvirt_migrations_total{mode="Live",phase="Succeeded"}' in metrics
     assert "kopfvirt_migration_downtime_seconds_count" in metrics
     for name in ("mig-drain-live", "mig-drain-stop"):

@@ -8,7 +8,6 @@ reports, and its devices go back to their host drivers."""
 import json
 import os
 import signal
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import yaml
 from kopfvirt.clients import sysfs
 from kopfvirt_lab import pcitree
 
-from .conftest import REPO, kubectl, kubectl_json, lab_guest, operator_pid, operator_url, wait_for
+from .conftest import REPO, kubectl, kubectl_json, lab_guest, metrics_of, operator_pid, wait_for
 
 TREE = REPO / ".lab" / "sysfs" / "node-2"
 GPU, AUDIO, USB, VF2, VF3 = ("node-2-0000-01-00-0", "node-2-0000-01-00-1", "node-2-0000-05-00-0",
@@ -119,7 +118,7 @@ def test_a_gpu_is_allocated_bound_given_back_and_held_against_others(vms, rules)
              == ("nvidia", "snd_hda_intel"))
     wait_for("the give-back recorded", lambda: "hostDriver" not in status(GPU) and status(GPU)["driver"] == "nvidia")
     assert vms.get("gpu-a")["status"]["phase"] == "Pending"
-    agent_metrics = urllib.request.urlopen(operator_url("agent", 8081, "/metrics", "node-2"), timeout=10).read().decode()
+    agent_metrics = metrics_of("agent", 8081, "node-2")
     for operation in ("bind", "restore"):
         assert f'kopfvirt_device_operations_total{{node="node-2",operation="{operation}",result="ok"}}' in agent_metrics
 
@@ -168,7 +167,7 @@ def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held
     assert vm["status"]["phase"] == "Pending" and not vm["status"].get("hostDevices")
     assert kubectl("-n", vms.namespace, "get", "pod", f"kopfvirt-{name}", check=False).returncode != 0
     wait_for(f"a {reason} Event", lambda: reason in events(vms, name))  # posted in the background
-    metrics = urllib.request.urlopen(operator_url("controller", 8080, "/metrics"), timeout=10).read().decode()
+    metrics = metrics_of("controller", 8080)
     assert f'kopfvirt_device_allocation_refusals_total{{reason="{reason}"}}' in metrics
     assert not any((d.get("status") or {}).get("holder", {}).get("name") == name
                    for d in kubectl_json("get", "passthroughdevices")["items"])

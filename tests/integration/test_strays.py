@@ -5,9 +5,8 @@ it is proven redundant, and otherwise reports it and leaves it to a human."""
 
 from __future__ import annotations
 
-import urllib.request
 
-from .conftest import (domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, operator_url,
+from .conftest import (domains_of, heartbeat, kubectl, kubectl_json, lab_exec, lab_guest, metrics_of,
                        restarts_seen, wait_for)
 
 VIRSH = ("virsh", "-c", "qemu:///system")
@@ -82,7 +81,7 @@ def test_a_copy_not_proven_redundant_is_reported_and_left_running(vms):
     assert condition["status"] == "True" and condition["message"].startswith("node-2: "), condition
     assert uid in condition["message"]  # what to destroy, if that is what the user wants
     assert wait_for("the Event", lambda: events(vms.namespace, name, "StrayDomain"))
-    metrics = urllib.request.urlopen(operator_url("agent", 8081, "/metrics", "node-2"), timeout=10).read().decode()
+    metrics = metrics_of("agent", 8081, "node-2")
     assert 'kopfvirt_stray_domains{node="node-2"} 1.0' in metrics
     assert domains_of(uid) == {"node-2": "running"}  # left running: not proven redundant
 

@@ -12,10 +12,11 @@ def _docs(name):
 
 
 def test_rbac_rules_name_resources_and_verbs():
-    for role in (d for d in _docs("rbac.yaml") if d["kind"] in ("ClusterRole", "Role")):
+    for role in (d for d in _docs("rbac.yaml") + _docs("subresources.yaml") if d["kind"] in ("ClusterRole", "Role")):
         for rule in role["rules"]:
-            for key in ("apiGroups", "resources", "verbs"):
-                assert "*" not in rule[key], f"{role['metadata']['name']}: wildcard in {key}"
+            keys = ("nonResourceURLs", "verbs") if "nonResourceURLs" in rule else ("apiGroups", "resources", "verbs")
+            for key in keys:
+                assert rule[key] and "*" not in rule[key], f"{role['metadata']['name']}: wildcard in {key}"
 
 
 def test_only_agent_and_libvirt_are_privileged():

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import start_http_server
-
 from .. import NODE_TLS_DIR
 from ..clients import kube
+from ..metrics_endpoint import MetricsEndpoint
 from ..runtime import run
 from .handlers import build_registry
 from .reconciler import Agent
@@ -28,6 +27,6 @@ def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
     NodeTLS(node, namespace, tls_dir).keep_fresh(cert_check_seconds)
     if stream_port:  # served with the node's certificate, once it is issued
         Streams(agent, tls_dir, controller_name, stream_port).start()
-    if metrics_port:
-        start_http_server(metrics_port)
+    if metrics_port:  # served with the node's certificate, once it is issued
+        MetricsEndpoint(metrics_port, f"{tls_dir}/servercert.pem", f"{tls_dir}/serverkey.pem").start()
     run(build_registry(agent, resync_seconds, device_scan_seconds), health_port)

@@ -208,6 +208,12 @@ def set_api_service_ca_bundle(name: str, ca_bundle: str) -> None:
     _api(client.ApiregistrationV1Api).patch_api_service(name, {"spec": {"caBundle": ca_bundle}})
 
 
+def review_token(review: dict) -> dict:
+    """Ask a TokenReview; its status (authenticated, user)."""
+    api = _api(client.AuthenticationV1Api)
+    return api.api_client.sanitize_for_serialization(api.create_token_review(review).status) or {}
+
+
 def access_allowed(review: dict) -> tuple[bool, str]:
     """Ask a SubjectAccessReview: (allowed, the authorizer's reason)."""
     status = _api(client.AuthorizationV1Api).create_subject_access_review(review).status

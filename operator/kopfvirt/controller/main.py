@@ -8,7 +8,7 @@ import time
 from ..clients import kube
 from ..core.reservation import DEFAULT_POD_SETTINGS, PodSettings
 from ..runtime import configure_logging, run
-from . import metrics
+from ..metrics_endpoint import MetricsEndpoint
 from .apiserver import SubresourceServer
 from .certificates import NodeCertificateSigner, WebhookCertificates
 from .handlers import Webhook, build_registry
@@ -25,8 +25,10 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
     With `api_port`, every replica serves the VM subresources (console, vnc, xml)."""
     configure_logging()
     kube.load(kubeconfig)
-    if metrics_port:
-        metrics.serve(metrics_port)
+    if metrics_port and webhook:  # served with the webhook's certificate, once it is there
+        MetricsEndpoint(metrics_port, webhook.certfile, webhook.keyfile).start()
+    elif metrics_port:
+        logging.getLogger(__name__).warning("no /metrics: it is served over TLS with the webhook's certificate")
     if certs:
         _first_certificates(certs)
         certs.keep_fresh(cert_check_seconds)

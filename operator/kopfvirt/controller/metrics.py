@@ -1,11 +1,12 @@
-"""Prometheus metrics of migrations, in base units, served by the controller on /metrics.
+"""Prometheus metrics of migrations, in base units, served by the controller on /metrics
+(metrics_endpoint.py).
 
 Recorded once per Migration, when the controller sees it reach a final phase.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _DOWNTIME = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -23,10 +24,6 @@ DIRTY_RATE = Histogram("kopfvirt_migration_dirty_rate_bytes_per_second",
                        "The guest's memory dirty rate last seen during a live migration.", buckets=_BYTES)
 DEVICE_REFUSALS = Counter("kopfvirt_device_allocation_refusals", "VM starts held back for want of host devices.",
                           ["reason"])
-
-
-def serve(port: int) -> None:
-    start_http_server(port)
 
 
 def set_running(count: int) -> None:

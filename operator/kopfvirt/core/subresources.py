@@ -13,6 +13,8 @@ import json
 import re
 import urllib.parse
 
+from .access import User, resource_review
+
 GROUP = "subresources.kopfvirt.io"
 VERSION = "v1alpha1"
 PREFIX = f"/apis/{GROUP}/{VERSION}"
@@ -40,14 +42,6 @@ class Target:
     namespace: str
     name: str
     subresource: str
-
-
-@dataclasses.dataclass(frozen=True)
-class User:
-    name: str
-    groups: tuple[str, ...] = ()
-    extra: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    uid: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,13 +130,7 @@ def user_of(headers: list[tuple[str, str]], peer_name: str | None, proxy: FrontP
 def access_review(user: User, target: Target) -> dict:
     """The SubjectAccessReview kube-apiserver asked before proxying, asked again here: a
     request that reached us some other way than through it proves nothing."""
-    spec = {"user": user.name, "groups": list(user.groups), "extra": user.extra,
-            "resourceAttributes": {"namespace": target.namespace, "verb": "get", "group": GROUP,
-                                   "version": VERSION, "resource": RESOURCE, "subresource": target.subresource,
-                                   "name": target.name}}
-    if user.uid:
-        spec["uid"] = user.uid
-    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+    return resource_review(user, "get", GROUP, VERSION, RESOURCE, target.namespace, target.name, target.subresource)
 
 
 def status(code: int, reason: str, message: str) -> dict:
