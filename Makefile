@@ -55,7 +55,7 @@ $(HELM):
 
 # manifests/ is rendered from the chart (one source); tests/unit/test_chart.py checks they agree.
 manifests: $(HELM)
-	for t in rbac controller pdb migration-config passthrough-config agent libvirt webhook subresources; do \
+	for t in rbac controller pdb migration-config passthrough-config agent libvirt webhook subresources agent-policy; do \
 	  { echo "# Rendered from charts/kopfvirt by \`make manifests\`; do not edit."; \
 	    $(HELM) template kopfvirt charts/kopfvirt --namespace kopfvirt-system --kube-version 1.36.3 --show-only templates/$$t.yaml; \
 	  } > manifests/$$t.yaml; done

@@ -1,0 +1,79 @@
+"""What the operator's ServiceAccounts may do, as the API server judges it: their rights
+recorded in golden files (`kubectl auth can-i --list`), so any widening shows in review,
+and an agent's writes held to its own node by ValidatingAdmissionPolicy
+kopfvirt-agent-own-node, keyed on the node its pod's token is bound to.
+KOPFVIRT_UPDATE_GOLDEN=1 rewrites the golden files from the lab."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import KUBECONFIG, OPERATOR_NAMESPACE, kubectl, kubectl_json
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("account", ["kopfvirt-controller", "kopfvirt-agent"])
+def test_the_service_accounts_rights_are_the_recorded_ones(lab, account):
+    out = kubectl("auth", "can-i", "--list", f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{account}",
+                  "-n", OPERATOR_NAMESPACE).stdout
+    rights = "\n".join(sorted({re.sub(r"\s+", " ", line).strip() for line in out.splitlines()[1:] if line.strip()}))
+    path = GOLDEN / f"can-i-{account}.txt"
+    if os.environ.get("KOPFVIRT_UPDATE_GOLDEN"):
+        path.write_text(rights + "\n")
+    assert rights + "\n" == path.read_text(), f"{account}'s rights changed: review, then KOPFVIRT_UPDATE_GOLDEN=1"
+
+
+def _kubectl_with(tmp_path: Path, token: str):
+    """kubectl with this token alone (none of the lab admin's credentials)."""
+    cluster = yaml.safe_load(KUBECONFIG.read_text())["clusters"][0]
+    path = tmp_path / f"token-{abs(hash(token))}.kubeconfig"
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+                                    "users": [{"name": "u", "user": {"token": token}}],
+                                    "contexts": [{"name": "u", "context": {"cluster": cluster["name"], "user": "u"}}],
+                                    "current-context": "u"}))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["kubectl", "--kubeconfig", str(path), *args], capture_output=True, text=True,
+                              timeout=60)
+    return run
+
+
+def _as_agent_of(tmp_path: Path, node: str):
+    """kubectl as the agent of `node`, with a token bound to its pod, as the pod's own is."""
+    pod = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=agent",
+                       "--field-selector", f"spec.nodeName={node}")["items"][0]["metadata"]["name"]
+    return _kubectl_with(tmp_path, kubectl("-n", OPERATOR_NAMESPACE, "create", "token", "kopfvirt-agent",
+                                           "--bound-object-kind", "Pod", "--bound-object-name", pod).stdout.strip())
+
+
+def test_an_agent_changes_its_own_node_and_devices_only(lab, tmp_path):
+    agent = _as_agent_of(tmp_path, "node-1")
+    assert agent("label", "node", "node-1", "kopfvirt-test=1").returncode == 0
+    assert agent("label", "node", "node-1", "kopfvirt-test-").returncode == 0
+    refused = agent("label", "node", "node-2", "kopfvirt-test=1")
+    assert refused.returncode != 0
+    assert "an agent may change only its own Node (node-1), not node-2" in refused.stderr, refused.stderr
+    assert "kopfvirt-test" not in kubectl_json("get", "node", "node-2")["metadata"]["labels"]
+
+    theirs = next(d for d in kubectl_json("get", "passthroughdevices")["items"]
+                  if d["metadata"]["labels"].get("kopfvirt.io/node") == "node-2")
+    for attempt in (agent("delete", "passthroughdevice", theirs["metadata"]["name"]),
+                    agent("patch", "passthroughdevice", theirs["metadata"]["name"], "--subresource=status",
+                          "--type=merge", "-p", '{"status":{"permitted":true}}')):
+        assert attempt.returncode != 0
+        assert "may change only the PassthroughDevices of its own node (node-1)" in attempt.stderr, attempt.stderr
+    assert kubectl_json("get", "passthroughdevice", theirs["metadata"]["name"])["status"] == theirs["status"]
+
+
+def test_an_agents_token_not_bound_to_its_pod_changes_no_node(lab, tmp_path):
+    unbound = kubectl("-n", OPERATOR_NAMESPACE, "create", "token", "kopfvirt-agent").stdout.strip()
+    agent = _kubectl_with(tmp_path, unbound)
+    refused = agent("label", "node", "node-1", "kopfvirt-test=1")
+    assert refused.returncode != 0 and "the agent's token is bound to no node" in refused.stderr, refused.stderr
