@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import ssl
 import sys
@@ -103,6 +104,8 @@ def console(namespace: str, name: str) -> None:
         tty.setraw(fd)
     try:
         while out.is_alive():
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue  # nothing typed: look again whether the guest's side closed
             chunk = os.read(fd, 1024)
             if not chunk:  # no more input: keep showing the guest's output
                 out.join()
