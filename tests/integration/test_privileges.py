@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import KUBECONFIG, OPERATOR_NAMESPACE, kubectl, kubectl_json
+from .conftest import KUBECONFIG, OPERATOR_NAMESPACE, kubectl, kubectl_json, lab_guest
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -77,3 +77,27 @@ def test_an_agents_token_not_bound_to_its_pod_changes_no_node(lab, tmp_path):
     agent = _kubectl_with(tmp_path, unbound)
     refused = agent("label", "node", "node-1", "kopfvirt-test=1")
     assert refused.returncode != 0 and "the agent's token is bound to no node" in refused.stderr, refused.stderr
+
+
+def test_an_agent_changes_no_vms_spec_labels_or_others_finalizers(vms, tmp_path):
+    assert vms.apply(lab_guest("guarded", runStrategy="Halted")).returncode == 0
+    kubectl("-n", vms.namespace, "patch", "virtualmachine", "guarded", "--type=merge",
+            "-p", '{"metadata":{"finalizers":["agent.kopfvirt.io/node-2"]}}')
+    agent = _as_agent_of(tmp_path, "node-1")
+    try:
+        for patch in ('{"spec":{"runStrategy":"Always"}}', '{"metadata":{"labels":{"kopfvirt.io/node":"node-1"}}}',
+                      '{"metadata":{"finalizers":null}}'):
+            refused = agent("-n", vms.namespace, "patch", "virtualmachine", "guarded", "--type=merge", "-p", patch)
+            assert refused.returncode != 0, patch
+            assert "an agent changes no VM's spec, labels or finalizers" in refused.stderr, (patch, refused.stderr)
+        vm = vms.get("guarded")
+        assert vm["spec"]["runStrategy"] == "Halted" and vm["metadata"]["finalizers"] == ["agent.kopfvirt.io/node-2"]
+        # node-2's agent lets go of it.
+        released = _as_agent_of(tmp_path, "node-2")("-n", vms.namespace, "patch", "virtualmachine", "guarded",
+                                                    "--type=json", "-p",
+                                                    '[{"op":"remove","path":"/metadata/finalizers"}]')
+        assert released.returncode == 0, released.stderr
+    finally:
+        kubectl("-n", vms.namespace, "patch", "virtualmachine", "guarded", "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}')
+        vms.delete("guarded")
