@@ -8,8 +8,8 @@ import socket
 import uuid
 
 from . import NODE_TLS_DIR
-from .names import AGENT_STREAM_PORT
 from .core.reservation import DEFAULT_POD_POLICY, DEFAULT_POD_SETTINGS, PodPolicy, PodSettings
+from .names import AGENT_STREAM_PORT
 
 
 def _positive(text: str) -> float:

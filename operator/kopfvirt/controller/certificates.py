@@ -1,10 +1,10 @@
 """The operator's CA and what it signs, kept by the controller: the CA and the webhook's
 certificate issued into a Secret it owns, renewed before they expire, written where its
-webhook server reads them, the CA patched into the webhook configuration's caBundle and
-the subresource APIService's (so `helm install` needs no cert-manager) and published for the agents (ConfigMap
-kopfvirt-ca); and the agents' CertificateSigningRequests for their node's libvirt
-certificate, judged and signed. Every replica runs the same check; a guarded write lets
-one of them win.
+webhook server reads them, the CA patched into the caBundle of the webhook configuration
+and of the subresource APIService (so `helm install` needs no cert-manager) and published
+for the agents (ConfigMap kopfvirt-ca); and the agents' CertificateSigningRequests for their
+node's libvirt certificate, judged and signed. Every replica runs the same check; a guarded
+write lets one of them win.
 """
 
 from __future__ import annotations
