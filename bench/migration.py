@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
@@ -110,6 +111,15 @@ def completed_stats(node: str, uuid_: str) -> dict:
         conn.close()
 
 
+def _foreign(xml: str) -> str:
+    """The domain without kopfvirt's metadata: an agent destroys a domain whose metadata
+    names a VM that does not exist (a stray), and this one is nobody's VM."""
+    root = ET.fromstring(xml)
+    for metadata in root.findall("metadata"):
+        root.remove(metadata)
+    return ET.tostring(root, encoding="unicode")
+
+
 class Raw:
     """The baseline: a domain kopfvirt does not manage, moved by virsh."""
 
@@ -140,7 +150,7 @@ class Raw:
                     lab_exec(NODES[0], "mkdir", "-p", own_dir)
                 lab_exec(NODES[0], "qemu-img", "create", "-q", "-f", "qcow2", d.path, str(d.size_bytes))
         self.own_dir = own_dir if any(d.kind == "empty" for d in plan.disks) else None
-        xml = domainxml.domain_xml(vm, plan, "qemu", {"default": "kopfvirt"})
+        xml = _foreign(domainxml.domain_xml(vm, plan, "qemu", {"default": "kopfvirt"}))
         self.node = NODES[0]
         conn = libvirt.open(uri(self.node))
         conn.defineXML(xml).create()
