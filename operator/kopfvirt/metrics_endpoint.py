@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import ssl
 import threading
 import time
-from pathlib import Path
 
 from aiohttp import web
 from kubernetes.client.rest import ApiException
@@ -20,9 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .clients import kube
 from .core import access
-from .streaming import error, keep_loaded, serve
+from .streaming import error, keep_loaded, serve, wait_for_files
 
-log = logging.getLogger(__name__)
 PATH = "/metrics"
 CACHE_SECONDS = 60
 
@@ -35,8 +32,7 @@ class MetricsEndpoint:
     def start(self) -> None:
         """Serve once the certificate exists (an agent's is issued after it starts)."""
         def run() -> None:
-            while not all(Path(f).exists() for f in (self.certfile, self.keyfile) if f):
-                threading.Event().wait(2)
+            wait_for_files(*(f for f in (self.certfile, self.keyfile) if f))
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             keep_loaded(context, self.certfile, self.keyfile)
             app = web.Application()

@@ -78,6 +78,12 @@ def serve(app: web.Application, port: int, context: ssl.SSLContext, name: str) -
     return thread
 
 
+def wait_for_files(*paths: str, period: float = 2) -> None:
+    """Until every file exists: a node's certificate is issued after its agent starts."""
+    while not all(os.path.exists(p) for p in paths):
+        threading.Event().wait(period)
+
+
 def keep_loaded(context: ssl.SSLContext, certfile: str, keyfile: str | None = None, cafile: str | None = None,
                 period: float = 10) -> None:
     """Load the certificate (and the CAs to trust) now; new handshakes get renewed ones

@@ -97,6 +97,17 @@ def operator_url(component: str, port: int, path: str, node: str | None = None, 
     return f"{scheme}://{operator_pod(component, node)['status']['podIP']}:{port}{path}"
 
 
+def token_kubeconfig(path: Path, token: str, namespace: str | None = None) -> Path:
+    """A kubeconfig holding this token alone (none of the lab admin's credentials), against
+    the lab's API server: how a user or a pod is seen."""
+    cluster = yaml.safe_load(KUBECONFIG.read_text())["clusters"][0]
+    context = {"cluster": cluster["name"], "user": "user", **({"namespace": namespace} if namespace else {})}
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+                                    "users": [{"name": "user", "user": {"token": token}}],
+                                    "contexts": [{"name": "user", "context": context}], "current-context": "user"}))
+    return path
+
+
 _SCRAPER: list[str] = []
 
 

@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .conftest import KUBECONFIG, OPERATOR_NAMESPACE, heartbeat, kubectl, kubectl_json, lab_guest, wait_for
+from .conftest import (KUBECONFIG, OPERATOR_NAMESPACE, heartbeat, kubectl, kubectl_json, lab_guest, token_kubeconfig,
+                       wait_for)
 
 PLUGIN = str(Path(sys.executable).parent / "kubectl-kopfvirt")
 
@@ -30,16 +30,7 @@ def user_kubeconfig(tmp_path: Path, namespace: str, account: str, role: str) -> 
     kubectl("-n", namespace, "create", "rolebinding", f"{account}-{role}", f"--clusterrole={role}",
             f"--serviceaccount={namespace}:{account}")
     token = kubectl("-n", namespace, "create", "token", account, "--duration=1h").stdout.strip()
-    admin = yaml.safe_load(KUBECONFIG.read_text())
-    cluster = admin["clusters"][0]
-    config = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-              "users": [{"name": account, "user": {"token": token}}],
-              "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account,
-                                                         "namespace": namespace}}],
-              "current-context": account}
-    path = tmp_path / f"{account}.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return token_kubeconfig(tmp_path / f"{account}.kubeconfig", token, namespace)
 
 
 def plugin(kubeconfig: Path, *args: str, **kwargs) -> subprocess.Popen:

@@ -12,9 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .conftest import KUBECONFIG, OPERATOR_NAMESPACE, kubectl, kubectl_json, lab_guest
+from .conftest import OPERATOR_NAMESPACE, kubectl, kubectl_json, lab_guest, token_kubeconfig
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -31,13 +30,8 @@ def test_the_service_accounts_rights_are_the_recorded_ones(lab, account):
 
 
 def _kubectl_with(tmp_path: Path, token: str):
-    """kubectl with this token alone (none of the lab admin's credentials)."""
-    cluster = yaml.safe_load(KUBECONFIG.read_text())["clusters"][0]
-    path = tmp_path / f"token-{abs(hash(token))}.kubeconfig"
-    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-                                    "users": [{"name": "u", "user": {"token": token}}],
-                                    "contexts": [{"name": "u", "context": {"cluster": cluster["name"], "user": "u"}}],
-                                    "current-context": "u"}))
+    """kubectl with this token alone."""
+    path = token_kubeconfig(tmp_path / f"token-{abs(hash(token))}.kubeconfig", token)
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["kubectl", "--kubeconfig", str(path), *args], capture_output=True, text=True,

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..core import subresources
 from ..names import AGENT_STREAM_PORT
-from ..streaming import accept, error, keep_loaded, relay_socket, serve
+from ..streaming import accept, error, keep_loaded, relay_socket, serve, wait_for_files
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ class Streams:
     def start(self) -> threading.Thread:
         """Serve once the node's certificate exists (it is asked for at start)."""
         def wait_then_serve() -> None:
-            while not all((self.dir / f).exists() for f in ("cacert.pem", "servercert.pem", "serverkey.pem")):
-                threading.Event().wait(2)
+            wait_for_files(*(str(self.dir / f) for f in ("cacert.pem", "servercert.pem", "serverkey.pem")))
             serve(self.app(), self.port, self.context(), "agent-streams")
         thread = threading.Thread(target=wait_then_serve, name="agent-streams-start", daemon=True)
         thread.start()
