@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="port of the console, VNC and XML endpoint the controller relays users to (0: none)")
     a.add_argument("--controller-name", help="the common name of the controller's certificate, the one client "
                                              "of that endpoint (default: kopfvirt-webhook.<namespace>.svc)")
+    a.add_argument("--cloud-init-from", choices=("api", "secrets"), default="api",
+                   help="where the cloud-init Secrets of this node's VMs come from: the controller, through the "
+                        "subresource API (the agent reads no Secret), or read here (installs without that API)")
     a.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
     a.add_argument("--health-port", type=int, default=0, help="GET /healthz port for probes (0: none)")
     a.add_argument("--lease-dir", help="libvirt's lockd file_lockspace_dir, on storage every node shares: "
@@ -139,4 +142,4 @@ def main(argv: list[str] | None = None) -> None:
             args.tls_dir, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
             args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds,
             args.serial_log_max_bytes, args.stream_port,
-            args.controller_name or f"kopfvirt-webhook.{args.namespace}.svc")
+            args.controller_name or f"kopfvirt-webhook.{args.namespace}.svc", args.cloud_init_from)

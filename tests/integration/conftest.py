@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from kopfvirt.clients import nfs
-from kopfvirt_lab import install
+from kopfvirt_lab import images, install
 from kopfvirt_lab.layout import Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -258,7 +258,23 @@ def operator_logs(about: str, lines: int = 40) -> str:
                 out.append(f"== {pod} {' '.join(previous)}\n" + "\n".join(found))
     lease = kubectl("-n", OPERATOR_NAMESPACE, "get", "lease", "kopfvirt-controller", "-o", "jsonpath={.spec}",
                     check=False).stdout
-    return "\n".join(out + [f"== the controllers' Lease: {lease}"])
+    return "\n".join(out + [f"== the controllers' Lease: {lease}", "== restarts:", *pod_restarts()])
+
+
+def pod_restarts() -> list[str]:
+    """Each operator container's restarts and how its last one ended (OOMKilled, a probe's
+    kill, an exit code), one line each: why a pod's previous container is there."""
+    pods = json.loads(kubectl("-n", OPERATOR_NAMESPACE, "get", "pods", "-o", "json", check=False).stdout
+                      or '{"items": []}')["items"]
+    lines = []
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = (c.get("lastState") or {}).get("terminated") or {}
+            lines.append(f"{pod['metadata']['name']} on {pod['spec'].get('nodeName')}: {c['name']} restarted "
+                         f"{c.get('restartCount', 0)}x" + (f"; last ended {ended.get('finishedAt')} "
+                                                          f"{ended.get('reason')} (exit {ended.get('exitCode')})"
+                                                          if ended else ""))
+    return lines
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -274,6 +290,7 @@ def lab():
     result = subprocess.run([*KOPFVIRT_LAB, "up"], capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         pytest.fail(f"kopfvirt-lab up failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    os.environ[images.KEEP_IMAGES] = "1"  # the tests' own repairs keep what this session runs
     return REPO / ".lab"
 
 

@@ -6,6 +6,7 @@ KOPFVIRT_UPDATE_GOLDEN=1 rewrites the golden files from the lab."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import OPERATOR_NAMESPACE, kubectl, kubectl_json, lab_guest, token_kubeconfig
+from .conftest import (OPERATOR_NAMESPACE, kubectl, kubectl_json, lab_exec, lab_guest, token_kubeconfig,
+                       vm_disk_dirs)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -95,3 +97,43 @@ def test_an_agent_changes_no_vms_spec_labels_or_others_finalizers(vms, tmp_path)
         kubectl("-n", vms.namespace, "patch", "virtualmachine", "guarded", "--type=merge",
                 "-p", '{"metadata":{"finalizers":null}}')
         vms.delete("guarded")
+
+
+def test_an_agent_writes_and_reads_only_its_own_nodes_vms(vms, tmp_path):
+    """The cloud-init Secret reaches the guest's media through the controller, for the
+    agent of the VM's node alone; the other node's agent may neither read it nor rewrite
+    the VM's status (but for the StrayDomain condition it reports)."""
+    marker = f"kopfvirt-seed-{vms.namespace}"
+    kubectl("-n", vms.namespace, "create", "secret", "generic", "placed-seed",
+            f"--from-literal=userdata=#cloud-config\nhostname: {marker}\n")
+    body = lab_guest("placed")
+    body["spec"]["disks"] = [{"name": "seed", "cloudInit": {"secretRef": {"name": "placed-seed"}}}]
+    assert vms.apply(body).returncode == 0
+    vm = vms.wait_phase("placed", "Running", timeout=120)
+    node = vm["status"]["nodeName"]
+    other = next(n for n in ("node-1", "node-2") if n != node)
+    (vm_dir,) = vm_disk_dirs(vms.namespace, "placed")
+    iso = f"/var/lib/kopfvirt/pools/gluster/vms/{vms.namespace}/{vm_dir}/seed-cidata.iso"
+    assert lab_exec(node, "grep", "-c", marker, iso).stdout.strip() != "0"
+
+    path = f"/apis/subresources.kopfvirt.io/v1alpha1/namespaces/{vms.namespace}/virtualmachines/placed/cloudinit"
+    own, foreign = _as_agent_of(tmp_path, node), _as_agent_of(tmp_path, other)
+    assert marker in json.loads(own("get", "--raw", path).stdout)["secrets"]["placed-seed"]["userdata"]
+    refused = foreign("get", "--raw", path)
+    assert refused.returncode != 0
+    assert f"virtualmachine {vms.namespace}/placed is placed on {node}, not {other}" in refused.stderr, refused.stderr
+    assert foreign("-n", vms.namespace, "get", "secret", "placed-seed").returncode != 0
+
+    rewritten = foreign("-n", vms.namespace, "patch", "virtualmachine", "placed", "--subresource=status",
+                        "--type=merge", "-p", '{"status":{"phase":"Failed"}}')
+    assert rewritten.returncode != 0
+    assert "an agent writes the status only of VMs placed on its node" in rewritten.stderr, rewritten.stderr
+    conditions = vms.get("placed")["status"]["conditions"]
+    stray = {"type": "StrayDomain", "status": "True", "reason": "StrayDomain", "message": f"{other}: a test",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    reported = foreign("-n", vms.namespace, "patch", "virtualmachine", "placed", "--subresource=status",
+                       "--type=json", "-p", json.dumps([{"op": "replace", "path": "/status/conditions",
+                                                         "value": [*conditions, stray]}]))
+    assert reported.returncode == 0, reported.stderr
+    assert vms.get("placed")["status"]["phase"] == "Running"
+    vms.delete("placed")

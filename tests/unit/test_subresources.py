@@ -37,7 +37,8 @@ def test_the_discovery_document_lists_each_subresource_as_get():
     doc = s.resource_list()
     assert doc["groupVersion"] == "subresources.kopfvirt.io/v1alpha1"
     assert {r["name"]: r["verbs"] for r in doc["resources"]} == {
-        "virtualmachines/console": ["get"], "virtualmachines/vnc": ["get"], "virtualmachines/xml": ["get"]}
+        "virtualmachines/console": ["get"], "virtualmachines/vnc": ["get"], "virtualmachines/xml": ["get"],
+        "virtualmachines/cloudinit": ["get"]}
 
 
 def test_the_front_proxy_settings_are_read_as_kube_apiserver_publishes_them():
@@ -86,3 +87,36 @@ def test_a_peer_certificates_common_name():
     cert = {"subject": ((("organizationName", "kopfvirt:nodes"),), (("commonName", "kopfvirt-node:node-1"),))}
     assert s.common_name(cert) == "kopfvirt-node:node-1"
     assert s.common_name({}) is None and s.common_name(None) is None
+
+
+AGENT = "system:serviceaccount:kopfvirt-system:kopfvirt-agent"
+VM = {"metadata": {"namespace": "team-a", "name": "web", "labels": {"kopfvirt.io/node": "node-1"}},
+      "spec": {"disks": [{"name": "root", "image": {"pool": "p", "name": "i"}},
+                         {"name": "seed", "cloudInit": {"secretRef": {"name": "web-seed"}}},
+                         {"name": "more", "cloudInit": {"userData": "#cloud-config"}},
+                         {"name": "gone", "cloudInit": {"secretRef": {"name": "missing"}}}]}}
+
+
+def agent_on(node: str | None) -> s.User:
+    return s.User(AGENT, ("system:serviceaccounts",), {"authentication.kubernetes.io/node-name": [node]} if node else {})
+
+
+def test_cloud_init_goes_only_to_the_agent_of_the_vms_node():
+    assert s.cloud_init_refusal(agent_on("node-1"), AGENT, VM, "kopfvirt.io/node") is None
+    assert s.cloud_init_refusal(agent_on("node-2"), AGENT, VM, "kopfvirt.io/node") \
+        == "virtualmachine team-a/web is placed on node-1, not node-2"
+    assert "bound to no node" in s.cloud_init_refusal(agent_on(None), AGENT, VM, "kopfvirt.io/node")
+    alice = s.User("alice", (), {"authentication.kubernetes.io/node-name": ["node-1"]})
+    assert s.cloud_init_refusal(alice, AGENT, VM, "kopfvirt.io/node").startswith("only the node agents")
+    unplaced = {**VM, "metadata": {"namespace": "team-a", "name": "web"}}
+    assert "placed on no node" in s.cloud_init_refusal(agent_on("node-1"), AGENT, unplaced, "kopfvirt.io/node")
+
+
+def test_the_cloud_init_document_holds_the_secrets_the_disks_name_and_nothing_else():
+    asked = []
+
+    def read(namespace, name):
+        asked.append((namespace, name))
+        return {"userdata": "#cloud-config"} if name == "web-seed" else None
+    assert s.cloud_init_document(VM, read) == {"secrets": {"web-seed": {"userdata": "#cloud-config"}}}
+    assert sorted(asked) == [("team-a", "missing"), ("team-a", "web-seed")]  # the VM's namespace only

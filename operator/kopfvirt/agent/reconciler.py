@@ -13,11 +13,12 @@ import threading
 import time
 
 import libvirt
+from kubernetes.client.rest import ApiException
 
 from .. import NODE_TLS_DIR, names
 from ..clients import images, kube, serial_logs
 from ..clients.libvirt import DomainConflict, Hypervisor
-from ..core import conditions, disks, domainxml, lifecycle, pools, steps, vmspec
+from ..core import conditions, disks, domainxml, lifecycle, pools, steps, subresources, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
 from .devices import DeviceUnavailable, Devices, load_pci_ids
@@ -45,8 +46,9 @@ class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
                  hidden_cpu_features: tuple[str, ...] = (), tls_dir: str = NODE_TLS_DIR,
                  sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system",
-                 lease_dir: str | None = None, serial_log_max_bytes: int = 2 << 20):
+                 lease_dir: str | None = None, serial_log_max_bytes: int = 2 << 20, cloud_init_from: str = "api"):
         super().__init__(log)
+        self.cloud_init_from = cloud_init_from  # "api": the controller hands it over; "secrets": read here
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.networks = node, virt_type, networks
         self.hidden_cpu_features = tuple(hidden_cpu_features)
@@ -217,12 +219,12 @@ class Agent(Reconciler):
             plan = self.pools.plan(vm)
         except PoolNotReady as e:
             raise NotReady(e.reason, str(e)) from None
-        cloud_init = {}
+        cloud_init, secrets = {}, self._cloud_init_secrets(vm)
         for spec_disk in vm.spec.disks:
             if spec_disk.cloud_init:
                 secret = None
                 if spec_disk.cloud_init.secret_ref:
-                    secret = kube.secret_data(vm.namespace, spec_disk.cloud_init.secret_ref.name)
+                    secret = secrets.get(spec_disk.cloud_init.secret_ref.name)
                     if secret is None:
                         raise NotReady("SecretNotFound", f"disk {spec_disk.name}: Secret "
                                        f"{spec_disk.cloud_init.secret_ref.name} does not exist in {vm.namespace}")
@@ -239,6 +241,23 @@ class Agent(Reconciler):
             self.hv.ensure_running(vm.domain_name, vm.uid, xml)
         except DomainConflict as e:
             raise NotReady("DomainConflict", str(e)) from None
+
+    def _cloud_init_secrets(self, vm: vmspec.VM) -> dict[str, dict[str, str]]:
+        """The data of the Secrets the VM's cloud-init disks name, by name: handed over by
+        the controller (for this node's VMs alone), or read here where the install has no
+        subresource API. A Secret that does not exist is missing from it."""
+        names = {d.cloud_init.secret_ref.name for d in vm.spec.disks if d.cloud_init and d.cloud_init.secret_ref}
+        if not names:
+            return {}
+        if self.cloud_init_from == "secrets":
+            return {n: data for n in names if (data := kube.secret_data(vm.namespace, n)) is not None}
+        try:
+            document = kube.get_subresource(vm.namespace, vm.name, subresources.GROUP, subresources.VERSION,
+                                            subresources.RESOURCE, subresources.CLOUD_INIT)
+        except ApiException as e:
+            raise NotReady("CloudInitUnavailable", f"the controller did not hand over the cloud-init data: "
+                                                   f"{kube.error_message(e)}") from None
+        return document.get("secrets") or {}
 
     def _start_with_devices(self, vm: vmspec.VM, body: dict, plan: list, allocated: list[dict]) -> None:
         """Bind the allocated devices' groups, start, and give them back if the start fails."""

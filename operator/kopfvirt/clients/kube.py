@@ -220,6 +220,26 @@ def access_allowed(review: dict) -> tuple[bool, str]:
     return bool(status.allowed), status.reason or ""
 
 
+def get_subresource(namespace: str, name: str, group: str, version: str, resource: str, subresource: str) -> dict:
+    """GET a subresource of an aggregated API (JSON); ApiException as any call raises."""
+    api = _TimedClient()
+    params = api.param_serialize("GET", f"/apis/{group}/{version}/namespaces/{namespace}/{resource}/{name}/"
+                                        f"{subresource}", header_params={"Accept": "application/json"},
+                                 auth_settings=["BearerToken"])
+    response = api.call_api(*params)
+    response.read()
+    return api.response_deserialize(response, {"200": "object"}).data
+
+
+def error_message(e: ApiException) -> str:
+    """What the API server said, as kubectl shows it: the Status's message, else the HTTP reason."""
+    try:
+        message = json.loads(e.body).get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return f"{e.status} {message or e.reason}"
+
+
 def agent_pod_ip(namespace: str, node: str, selector: str) -> str | None:
     """The address of the running agent pod on `node`."""
     pods = _api().list_namespaced_pod(namespace, label_selector=selector, field_selector=f"spec.nodeName={node}").items

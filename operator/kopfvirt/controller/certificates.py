@@ -20,12 +20,11 @@ from kubernetes.client.rest import ApiException
 
 from ..clients import kube
 from ..core import certificates
+from ..names import AGENT_ACCOUNT, NODE_NAME_EXTRA
 
 log = logging.getLogger(__name__)
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kopfvirt-controller", "app.kubernetes.io/name": "kopfvirt"}
-AGENT_ACCOUNT = "kopfvirt-agent"
-NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"  # in tokens bound to a pod on a node
 
 
 class WebhookCertificates:
@@ -150,12 +149,17 @@ class NodeCertificateSigner:
         request = base64.b64decode(csr["spec"]["request"])
         node = certificates.requested_node(request)
         refusal = self.refusal(csr["spec"], request, node)
-        if refusal:
-            kube.settle_csr(csr, False, "NotThisNode", refusal)
-            log.warning("CSR %s denied: %s", name, refusal)
-            return
-        if "Approved" not in settled:
-            csr = kube.settle_csr(csr, True, "NodeCertificate", f"libvirt certificate of node {node}")
+        try:
+            if refusal:
+                kube.settle_csr(csr, False, "NotThisNode", refusal)
+                log.warning("CSR %s denied: %s", name, refusal)
+                return
+            if "Approved" not in settled:
+                csr = kube.settle_csr(csr, True, "NodeCertificate", f"libvirt certificate of node {node}")
+        except ApiException as e:
+            if e.status == 409:  # changed since read (a replica, or a double event): its event comes again
+                return
+            raise
         bundle = self.certs.bundle()
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
