@@ -16,12 +16,13 @@ import sys
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from . import GROUP, VERSION, console_client, names
+from . import GROUP, VERSION, __version__, console_client, names
 from .core import lifecycle, migration, pools, vmspec
 
 PLURAL = names.VMS
 DEFAULT_OPERATOR_NAMESPACE = "kopfvirt-system"  # the chart's and the manifests' namespace
 MIGRATION_CONFIG = "kopfvirt-migration"
+FIELD_MANAGER = "kubectl-kopfvirt"
 
 
 class PluginError(RuntimeError):
@@ -38,6 +39,9 @@ class VMs:
     def __init__(self, namespace: str | None, context: str | None, kubeconfig: str | None,
                  operator_namespace: str | None = None):
         config.load_kube_config(config_file=kubeconfig, context=context)
+        api_client = client.ApiClient()
+        api_client.user_agent = f"{FIELD_MANAGER}/{__version__}"  # the field manager of its writes
+        client.ApiClient.set_default(api_client)
         self._operator_namespace = operator_namespace
         contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
         chosen = next((c for c in contexts if c["name"] == context), active) if context else active

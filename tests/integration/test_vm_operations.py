@@ -3,7 +3,7 @@ power off by themselves are handled per runStrategy."""
 
 import time
 
-from .conftest import domains_of, heartbeat, kubectl, lab_guest, wait_for
+from .conftest import domains_of, heartbeat, kubectl, kubectl_json, lab_guest, wait_for
 
 
 def _running(vms, name):
@@ -61,6 +61,16 @@ def test_plugin_pause_restart_stop_start(vms):
     _pod_gone(vms, "plugged")
     assert "runStrategy Halted -> Always" in vms.plugin("start", "plugged").stdout
     _running(vms, "plugged")
+    # Each write names its writer (managedFields): the plugin's spec fields, the
+    # controller's and the agent's status, the pod's creator.
+    managed = {(f["manager"], f.get("subresource", "")): f["fieldsV1"]
+               for f in kubectl_json("-n", vms.namespace, "get", "virtualmachine", "plugged",
+                                     "--show-managed-fields")["metadata"]["managedFields"]}
+    assert "f:runStrategy" in managed["kubectl-kopfvirt", ""]["f:spec"], managed.keys()
+    assert {("kopfvirt-controller", "status"), ("kopfvirt-agent", "status")} <= set(managed), managed.keys()
+    assert not [m for m, _ in managed if m.startswith("OpenAPI-Generator")], managed.keys()
+    pod = kubectl_json("-n", vms.namespace, "get", "pod", "kopfvirt-plugged", "--show-managed-fields")
+    assert {f["manager"] for f in pod["metadata"]["managedFields"]} >= {"kopfvirt-controller"}
     vms.delete("plugged")
     assert domains_of(uid) == {}
 

@@ -19,7 +19,7 @@ def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
          lease_dir: str | None = None, health_port: int = 0, cert_check_seconds: float = 600,
          serial_log_max_bytes: int = 2 << 20, stream_port: int = 0,
          controller_name: str = "kopfvirt-webhook.kopfvirt-system.svc", cloud_init_from: str = "api") -> None:
-    kube.load(kubeconfig)
+    kube.load(kubeconfig, "kopfvirt-agent")
     agent = Agent(node, libvirt_uri, virt_type, networks={"default": vm_network},
                   hidden_cpu_features=hidden_cpu_features, tls_dir=tls_dir,
                   sysfs_root=sysfs_root, pci_ids=pci_ids, namespace=namespace, lease_dir=lease_dir,

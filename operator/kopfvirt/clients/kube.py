@@ -12,14 +12,22 @@ import os
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from .. import GROUP, VERSION, names
+from .. import GROUP, VERSION, __version__, names
 
 PLURAL = names.VMS
 log = logging.getLogger(__name__)
 
 
-def load(kubeconfig: str | None) -> None:
-    """kubeconfig if given, else in-cluster; KUBECONFIG is set for kopf's own login too."""
+# Who writes: the API server names a write's field manager (managedFields) after the
+# client's User-Agent up to its "/", so each process's writes carry its own name.
+USER_AGENT = f"kopfvirt/{__version__}"
+
+
+def load(kubeconfig: str | None, manager: str = "kopfvirt") -> None:
+    """kubeconfig if given, else in-cluster; KUBECONFIG is set for kopf's own login too.
+    `manager`: the field manager this process's writes show (kopfvirt-controller, ...)."""
+    global USER_AGENT
+    USER_AGENT = f"{manager}/{__version__}"
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
         config.load_kube_config(kubeconfig)
@@ -34,7 +42,11 @@ REQUEST_TIMEOUT = (5, 30)
 
 class _TimedClient(client.ApiClient):
     """An ApiClient whose every request has REQUEST_TIMEOUT unless the call names its own
-    (the generated client's default is to wait forever)."""
+    (the generated client's default is to wait forever), named after this process."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user_agent = USER_AGENT
 
     def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
         return super().call_api(method, url, header_params, body, post_params, _request_timeout or REQUEST_TIMEOUT)

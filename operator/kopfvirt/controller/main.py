@@ -24,7 +24,7 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
     """With `lease`, replicas elect a leader by that Lease of `namespace`; only it writes.
     With `api_port`, every replica serves the VM subresources (console, vnc, xml)."""
     configure_logging()
-    kube.load(kubeconfig)
+    kube.load(kubeconfig, "kopfvirt-controller")
     if metrics_port and webhook:  # served with the webhook's certificate, once it is there
         MetricsEndpoint(metrics_port, webhook.certfile, webhook.keyfile).start()
     elif metrics_port:
