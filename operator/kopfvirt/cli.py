@@ -10,6 +10,7 @@ import uuid
 from . import NODE_TLS_DIR
 from .core.reservation import DEFAULT_POD_POLICY, DEFAULT_POD_SETTINGS, PodPolicy, PodSettings
 from .names import AGENT_STREAM_PORT
+from .runtime import configure_logging
 
 
 def _positive(text: str) -> float:
@@ -27,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kopfvirt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("controller", help="run the cluster-wide controller")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as text, or as JSON objects with namespace, name, node and migration "
+                             "fields for log pipelines")
+    c = sub.add_parser("controller", help="run the cluster-wide controller", parents=[common])
     c.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
                    help="kubeconfig file (default: in-cluster ServiceAccount)")
     c.add_argument("--resync-seconds", type=float, default=30, help="period of the full pass over all VMs")
@@ -70,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--pod-affinity-across-namespaces", action="store_true",
                    help="let VMs' pod (anti-)affinity name pods of other namespaces")
 
-    a = sub.add_parser("agent", help="run the node agent of one node")
+    a = sub.add_parser("agent", help="run the node agent of one node", parents=[common])
     a.add_argument("--node-name", default=os.environ.get("NODE_NAME"), required="NODE_NAME" not in os.environ)
     a.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     a.add_argument("--libvirt-uri", default="qemu:///system")
@@ -111,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_format, node=getattr(args, "node_name", None) or "")
     if args.command == "controller":
         from .controller.apiserver import API_SERVICE
         from .controller.certificates import WebhookCertificates

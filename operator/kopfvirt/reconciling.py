@@ -16,6 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from .clients import kube
 from .core import conditions, reservation
+from .logformat import about
 
 
 def older(a: dict, b: dict) -> bool:
@@ -71,7 +72,9 @@ class Reconciler:
         return True
 
     def on_error(self, body: dict, error: Exception) -> None:
-        self.log.exception("reconciling %s/%s failed", body["metadata"]["namespace"], body["metadata"]["name"])
+        meta = body["metadata"]
+        self.log.exception("reconciling %s/%s failed", meta["namespace"], meta["name"],
+                           extra=about(meta["namespace"], meta["name"]))
         self.write_status(body, self.with_condition(body, "Ready", False, "ReconcileError", str(error)))
 
     # -- inputs -------------------------------------------------------------------------
@@ -211,10 +214,12 @@ class Reconciler:
         self.remember(body, kube.patch_status(meta["namespace"], meta["name"], changes))
         dropped = [k for k, v in changes.items() if v is not None and (body.get("status") or {}).get(k) != v]
         if dropped:  # pruned by the CRD's schema: every write would repeat forever
-            self.log.error("the API server dropped status fields %s of %s/%s", dropped, meta["namespace"], meta["name"])
+            self.log.error("the API server dropped status fields %s of %s/%s", dropped, meta["namespace"], meta["name"],
+                           extra=about(meta["namespace"], meta["name"]))
         old, new = current.get("phase"), (body.get("status") or {}).get("phase")
         if old != new:
-            self.log.info("VM %s/%s: %s -> %s", meta["namespace"], meta["name"], old, new)
+            self.log.info("VM %s/%s: %s -> %s", meta["namespace"], meta["name"], old, new,
+                          extra=about(meta["namespace"], meta["name"]))
         return True
 
     def event(self, body: dict, reason: str, message: str, warning: bool = False) -> None:

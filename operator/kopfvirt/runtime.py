@@ -15,7 +15,7 @@ import os
 
 import kopf
 
-from . import GROUP, VERSION
+from . import GROUP, VERSION, logformat
 
 
 def registry_with_settings(identity: str, vm_selector: str | None = None,
@@ -78,9 +78,14 @@ def watch_vms_and_pods(registry: kopf.OperatorRegistry, reconciler) -> None:
         reconciler.observe_pod(dict(body), deleted=type == "DELETED")
 
 
-def configure_logging() -> None:
-    """Once, before anything logs (a second call changes nothing)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def configure_logging(fmt: str = "text", **static: str) -> None:
+    """Once, before anything logs (a second call changes nothing). `fmt`: text or json
+    (logformat.py); `static`: fields of every JSON line."""
+    if logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logformat.formatter(fmt, **static))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
 
 

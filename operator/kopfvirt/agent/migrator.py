@@ -24,6 +24,7 @@ from kubernetes.client.rest import ApiException
 from ..clients import images, kube
 from ..clients.libvirt import CopyRefused
 from ..core import disks, migration, pools, quantity, vmspec
+from ..logformat import about
 from ..reconciling import now, write_migration_status
 
 log = logging.getLogger("kopfvirt.agent.migrator")
@@ -120,7 +121,8 @@ class Migrator:
             self.agent.write_status(body, {**status, "phase": "Migrating", "migration": record})
             run = self.running[uid] = Running(name)
         self.agent.event(body, "Migrating", f"{record['mode']} migration {name} to {record['targetNode']} started")
-        log.info("migrating VM %s/%s to %s (%s)", ns, body["metadata"]["name"], record["targetNode"], record["mode"])
+        log.info("migrating VM %s/%s to %s (%s)", ns, body["metadata"]["name"], record["targetNode"], record["mode"],
+                 extra=about(ns, body["metadata"]["name"], migration=record.get("name", "")))
         try:
             if record["mode"] == "Live":
                 outcome = self._live(body, m, run)
@@ -285,7 +287,8 @@ class Migrator:
             self.agent.event(body, "Migrated", f"moved to {target}" + (
                 f" in {outcome.results['totalTimeMs']} ms, downtime {outcome.results['downtimeMs']} ms"
                 if "downtimeMs" in outcome.results else ""))
-            log.info("VM %s/%s moved to %s: %s", ns, body["metadata"]["name"], target, outcome.results)
+            log.info("VM %s/%s moved to %s: %s", ns, body["metadata"]["name"], target, outcome.results,
+                     extra=about(ns, body["metadata"]["name"], migration=record.get("name", "")))
             return
         phase = "Cancelled" if outcome.reason == "Cancelled" else "Failed"
         current = kube.get_object(ns, record["name"], PLURAL) if record.get("name") else None

@@ -21,6 +21,7 @@ from .. import GROUP, VERSION
 from ..clients import kube
 from ..core import conditions, migration, reservation, vmspec
 from ..core.migration import FINAL_PHASES, PLURAL
+from ..logformat import about
 from ..names import NODE_LABEL
 from ..reconciling import concurrently, older, write_migration_status
 from . import metrics
@@ -398,7 +399,8 @@ class Migrations:
             self._remember(m, updated)
         if phase:
             log.info("Migration %s/%s: %s -> %s", m["metadata"]["namespace"], m["metadata"]["name"],
-                     current.get("phase"), phase)
+                     current.get("phase"), phase, extra=about(m["metadata"]["namespace"], m["spec"].get("vmName", ""),
+                                                              migration=m["metadata"]["name"]))
 
     def _remember(self, m: dict, updated: dict) -> None:
         m.clear()
