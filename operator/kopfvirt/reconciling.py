@@ -15,7 +15,7 @@ from typing import Callable
 from kubernetes.client.rest import ApiException
 
 from .clients import kube
-from .core import conditions, reservation
+from .core import conditions, migration, reservation
 from .logformat import about
 
 
@@ -235,9 +235,15 @@ def write_migration_status(namespace: str, name: str, status: dict, phase: str |
     None if the Migration is gone."""
     status = dict(status)
     if phase:
+        before = (current or {}).get("status") or {}
+        generation = ((current or {}).get("metadata") or {}).get("generation")
         status["phase"] = phase
-        transitions = list(((current or {}).get("status") or {}).get("phaseTransitions") or [])
-        status["phaseTransitions"] = transitions + [{"phase": phase, "time": now()}]
+        status["phaseTransitions"] = list(before.get("phaseTransitions") or []) + [{"phase": phase, "time": now()}]
+        status["conditions"] = migration.phase_conditions(
+            status.get("conditions", before.get("conditions")), phase, status.get("reason", before.get("reason", "")),
+            status.get("message", before.get("message", "")), generation)
+        if generation is not None:
+            status["observedGeneration"] = generation
     try:
         return kube.patch_status(namespace, name, status, plural="migrations")
     except ApiException as e:

@@ -76,7 +76,7 @@ def assert_keeps_counting(vms, name: str, node: str, before: int) -> int:
         raise AssertionError(f"{e}\nits serial console on {node}:\n{console.stdout}{console.stderr}") from None
 
 
-def test_live_migration_there_and_back_keeps_the_guest_running(vms, migrations):
+def test_live_migration_there_and_back_keeps_the_guest_running(vms, migrations, kstatus):
     source, uid = running_vm(vms, "mig-live")
     target = OTHER[source]
     for step, (frm, to) in enumerate(((source, target), (target, source))):
@@ -88,11 +88,13 @@ def test_live_migration_there_and_back_keeps_the_guest_running(vms, migrations):
         assert (st["sourceNode"], st["targetNode"]) == (frm, to)
         assert st["totalTimeMs"] > 0 and 0 <= st["downtimeMs"] < 5000 and st["dataTransferredBytes"] > 0
         assert [t["phase"] for t in st["phaseTransitions"]] == ["Scheduling", "TargetReady", "Running", "Succeeded"]
+        assert kstatus(m)[0] == "Current" and st["observedGeneration"] == m["metadata"]["generation"]
         # The hand-off ends the Migration and gives the VM to the target at once; the VM's
         # status.migration is cleared last (docs/migration.md), a moment after Succeeded.
         vm = wait_for(f"mig-live handed to {to}", lambda: (v := vms.get("mig-live")) and v["status"].get("phase") ==
                       "Running" and v["status"].get("nodeName") == to and "migration" not in v["status"] and v)
         assert vm["metadata"]["labels"]["kopfvirt.io/node"] == to
+        assert kstatus(vm)[0] == "Current", kstatus(vm)
         assert f"agent.kopfvirt.io/{to}" in vm["metadata"]["finalizers"]
         assert_on_one_node(uid, to)
         assert_keeps_counting(vms, "mig-live", to, before)
@@ -159,14 +161,16 @@ def test_refusals_fail_fast_with_a_reason(vms, migrations):
         vms.delete(name)
 
 
-def test_a_second_migration_of_a_moving_vm_is_refused(vms, migrations):
+def test_a_second_migration_of_a_moving_vm_is_refused(vms, migrations, kstatus):
     """A slow move (bandwidth-limited, memory dirtied) keeps the first one running."""
     source, uid = running_vm(vms, "mig-twice", "kopfvirt.dirty_mibps=8")
     migrations.create("mig-twice-1", "mig-twice", options={"bandwidthMiBps": 2})
-    migrations.wait_phase("mig-twice-1", "Running")
+    running = migrations.wait_phase("mig-twice-1", "Running")
+    assert kstatus(running)[0] == "InProgress", kstatus(running)  # as Flux waits on it
     migrations.create("mig-twice-2", "mig-twice")
     m = migrations.wait_phase("mig-twice-2", "Failed", timeout=20)
     assert m["status"]["reason"] == "AlreadyMigrating" and "mig-twice-1" in m["status"]["message"]
+    assert kstatus(m) == ("Failed", m["status"]["message"]), kstatus(m)
     # Deleting the running Migration cancels it: the guest stays on the source.
     before = heartbeat(source, vms.domain("mig-twice"))
     migrations.delete("mig-twice-1", wait=False)

@@ -1,3 +1,4 @@
+from kopfvirt.core import conditions
 from kopfvirt.core.conditions import get, set_condition
 
 
@@ -14,3 +15,14 @@ def test_other_conditions_are_kept():
     c = set_condition(None, "Scheduled", True, "Bound", "x", 1)
     c = set_condition(c, "Ready", True, "Up", "y", 1)
     assert [x["type"] for x in c] == ["Ready", "Scheduled"]
+
+
+def test_a_vm_that_gets_on_is_no_longer_stalled():
+    stalled = conditions.set_condition(None, "Stalled", True, "InvalidSpec", "spec.cpu: bad", 1, at="t0")
+    fixed = conditions.unstall(stalled, 2, "the guest runs on node-1")
+    assert conditions.get(fixed, "Stalled") == {"type": "Stalled", "status": "False", "reason": "NotStalled",
+                                                "message": "the guest runs on node-1", "observedGeneration": 2,
+                                                "lastTransitionTime": conditions.get(fixed, "Stalled")["lastTransitionTime"]}
+    assert conditions.unstall(None, 2, "x") is None  # never stalled: no condition added
+    running = conditions.set_condition(None, "Ready", True, "DomainRunning", "", 1)
+    assert conditions.unstall(running, 2, "x") is running

@@ -144,3 +144,18 @@ def test_a_move_handed_over_without_its_end_written_is_recognised():
     # Ended already, or not yet claimed by the source agent.
     assert not migration.handed_over_unrecorded({**running, "phase": "Succeeded"}, on_target)
     assert not migration.handed_over_unrecorded({**running, "phase": "TargetReady"}, on_target)
+
+
+def test_phase_conditions_say_what_kstatus_reads():
+    def states(phase, reason="", message=""):
+        conds = migration.phase_conditions(None, phase, reason, message, 1)
+        return {c["type"]: (c["status"], c["reason"]) for c in conds}
+    assert states("Scheduling") == {"Ready": ("False", "Scheduling"), "Reconciling": ("True", "Scheduling"),
+                                    "Stalled": ("False", "NotStalled")}
+    assert states("Succeeded") == {"Ready": ("True", "Succeeded"), "Reconciling": ("False", "Finished"),
+                                   "Stalled": ("False", "NotStalled")}
+    failed = migration.phase_conditions(None, "Failed", "HostDevice", "gpu cannot move", 1)
+    assert {c["type"]: (c["status"], c["reason"], c["message"]) for c in failed}["Stalled"] == (
+        "True", "HostDevice", "gpu cannot move")
+    assert states("Cancelled", "Cancelled")["Stalled"] == ("False", "NotStalled")
+    assert all(c["observedGeneration"] == 1 for c in failed)

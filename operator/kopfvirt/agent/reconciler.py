@@ -199,6 +199,7 @@ class Agent(Reconciler):
                                          generation)
         conds = conditions.set_condition(conds, "Paused", paused, "Paused" if paused else "NotPaused",
                                          "spec.paused is true" if paused else "", generation)
+        conds = conditions.unstall(conds, generation, f"the guest runs on {self.node}")
         trouble = self.pools.trouble(vm)
         conds = conditions.set_condition(conds, "StorageReady", trouble is None,
                                          "StoragePoolFailed" if trouble else "StoragePoolsActive",

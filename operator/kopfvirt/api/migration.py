@@ -75,6 +75,7 @@ class MigrationStatus:
 
     phase: str | None = field(None, enum=PHASES, description="Where the migration is: " + ", ".join(PHASES) + ".")
     phase_transitions: list[PhaseTransition] = field([], description="When each phase was entered.")
+    observed_generation: int | None = field(None, description="The spec generation the status reflects.")
     source_node: str | None = field(None, description="The node the VM ran on when the migration began.")
     target_node: str | None = field(None, description="The node the VM moves to (once kube-scheduler bound it).")
     target_pod: str | None = field(None, description="The reservation pod that holds the target's share.")
@@ -87,4 +88,6 @@ class MigrationStatus:
     data_transferred_bytes: int | None = field(None, description="Data sent in all.")
     reason: str | None = field(None, description="Why it failed or was cancelled: a CamelCase word.")
     message: str | None = field(None, description="Why it failed or was cancelled, for a human.")
-    conditions: list[Condition] = field([], list_map_keys=("type",), description="Kubernetes-style conditions.")
+    conditions: list[Condition] = field([], list_map_keys=("type",), description=(
+        "Kubernetes-style conditions: Ready (Succeeded), Reconciling (under way), Stalled (Failed), as kstatus "
+        "reads them; Queued, TargetScheduled and Succeeded say more."))

@@ -291,6 +291,7 @@ class Controller(Reconciler):
         status = self.with_condition(body, "Scheduled", False, "Pending", "reservation pod created",
                                      base=status)
         status = self.with_condition(body, "Reconciling", True, "Scheduling", "placing the VM", base=status)
+        status["conditions"] = conditions.unstall(status["conditions"], meta.get("generation"), "the VM is being placed")
         if status.get("phase") not in ACTIVE_PHASES:
             status["phase"] = "Scheduling"
         self.write_status(body, {**status, "observedGeneration": meta.get("generation")})

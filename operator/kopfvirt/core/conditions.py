@@ -30,3 +30,12 @@ def set_condition(conditions: list[dict] | None, type_: str, status: bool | None
 
 def get(conditions: list[dict] | None, type_: str) -> dict | None:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def unstall(conditions: list[dict] | None, generation: int | None, why: str) -> list[dict] | None:
+    """Stalled=False once the VM gets on (its spec fixed): kstatus reads a Stalled=True
+    left behind as Failed for ever. Unchanged when it is not stalled."""
+    stalled = get(conditions, "Stalled")
+    if not stalled or stalled.get("status") != "True":
+        return conditions
+    return set_condition(conditions, "Stalled", False, "NotStalled", why, generation)

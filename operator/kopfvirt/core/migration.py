@@ -13,6 +13,7 @@ import dataclasses
 
 from .. import GROUP, names
 from . import cpu, pools, reservation
+from .conditions import set_condition
 from .vmspec import VM
 
 PLURAL = names.MIGRATIONS
@@ -28,6 +29,21 @@ DEFAULT_OPTIONS = {
 DEFAULT_LIMITS = {"parallelMigrationsPerCluster": 5, "parallelOutboundMigrationsPerNode": 2}
 ACTIVE_PHASES = ("Scheduling", "TargetReady", "Running")
 FINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+
+
+def phase_conditions(conditions: list[dict] | None, phase: str, reason: str, message: str,
+                     generation: int | None) -> list[dict]:
+    """Ready, Reconciling and Stalled for a phase, as kstatus (Flux, kubectl wait, Argo CD's
+    generic checks) reads them: a Migration under way is Reconciling, a Failed one Stalled,
+    a Succeeded one Ready; a Cancelled one is over and no error."""
+    active, failed, done = phase not in FINAL_PHASES, phase == "Failed", phase == "Succeeded"
+    why = reason or phase
+    conditions = set_condition(conditions, "Ready", done, "Succeeded" if done else why,
+                               message if failed else f"the Migration is {phase}", generation)
+    conditions = set_condition(conditions, "Reconciling", active, phase if active else "Finished",
+                               f"the Migration is {phase}" if active else "", generation)
+    return set_condition(conditions, "Stalled", failed, why if failed else "NotStalled",
+                         message if failed else "", generation)
 
 
 @dataclasses.dataclass(frozen=True)
