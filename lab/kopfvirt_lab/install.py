@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import images
 from .errors import LabError
-from .layout import CPU_ALLOCATION_RATIO, LAB_SYSFS, LEASE_DIR, Lab, cache_dir
+from .layout import CPU_ALLOCATION_RATIO, LAB_PROC, LAB_SYSFS, LEASE_DIR, Lab, cache_dir
 
 RELEASE = "kopfvirt"
 NAMESPACE = "kopfvirt-system"
@@ -54,8 +54,9 @@ def values(lab: Lab, vm_network: str, virt_type: str = "qemu") -> dict:
             "virtType": virt_type,
             "extraArgs": [f"--resync-seconds={RESYNC_SECONDS}", "--cert-check-seconds=5", "--device-scan-seconds=2",
                           f"--vm-network={vm_network}", f"--lease-dir={LEASE_DIR}"],
-            # The machine's /sys on node-1, a built GPU server's tree on node-2 (nodes.py).
+            # The machine's /sys and /proc on node-1, a built GPU server's on node-2 (nodes.py).
             "sysfsPath": LAB_SYSFS,
+            "procPath": LAB_PROC,
             "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "512Mi"}},
         },
     }

@@ -37,6 +37,9 @@ HIDDEN_CPU_FEATURES = {"node-2": ("sse4a",)}
 # tree of a GPU server (lab/kopfvirt_lab/pcitree.py), whose kernel side a lab process plays.
 # Each node's mount namespace shows its own at LAB_SYSFS, the chart's agent.sysfsPath.
 LAB_SYSFS = "/var/lib/kopfvirt-lab/sysfs"
+# Likewise the host's /proc as the agent reads it (agent.procPath): the machine's on node-1,
+# on node-2 a built one whose mounts, swap and default route use the tree's boot disk and port.
+LAB_PROC = "/var/lib/kopfvirt-lab/proc"
 PCI_TREE_NODES = ("node-2",)
 
 LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt",
@@ -113,6 +116,9 @@ class Lab:
 
     def sysfs_root(self, node: str) -> Path:
         return self.root / "sysfs" / node
+
+    def proc_root(self, node: str) -> Path:
+        return self.root / "proc" / node
 
     def libvirt_uri(self, node: str, index: int) -> str:
         """A node's libvirtd as a client on the host reaches it: over TLS like its peers,

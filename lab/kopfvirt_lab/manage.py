@@ -17,7 +17,8 @@ from pathlib import Path
 
 from kopfvirt import GROUP, VERSION
 from kopfvirt.core.nodelabels import HIDE_CPU_FEATURES_ANNOTATION
-from . import containerd, controlplane, guest, images, install, kubelet, kubeproxy, nodes, procs, storage, tokens
+from . import (containerd, controlplane, guest, images, install, kubelet, kubeproxy, nodes, pcitree, procs, storage,
+               tokens)
 from .errors import LabError
 from .layout import HIDDEN_CPU_FEATURES, PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, Lab, node_names
 
@@ -81,14 +82,16 @@ def _apply(lab: Lab, *paths: Path) -> None:
 
 
 def _start_node_daemons(lab: Lab, names: list[str]) -> None:
-    """Each node's container runtime, kubelet and kube-proxy, and the PCI tree node-2's
-    agent reads (lab/kopfvirt_lab/pcitree.py): what a node runs before Kopfvirt comes."""
+    """Each node's container runtime, kubelet and kube-proxy, and the PCI tree (and the
+    proc tree of what its host uses) node-2's agent reads (lab/kopfvirt_lab/pcitree.py):
+    what a node runs before Kopfvirt comes."""
     python = sys.executable
     for index, node in enumerate(names, start=1):
         containerd.start(lab, node, index, nodes.enter(node))
         kubelet.start(lab, node, index, nodes.enter(node), controlplane.server_url())
         kubeproxy.start(lab, node, index, nodes.enter(node), controlplane.server_url())
         if node in PCI_TREE_NODES:
+            pcitree.build_proc(lab.proc_root(node))  # what the host uses: plain files, built in place
             sysfs_root = str(lab.sysfs_root(node))
             if not procs.running(lab, f"pcitree-{node}"):
                 procs.start(lab, f"pcitree-{node}", [python, "-m", "kopfvirt_lab.pcitree", "serve", sysfs_root])

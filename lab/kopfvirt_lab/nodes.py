@@ -21,7 +21,7 @@ from kopfvirt.agent.tls import LIBVIRTD_PATHS
 
 from . import kubelet, procs
 from .errors import LabError
-from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LAB_SYSFS, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK,
+from .layout import (K8S_VERSION, BRIDGE, HOST_IP, LAB_PROC, LAB_SYSFS, LEASE_DIR, NETNS_PREFIX, NODE_PRIVATE_DIRS, NETWORK,
                      PCI_TREE_NODES, RUN_DIR, SHARED_STORAGE, STORAGE_HOST, TLS_DIR, Lab, mntns_path, netns, netns_path, node_ip,
                      pod_cidr)
 
@@ -225,12 +225,13 @@ def _ensure_mntns(lab: Lab, node: str) -> None:
     # the agent's pod (its hostPath is HostToContainer), and so does the TLS directory.
     binds = ["mount --bind /var/lib/kopfvirt /var/lib/kopfvirt", "mount --make-shared /var/lib/kopfvirt"]
     binds += [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in NODE_PRIVATE_DIRS]
-    Path(LAB_SYSFS).mkdir(parents=True, exist_ok=True)
-    if node in PCI_TREE_NODES:
-        lab.sysfs_root(node).mkdir(parents=True, exist_ok=True)
-        binds.append(f"mount --bind {lab.sysfs_root(node)} {LAB_SYSFS}")
-    else:
-        binds.append(f"mount --rbind /sys {LAB_SYSFS}")
+    for shown, real, built in ((LAB_SYSFS, "/sys", lab.sysfs_root(node)), (LAB_PROC, "/proc", lab.proc_root(node))):
+        Path(shown).mkdir(parents=True, exist_ok=True)
+        if node in PCI_TREE_NODES:
+            built.mkdir(parents=True, exist_ok=True)
+            binds.append(f"mount --bind {built} {shown}")
+        else:
+            binds.append(f"mount --rbind {real} {shown}")
     binds += kubelet.sysctl_binds(node_root)
     lab_bin = node_root / "var/lib/libvirt/lab-bin"
     if Path("/usr/sbin/dmidecode").exists():

@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="each guest's serial log on the node is cut past this (the older part kept once as "
                         "<log>.1); a Node's annotation kopfvirt.io/serial-log-max-bytes overrides it")
     a.add_argument("--sysfs-root", default="/sys", help="where the node's sysfs is (a built tree in tests and the lab)")
+    a.add_argument("--proc-root", default="/proc",
+                   help="where the host's /proc is: the agent reads <proc-root>/1/mountinfo, <proc-root>/swaps and "
+                        "<proc-root>/1/net/route to keep what the host uses from passthrough (PID 1 must be the "
+                        "host's: mount the host's /proc, or run with hostPID)")
     a.add_argument("--pci-ids", help="the pci.ids database (default: where Debian's pci.ids or hwdata puts it)")
     a.add_argument("--device-scan-seconds", type=float, default=10, help="period of the PCI device scan")
     a.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "kopfvirt-system"),
@@ -148,4 +152,5 @@ def main(argv: list[str] | None = None) -> None:
             args.tls_dir, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
             args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds,
             args.serial_log_max_bytes, args.stream_port,
-            args.controller_name or f"kopfvirt-webhook.{args.namespace}.svc", args.cloud_init_from)
+            args.controller_name or f"kopfvirt-webhook.{args.namespace}.svc", args.cloud_init_from,
+            proc_root=args.proc_root)

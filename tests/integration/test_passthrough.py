@@ -21,6 +21,10 @@ from .conftest import REPO, kubectl, kubectl_json, lab_guest, metrics_of, operat
 TREE = REPO / ".lab" / "sysfs" / "node-2"
 GPU, AUDIO, USB, VF2, VF3 = ("node-2-0000-01-00-0", "node-2-0000-01-00-1", "node-2-0000-05-00-0",
                              "node-2-0000-3b-00-2", "node-2-0000-3b-00-3")
+# Two of one NVMe model and two ports of one NIC: the first of each is the host's (its / and
+# swap, its default route: lab/kopfvirt_lab/pcitree.py), the second is free. And the boot VGA.
+BOOT_DISK, DATA_DISK, MGMT_PORT, SPARE_PORT, BMC_VGA = (
+    "node-2-0000-3d-00-0", "node-2-0000-3e-00-0", "node-2-0000-09-00-0", "node-2-0000-09-00-1", "node-2-0000-03-00-0")
 
 
 def device(name: str) -> dict:
@@ -32,10 +36,10 @@ def status(name: str) -> dict:
     return device(name).get("status") or {}
 
 
-def set_rules(rules: list) -> None:
+def set_rules(rules: list, host_drivers: list | None = None) -> None:
     kubectl("-n", "kopfvirt-system", "apply", "-f", "-", stdin=yaml.safe_dump({
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kopfvirt-passthrough"},
-        "data": {"rules": yaml.safe_dump(rules)}}))
+        "data": {"rules": yaml.safe_dump(rules), "hostDrivers": yaml.safe_dump(host_drivers or [])}}))
 
 
 def permit(name: str, permitted: bool | None) -> None:
@@ -57,7 +61,7 @@ def tree_driver(address: str) -> str | None:
 def rules(lab):
     yield set_rules
     set_rules([])
-    for name in (GPU, AUDIO, USB, VF2, VF3, "node-1-0000-00-03-0"):
+    for name in (GPU, AUDIO, USB, VF2, VF3, BOOT_DISK, DATA_DISK, MGMT_PORT, SPARE_PORT, "node-1-0000-00-03-0"):
         if device(name):
             permit(name, None)
 
@@ -148,8 +152,8 @@ def test_a_gpu_is_allocated_bound_given_back_and_held_against_others(vms, rules)
 
 
 @pytest.mark.parametrize("name,ask,reason,words", [
-    ("missing", {"device": "node-2-0000-09-00-0"}, "DeviceNotFound",
-     "PassthroughDevice node-2-0000-09-00-0 does not exist"),
+    ("missing", {"device": "node-2-0000-0a-00-0"}, "DeviceNotFound",
+     "PassthroughDevice node-2-0000-0a-00-0 does not exist"),
     ("unpermitted", {"device": VF3}, "DeviceNotPermitted", f"{VF3} is not permitted"),
     ("group-shared", {"device": USB}, "DeviceNotAssignable",
      "IOMMU group 9 also holds 0000:06:00.0: its network interface enp6s0"),
@@ -172,6 +176,63 @@ def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held
     assert not any((d.get("status") or {}).get("holder", {}).get("name") == name
                    for d in kubectl_json("get", "passthroughdevices")["items"])
     vms.delete(name)
+
+
+def test_what_the_host_uses_stays_with_it_whatever_permits_it(vms, rules):
+    """Rules permit the NVMe model, the NIC model and VGA: the boot disk, the default
+    route's port and the boot VGA stay the host's; their twins go. Rules pin and exclude
+    addresses; a hostDrivers entry keeps every device on that driver."""
+    rules([{"vendorDevice": "144d:a808"}, {"vendorDevice": "8086:1521"}, {"class": "0300"}])
+    wait_for("the twins permitted and assignable", lambda: all(
+        status(n).get("assignable") and status(n).get("permitted") for n in (DATA_DISK, SPARE_PORT)))
+    for name, words in ((BOOT_DISK, "holds the filesystem mounted at / via dm-0 (ubuntu--vg-ubuntu--lv)"),
+                        (MGMT_PORT, "it carries the host's default route (eno1)"),
+                        (BMC_VGA, "it is the boot VGA device (the host's console)")):
+        s = status(name)
+        assert (s["permitted"], s["assignable"], s["reason"]) == (True, False, "InUseByHost"), s
+        assert words in s["message"], s["message"]
+    printed = kubectl("get", "passthroughdevices", BOOT_DISK, DATA_DISK).stdout
+    assert "InUseByHost" in printed and "Assignable" in printed
+
+    # Even its own spec.permitted cannot give the boot disk away: a VM asking waits, nothing held.
+    permit(BOOT_DISK, True)
+    vms.apply(lab_guest("boot-disk", hostDevices=[{"name": "disk", "device": BOOT_DISK}]))
+    cond = vms.wait_condition("boot-disk", "Ready", "DeviceNotAssignable")
+    assert "spec.hostDevices[0]" in cond["message"] and "holds the filesystem mounted at /" in cond["message"]
+    assert "holder" not in status(BOOT_DISK) and tree_driver("0000:3d:00.0") == "nvme"
+    vms.delete("boot-disk")
+
+    # Rules by address: pin the one disk meant for VMs, exclude the other port.
+    rules([{"addresses": ["0000:09:00.1"], "exclude": True}, {"vendorDevice": "144d:a808", "addresses": ["0000:3e:00.0"]},
+           {"vendorDevice": "8086:1521"}])
+    wait_for("the spare port excluded", lambda: status(SPARE_PORT).get("permittedBy") == "rules[0]"
+             and status(SPARE_PORT)["permitted"] is False)
+    assert status(DATA_DISK)["permittedBy"] == "rules[1]" and status(DATA_DISK)["permitted"] is True
+
+    # hostDrivers: whatever is bound to nvme stays with the host.
+    rules([{"vendorDevice": "144d:a808"}], host_drivers=["nvme"])
+    wait_for("the data disk kept by hostDrivers", lambda: status(DATA_DISK).get("reason") == "InUseByHost")
+    assert "it is bound to nvme, one of the host's drivers" in status(DATA_DISK)["message"]
+    assert status(DATA_DISK)["permitted"] is True and status(DATA_DISK)["assignable"] is False
+
+
+def test_a_bind_checks_the_address_against_the_device_the_vm_holds(vms, rules):
+    """A VM's status.hostDevices names each device and its address; an address changed
+    there (by anyone who may write VM status) is not bound: the device object decides."""
+    permit(VF2, True)
+    vms.apply(lab_guest("vf-lie", hostDevices=[{"name": "vf", "device": VF2}]))
+    wait_for("vf-lie holding VF2", lambda: status(VF2).get("holder", {}).get("name") == "vf-lie")
+    vms.wait_condition("vf-lie", "Ready", "DomainStartFailed", timeout=60)  # the tree's group cannot open
+    wait_for("VF2 back on mlx5_core", lambda: tree_driver("0000:3b:00.2") == "mlx5_core")
+    held = vms.get("vf-lie")["status"]["hostDevices"]
+    kubectl("-n", vms.namespace, "patch", "virtualmachine", "vf-lie", "--subresource", "status", "--type", "merge",
+            "-p", json.dumps({"status": {"hostDevices": [{**held[0], "address": "0000:3d:00.0"}]}}))
+    # Its next start (at least 20 s after the failed one) refuses before touching sysfs.
+    cond = vms.wait_condition("vf-lie", "Ready", "DeviceMismatch", timeout=120)
+    assert "names 0000:3d:00.0 on node-2" in cond["message"] and f"{VF2} is 0000:3b:00.2" in cond["message"]
+    assert (tree_driver("0000:3d:00.0"), tree_driver("0000:3b:00.2")) == ("nvme", "mlx5_core")
+    vms.delete("vf-lie")
+    wait_for("VF2 free", lambda: "holder" not in status(VF2))
 
 
 def test_a_held_device_deleted_or_vanished_is_reported_on_its_vm(vms, rules):

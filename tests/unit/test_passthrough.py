@@ -1,12 +1,15 @@
 """Discovery, assignability, driver moves and allocation of PCI devices, on sysfs trees
-built like real hosts' (lab/kopfvirt_lab/pcitree.py) with the PCI core's bind semantics played."""
+built like real hosts' (lab/kopfvirt_lab/pcitree.py) with the PCI core's bind semantics played,
+and what the host uses of them (its proc tree beside)."""
 
+import re
 from pathlib import Path
 
 import pytest
 
+from kopfvirt.agent.devices import Devices, DeviceUnavailable
 from kopfvirt.api.schema import SpecError
-from kopfvirt.clients import sysfs
+from kopfvirt.clients import hostuse, kube, sysfs
 from kopfvirt.core import passthrough, pci, pciids, vmspec
 from kopfvirt_lab import pcitree
 
@@ -190,3 +193,156 @@ def test_restore_leaves_nothing_unbound_after_a_move_cut_short(tree):
     assert (fn.driver, fn.driver_override) == (None, "vfio-pci")
     sysfs.to_host(tree, address, "nvidia")
     assert sysfs.scan(tree)[address].driver == "nvidia"
+
+
+# -- what the host needs: never passed through, whatever permits it ---------------------------
+
+@pytest.fixture
+def host(tmp_path):
+    """node-2's proc tree (lab/kopfvirt_lab/pcitree.py): / on LVM on the first NVMe disk,
+    swap on LVM too, the default route on the I350's first port."""
+    pcitree.build_proc(tmp_path / "proc")
+    return tmp_path / "proc"
+
+
+def everything_permitted(root, host_root, drivers=frozenset()):
+    functions = sysfs.scan(root)
+    seen = hostuse.read(root, host_root, drivers)
+    return {a: pci.assess(f, functions, set(functions), sysfs.vfio_loaded(root), "node-x", seen)
+            for a, f in functions.items()}
+
+
+def test_of_two_identical_nvme_disks_the_boot_one_stays_with_the_host(tree, host):
+    boot, data = pcitree.BOOT_NVME, pcitree.DATA_NVME
+    assert (boot.vendor, boot.device) == (data.vendor, data.device) == ("144d", "a808")
+    rules = passthrough.parse_rules("- {vendorDevice: '144d:a808', resourceName: example.com/pm983}")
+    for fn in (boot, data):  # the rule permits both: the model is the same
+        assert passthrough.effective({}, fn.vendor, fn.device, fn.class_, rules, fn.address)[0]
+    v = everything_permitted(tree, host)
+    assert (v[boot.address].reason, v[boot.address].message) == (
+        "InUseByHost", "nvme0n1p3 holds the filesystem mounted at / via dm-0 (ubuntu--vg-ubuntu--lv)")
+    assert v[data.address].assignable
+
+
+def test_a_volume_group_member_stays_with_the_host_unmounted(tree, tmp_path):
+    pcitree.build_proc(tmp_path / "bare", mountinfo="", swaps="Filename\tType\tSize\tUsed\tPriority\n")
+    v = everything_permitted(tree, tmp_path / "bare")
+    assert v[pcitree.BOOT_NVME.address].message == "nvme0n1p3 holds part of dm-0 (ubuntu--vg-ubuntu--lv)"
+    assert v[pcitree.DATA_NVME.address].assignable
+
+
+def test_of_two_ports_of_one_nic_the_default_routes_stays_with_the_host(tree, host):
+    mgmt, spare = pcitree.MGMT_NIC, pcitree.SPARE_NIC
+    assert (mgmt.vendor, mgmt.device) == (spare.vendor, spare.device) == ("8086", "1521")
+    v = everything_permitted(tree, host)
+    assert (v[mgmt.address].reason, v[mgmt.address].message) == (
+        "InUseByHost", "it carries the host's default route (eno1)")
+    assert v[spare.address].assignable
+
+
+def test_the_boot_vga_and_devices_on_host_drivers_stay_with_the_host(tree, host):
+    v = everything_permitted(tree, host, frozenset({"nvme", "megaraid_sas"}))
+    assert (v[pcitree.BMC_VGA.address].reason, v[pcitree.BMC_VGA.address].message) == (
+        "InUseByHost", "it is the boot VGA device (the host's console)")
+    assert v[pcitree.GPU.address].assignable  # a VGA device too, not the boot one
+    assert (v[pcitree.DATA_NVME.address].reason, v[pcitree.DATA_NVME.address].message) == (
+        "InUseByHost", "it is bound to nvme, one of the host's drivers (hostDrivers of ConfigMap kopfvirt-passthrough)")
+
+
+def test_a_host_device_in_the_group_refuses_its_mates_and_unknown_host_use_refuses_all(tree, host):
+    functions = sysfs.scan(tree)
+    gpu = functions[pcitree.GPU.address]
+    seen = pci.Host(uses={pcitree.GPU_AUDIO.address: "it is the host's sound card"})
+    verdict = pci.assess(gpu, functions, set(functions), True, "node-x", seen)
+    assert (verdict.reason, verdict.message) == (
+        "GroupShared", "IOMMU group 12 also holds 0000:01:00.1: it is the host's sound card")
+    v = everything_permitted(tree, tree / "no-proc-here")
+    assert {x.reason for a, x in v.items() if a != pcitree.HOST_BRIDGE.address} <= {"InUseByHost",
+                                                                                    "SRIOVPhysicalFunction"}
+    assert "cannot be told" in v[pcitree.DATA_NVME.address].message
+
+
+def test_rules_pin_and_exclude_addresses_and_the_first_match_decides():
+    rules = passthrough.parse_rules(
+        "- {addresses: ['0000:3D:00.0'], exclude: true}\n"
+        "- {vendorDevice: '144d:a808', resourceName: example.com/pm983}\n"
+        "- {addresses: ['0000:09:00.1'], vendorDevice: '8086:1521'}\n")
+    assert rules[0] == passthrough.Rule(addresses=("0000:3d:00.0",), exclude=True)
+    nvme = ("144d", "a808", "010802")
+    assert passthrough.effective({}, *nvme, rules, "0000:3d:00.0") == (False, "rules[0]", "144d:a808")
+    assert passthrough.effective({}, *nvme, rules, "0000:3e:00.0") == (True, "rules[1]", "example.com/pm983")
+    assert passthrough.effective({}, "8086", "1521", "020000", rules, "0000:09:00.1")[:2] == (True, "rules[2]")
+    assert passthrough.effective({}, "8086", "1521", "020000", rules, "0000:09:00.0")[:2] == (False, "default")
+    assert passthrough.effective({}, "8086", "1533", "020000", rules, "0000:09:00.1")[:2] == (False, "default")
+    assert passthrough.effective({"permitted": True}, *nvme, rules, "0000:3d:00.0")[:2] == (True, "spec")
+
+
+@pytest.mark.parametrize("text,field,words", [
+    ("- {class: '01'}\n- {class: '02'}\n- {addresses: ['0000:3b:00.0', '3b:00.0']}", r"rules\[2\]\.addresses\[1\]",
+     "'3b:00.0' is not a PCI address dddd:bb:dd.f"),
+    ("- {addresses: ['0000:3b:20.0']}", r"rules\[0\]\.addresses\[0\]", "slot up to 1f"),
+    ("- {addresses: ['0000:3b:00.8']}", r"rules\[0\]\.addresses\[0\]", "function up to 7"),
+    ("- {addresses: '0000:3b:00.0'}", r"rules\[0\]\.addresses", "must be a non-empty list"),
+    ("- {addresses: [], class: '01'}", r"rules\[0\]\.addresses", "must be a non-empty list"),
+    ("- {class: '01', exclude: 'yes'}", r"rules\[0\]\.exclude", "is not true or false"),
+    ("- {class: '01', exclude: true, resourceName: a/b}", r"rules\[0\]\.resourceName", "an exclude rule"),
+    ("- {exclude: true}", r"rules\[0\]", "needs vendorDevice, class or addresses"),
+    ("- {class: '01', adresses: ['0000:3b:00.0']}", r"rules\[0\]", "must be an object of vendorDevice, class, "
+                                                                  "addresses, exclude, resourceName"),
+])
+def test_rule_errors_name_the_field(text, field, words):
+    with pytest.raises(SpecError, match=field + ": (.* )?" + re.escape(words)):
+        passthrough.parse_rules(text)
+
+
+def test_host_drivers_are_a_list_of_driver_names():
+    assert passthrough.parse_host_drivers("[nvme, ahci, megaraid_sas]") == {"nvme", "ahci", "megaraid_sas"}
+    assert passthrough.parse_host_drivers(None) == frozenset()
+    for text, field, words in (("nvme", "hostDrivers", "must be a list"),
+                               ("[nvme, 'a b']", r"hostDrivers\[1\]", "is not a driver name"),
+                               ("[nvme, 12]", r"hostDrivers\[1\]", "is not a driver name"),
+                               ("[vfio-pci]", r"hostDrivers\[0\]", "the driver passthrough binds")):
+        with pytest.raises(SpecError, match=field + ": .*" + words):
+            passthrough.parse_host_drivers(text)
+
+
+class Objects:
+    """The agent's Devices over a tree, its PassthroughDevices as they would be published."""
+
+    def __init__(self, root, proc_root, monkeypatch):
+        self.patched = []
+        monkeypatch.setattr(kube, "patch_status", lambda _ns, name, patch, plural: self.patched.append(name) or {})
+        self.devices = Devices("node-x", str(root), pciids.EMPTY, "kopfvirt-system", hv=None,
+                               post_event=lambda *a: None, proc_root=str(proc_root))
+        self.devices.config = ([], frozenset(), None)
+
+    def held(self, fn, uid="u1", **status):
+        name = pci.object_name("node-x", fn.address)
+        self.devices.objects[name] = {"metadata": {"name": name}, "status": {
+            "node": "node-x", "address": fn.address, "permitted": True, "holder": {"uid": uid}, **status}}
+        return {"name": "d", "device": name, "node": "node-x", "address": fn.address}
+
+
+def test_bind_refuses_an_address_other_than_the_held_devices_before_reading_sysfs(tree, host, monkeypatch):
+    o = Objects(tree, host, monkeypatch)
+    entry = o.held(pcitree.DATA_NVME)
+    monkeypatch.setattr(sysfs, "scan", lambda root: pytest.fail("sysfs read before the addresses were checked"))
+    for wrong in ({"address": pcitree.BOOT_NVME.address}, {"node": "node-y"}):
+        with pytest.raises(DeviceUnavailable, match="names .* but PassthroughDevice node-x-0000-3e-00-0 is "
+                                                    "0000:3e:00.0 on node-x: nothing bound") as e:
+            o.devices.bind("u1", [{**entry, **wrong}])
+        assert e.value.reason == "DeviceMismatch"
+    o.held(pcitree.DATA_NVME, node="node-y")  # the object itself says another node
+    with pytest.raises(DeviceUnavailable, match="is 0000:3e:00.0 on node-y") as e:
+        o.devices.bind("u1", [entry])
+    assert e.value.reason == "DeviceMismatch" and o.patched == []
+
+
+def test_bind_takes_the_free_disk_and_refuses_the_boot_disk_even_held_and_permitted(tree, host, monkeypatch):
+    o = Objects(tree, host, monkeypatch)
+    with pytest.raises(DeviceUnavailable, match="nvme0n1p3 holds the filesystem mounted at /") as e:
+        o.devices.bind("u1", [o.held(pcitree.BOOT_NVME)])
+    assert e.value.reason == "DeviceNotAssignable" and sysfs.scan(tree)[pcitree.BOOT_NVME.address].driver == "nvme"
+    assert o.devices.bind("u1", [o.held(pcitree.DATA_NVME)]) == [("d", pcitree.DATA_NVME.address)]
+    assert sysfs.scan(tree)[pcitree.DATA_NVME.address].driver == "vfio-pci"
+    sysfs.to_host(tree, pcitree.DATA_NVME.address, "nvme")

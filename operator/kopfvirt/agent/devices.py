@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, names
 from ..api.schema import SpecError
-from ..clients import kube, sysfs
+from ..clients import hostuse, kube, sysfs
 from ..core import domainxml, passthrough, pci, pciids
 from ..core.pci import VFIO_DRIVER
 
@@ -51,9 +51,13 @@ def load_pci_ids(path: str | None) -> pciids.PciIds:
 
 
 class Devices:
-    def __init__(self, node: str, sysfs_root: str, ids: pciids.PciIds, namespace: str, hv, post_event):
+    def __init__(self, node: str, sysfs_root: str, ids: pciids.PciIds, namespace: str, hv, post_event,
+                 proc_root: str = "/proc"):
         self.node, self.root, self.ids, self.namespace = node, sysfs_root, ids, namespace
+        self.proc_root = proc_root  # the host's /proc: its PID 1's mounts and routes, and its swaps
         self.hv, self.post_event = hv, post_event
+        # The ConfigMap's rules and hostDrivers as the last pass read them (bind() uses them).
+        self.config: tuple[list[passthrough.Rule], frozenset[str], str | None] | None = None
         self.objects: dict[str, dict] = {}          # name -> this node's PassthroughDevice
         self.functions: dict[str, pci.Function] = {}
         # address -> the host driver we took it from, also in memory: an object deleted while
@@ -72,14 +76,27 @@ class Devices:
         self.objects[name] = obj  # replaced in place: a pass running meanwhile never misses it
         return before is None or before["metadata"].get("generation") != obj["metadata"].get("generation")
 
-    def _rules(self) -> list[passthrough.Rule]:
+    def _read_config(self) -> tuple[list[passthrough.Rule], frozenset[str], str | None]:
+        """(rules, hostDrivers, why hostDrivers cannot be used). Bad rules permit nothing;
+        a bad hostDrivers list leaves every device with the host, as nothing says which may go."""
+        where = f"ConfigMap {self.namespace}/{passthrough.CONFIG_MAP}"
+        data = kube.config_map_data(self.namespace, passthrough.CONFIG_MAP) or {}
         try:
-            return passthrough.parse_rules((kube.config_map_data(self.namespace, passthrough.CONFIG_MAP) or {})
-                                           .get("rules"))
+            rules = passthrough.parse_rules(data.get("rules"))
         except SpecError as e:
-            log.error("ConfigMap %s/%s: %s; no device is permitted by rule", self.namespace,
-                      passthrough.CONFIG_MAP, e)
-            return []
+            log.error("%s: %s; no device is permitted by rule", where, e)
+            rules = []
+        try:
+            return rules, passthrough.parse_host_drivers(data.get("hostDrivers")), None
+        except SpecError as e:
+            log.error("%s: %s; no device is assignable", where, e)
+            return rules, frozenset(), f"{where}: {e}"
+
+    def _host(self) -> pci.Host:
+        """What the host uses now (mounts, swap, default route), with the admin's hostDrivers."""
+        _, drivers, error = self.config or self._read_config()
+        host = hostuse.read(self.root, self.proc_root, drivers)
+        return pci.Host(host.uses, drivers, error) if error and not host.unknown else host
 
     # -- publishing ---------------------------------------------------------------------
     def publish(self) -> None:
@@ -87,16 +104,18 @@ class Devices:
         with self.lock:
             self.functions = sysfs.scan(self.root)
             vfio = sysfs.vfio_loaded(self.root)
-            rules = self._rules()
+            self.config = self._read_config()
+            rules, host = self.config[0], self._host()
             objects = {pci.object_name(self.node, a): a for a in self.functions}
             decided = {}
             for name, address in objects.items():
                 fn, spec = self.functions[address], (self.objects.get(name) or {}).get("spec") or {}
-                decided[address] = passthrough.effective(spec, fn.vendor_id, fn.device_id, fn.class_id, rules)
+                decided[address] = passthrough.effective(spec, fn.vendor_id, fn.device_id, fn.class_id, rules,
+                                                         address)
             permitted = {a for a, (ok, _, _) in decided.items() if ok}
             for name, address in objects.items():
                 fn = self.functions[address]
-                verdict = pci.assess(fn, self.functions, permitted, vfio, self.node)
+                verdict = pci.assess(fn, self.functions, permitted, vfio, self.node, host)
                 self._write(name, self._status(fn, decided[address], verdict, self.objects.get(name)))
             for name, obj in list(self.objects.items()):
                 if name not in objects and (obj.get("status") or {}).get("node") == self.node:
@@ -193,22 +212,37 @@ class Devices:
     def bind(self, vm_uid: str, allocated: list[dict]) -> list[tuple[str, str]]:
         """Bind the IOMMU groups of the VM's devices on this node to vfio-pci: the
         (request name, address) pairs for the domain XML. Call with `lock` held through
-        the domain's start. Raises DeviceUnavailable with nothing left bound."""
+        the domain's start. Raises DeviceUnavailable with nothing left bound.
+
+        The VM's status names each device and its address; the address is bound only if it
+        is the one the device object (held by this VM, on this node) stands for, which is
+        checked before sysfs is read."""
+        for h in allocated:
+            obj = self.objects.get(h["device"])
+            if obj is None:
+                raise DeviceUnavailable("DeviceVanished", f"PassthroughDevice {h['device']} ({h['address']}) "
+                                                          f"is gone from {self.node}")
+            s = obj.get("status") or {}
+            said, held = (h["address"], h.get("node", self.node)), (s.get("address"), s.get("node"))
+            if said != held or held[1] != self.node:
+                raise DeviceUnavailable("DeviceMismatch", f"status.hostDevices {h['name']!r} names {said[0]} on "
+                                                          f"{said[1]}, but PassthroughDevice {h['device']} is "
+                                                          f"{held[0]} on {held[1]}: nothing bound")
+            if (s.get("holder") or {}).get("uid") != vm_uid:
+                raise DeviceUnavailable("DeviceNotHeld", f"PassthroughDevice {h['device']} is not held by this VM")
         self.functions = sysfs.scan(self.root)
         vfio = sysfs.vfio_loaded(self.root)
+        host = self._host()
         permitted = {(o.get("status") or {}).get("address") for o in list(self.objects.values())
                      if (o.get("status") or {}).get("permitted")}
         group: dict[str, pci.Function] = {}
         pairs = []
         for h in allocated:
-            obj, fn = self.objects.get(h["device"]), self.functions.get(h["address"])
-            if obj is None or fn is None:
+            fn = self.functions.get(h["address"])
+            if fn is None:
                 raise DeviceUnavailable("DeviceVanished", f"PassthroughDevice {h['device']} ({h['address']}) "
                                                           f"is gone from {self.node}")
-            holder = (obj.get("status") or {}).get("holder") or {}
-            if holder.get("uid") != vm_uid:
-                raise DeviceUnavailable("DeviceNotHeld", f"PassthroughDevice {h['device']} is not held by this VM")
-            verdict = pci.assess(fn, self.functions, permitted, vfio, self.node)
+            verdict = pci.assess(fn, self.functions, permitted, vfio, self.node, host)
             if not verdict.assignable:
                 raise DeviceUnavailable("DeviceNotAssignable", f"{h['device']}: {verdict.message}")
             group.update({m.address: m for m in pci.group_of(fn, self.functions)})

@@ -46,7 +46,8 @@ class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
                  hidden_cpu_features: tuple[str, ...] = (), tls_dir: str = NODE_TLS_DIR,
                  sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system",
-                 lease_dir: str | None = None, serial_log_max_bytes: int = 2 << 20, cloud_init_from: str = "api"):
+                 lease_dir: str | None = None, serial_log_max_bytes: int = 2 << 20, cloud_init_from: str = "api",
+                 proc_root: str = "/proc"):
         super().__init__(log)
         self.cloud_init_from = cloud_init_from  # "api": the controller hands it over; "secrets": read here
         self.component = f"kopfvirt-agent/{node}"
@@ -65,7 +66,7 @@ class Agent(Reconciler):
         # the domain events its own define and undefine raise, only after a pause.
         self.device_failures: dict[str, tuple[float, NotReady]] = {}
         self.hv = Hypervisor(uri, on_event=self._domain_event, on_reconnect=self._reconnected)
-        self.devices = Devices(node, sysfs_root, load_pci_ids(pci_ids), namespace, self.hv, self.event)
+        self.devices = Devices(node, sysfs_root, load_pci_ids(pci_ids), namespace, self.hv, self.event, proc_root)
         self.pools = Pools(node, self.hv, lease_dir)
         # The Node's KopfvirtLibvirtReady as last written (handlers.report_libvirt): a resync
         # that finds it unchanged reads and writes nothing.

@@ -50,7 +50,8 @@ def _function(d: Path) -> Function:
                     numa_node=int(numa) if numa and int(numa) >= 0 else None,
                     iommu_group=int(group) if group is not None else None,
                     physical_function=_link_name(d / "physfn"), virtual_functions=tuple(virtfns),
-                    interfaces_up=interfaces, driver_override=None if override in (None, "", "(null)") else override)
+                    interfaces_up=interfaces, driver_override=None if override in (None, "", "(null)") else override,
+                    boot_vga=_read(d / "boot_vga") == "1")
 
 
 def scan(root: str | Path) -> dict[str, Function]:

@@ -2,9 +2,11 @@
 
 Permission: a device's own spec.permitted wins; otherwise the first cluster rule (the
 ConfigMap kopfvirt-passthrough, Helm `.Values.passthrough.rules`) that matches its
-vendor:device or class permits it and may name its resource. Allocation takes free,
-permitted, assignable devices on one node and holds their IOMMU group mates with them:
-VFIO hands a group to one guest.
+vendor:device, class or address decides: it permits (and may name the resource) or, with
+`exclude: true`, refuses. Whatever permits a device, the host's own use refuses it
+(core/pci.py, core/hostuse.py), and so does a driver in the ConfigMap's `hostDrivers`.
+Allocation takes free, permitted, assignable devices on one node and holds their IOMMU
+group mates with them: VFIO hands a group to one guest.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ import re
 import yaml
 
 from ..api.schema import SpecError
+from .pci import HOST_FREE_DRIVERS
 from .vmspec import VM
 
 CONFIG_MAP = "kopfvirt-passthrough"
 _VENDOR_DEVICE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
 _CLASS = re.compile(r"^[0-9a-f]{2}([0-9a-f]{2}([0-9a-f]{2})?)?$")
+_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$")   # domain:bus:slot.function
+_DRIVER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")                     # as modules and drivers are named
+_RULE_KEYS = ("vendorDevice", "class", "addresses", "exclude", "resourceName")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,42 +33,85 @@ class Rule:
     vendor_device: str | None = None   # "10de:2330"
     class_prefix: str | None = None    # "03", "0302" or "030200"
     resource_name: str | None = None
+    addresses: tuple[str, ...] = ()    # only these functions ("0000:3b:00.0"), when given
+    exclude: bool = False              # a match refuses instead of permitting
 
-    def matches(self, vendor_id: str, device_id: str, class_id: str) -> bool:
+    def matches(self, vendor_id: str, device_id: str, class_id: str, address: str = "") -> bool:
+        if self.addresses and address not in self.addresses:
+            return False
         if self.vendor_device and self.vendor_device != f"{vendor_id}:{device_id}":
             return False
         return not self.class_prefix or class_id.startswith(self.class_prefix)
 
 
+def _addresses(value, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise SpecError(where, "must be a non-empty list of PCI addresses (dddd:bb:dd.f)")
+    out = []
+    for j, a in enumerate(value):
+        a = str(a).lower()
+        if not _ADDRESS.match(a):
+            raise SpecError(f"{where}[{j}]", f"{a!r} is not a PCI address dddd:bb:dd.f (hex; slot up to 1f, "
+                                             f"function up to 7), e.g. 0000:3b:00.0")
+        out.append(a)
+    return tuple(out)
+
+
 def parse_rules(text: str | None) -> list[Rule]:
-    """The `rules` key of the ConfigMap: a YAML list of {vendorDevice, class, resourceName}."""
+    """The `rules` key of the ConfigMap: a YAML list of {vendorDevice, class, addresses,
+    exclude, resourceName}; a rule needs vendorDevice, class or addresses, and all it
+    names must match."""
     data = yaml.safe_load(text or "") or []
     if not isinstance(data, list):
         raise SpecError("rules", "must be a list")
     out = []
     for i, r in enumerate(data):
-        if not isinstance(r, dict) or not set(r) <= {"vendorDevice", "class", "resourceName"}:
-            raise SpecError(f"rules[{i}]", "must be an object of vendorDevice, class and resourceName")
+        if not isinstance(r, dict) or not set(r) <= set(_RULE_KEYS):
+            raise SpecError(f"rules[{i}]", f"must be an object of {', '.join(_RULE_KEYS)}")
         vd, cls = str(r.get("vendorDevice") or "").lower() or None, str(r.get("class") or "").lower() or None
-        if not vd and not cls:
-            raise SpecError(f"rules[{i}]", "needs vendorDevice or class")
+        addresses = _addresses(r["addresses"], f"rules[{i}].addresses") if "addresses" in r else ()
+        if not vd and not cls and not addresses:
+            raise SpecError(f"rules[{i}]", "needs vendorDevice, class or addresses")
         if vd and not _VENDOR_DEVICE.match(vd):
             raise SpecError(f"rules[{i}].vendorDevice", f"{vd!r} is not vvvv:dddd (hex)")
         if cls and not _CLASS.match(cls):
             raise SpecError(f"rules[{i}].class", f"{cls!r} is not 2, 4 or 6 hex digits")
-        out.append(Rule(vd, cls, r.get("resourceName")))
+        exclude = r.get("exclude", False)
+        if not isinstance(exclude, bool):
+            raise SpecError(f"rules[{i}].exclude", f"{exclude!r} is not true or false")
+        if exclude and r.get("resourceName"):
+            raise SpecError(f"rules[{i}].resourceName", "an exclude rule permits nothing to name")
+        out.append(Rule(vd, cls, r.get("resourceName"), addresses, exclude))
     return out
 
 
+def parse_host_drivers(text: str | None) -> frozenset[str]:
+    """The `hostDrivers` key of the ConfigMap: a YAML list of driver names (nvme, ahci,
+    megaraid_sas): a device bound to one stays with the host whatever permits it."""
+    data = yaml.safe_load(text or "") or []
+    if not isinstance(data, list):
+        raise SpecError("hostDrivers", "must be a list of driver names, e.g. [nvme, ahci, megaraid_sas]")
+    out = set()
+    for i, d in enumerate(data):
+        if not isinstance(d, str) or not _DRIVER.match(d):
+            raise SpecError(f"hostDrivers[{i}]", f"{d!r} is not a driver name (as in /sys/bus/pci/drivers)")
+        if d in HOST_FREE_DRIVERS:
+            raise SpecError(f"hostDrivers[{i}]", f"{d} is the driver passthrough binds devices to, not a host's")
+        out.add(d)
+    return frozenset(out)
+
+
 def effective(spec: dict, vendor_id: str, device_id: str, class_id: str,
-              rules: list[Rule]) -> tuple[bool, str, str]:
-    """(permitted, by what, resource name) of a device; the resource name defaults to vvvv:dddd."""
-    rule = next(((i, r) for i, r in enumerate(rules) if r.matches(vendor_id, device_id, class_id)), None)
+              rules: list[Rule], address: str = "") -> tuple[bool, str, str]:
+    """(permitted, by what, resource name) of a device; the resource name defaults to
+    vvvv:dddd. The spec wins; else the first matching rule: it permits, or refuses if it
+    excludes."""
+    rule = next(((i, r) for i, r in enumerate(rules) if r.matches(vendor_id, device_id, class_id, address)), None)
     resource = spec.get("resourceName") or (rule and rule[1].resource_name) or f"{vendor_id}:{device_id}"
     if spec.get("permitted") is not None:
         return bool(spec["permitted"]), "spec", resource
     if rule:
-        return True, f"rules[{rule[0]}]", resource
+        return not rule[1].exclude, f"rules[{rule[0]}]", resource
     return False, "default", resource
 
 

@@ -8,6 +8,7 @@ are free. The rules here say which, with a reason a user can act on.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 VFIO_DRIVER = "vfio-pci"
 HOST_FREE_DRIVERS = (None, VFIO_DRIVER, "pci-stub")  # drivers under which the host does not use a device
@@ -28,10 +29,21 @@ class Function:
     virtual_functions: tuple[str, ...] = ()     # an SR-IOV PF's enabled VFs
     interfaces_up: tuple[str, ...] = ()         # host network interfaces of it that are up
     driver_override: str | None = None          # the driver the next probe must bind
+    boot_vga: bool = False                      # the VGA device the firmware booted on (the host's console)
 
     @property
     def is_bridge(self) -> bool:
         return self.class_id.startswith("06")  # host, ISA, PCI-to-PCI ... bridges
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """What the host uses beyond what a Function shows, read from the host (core/hostuse.py):
+    these refuse a device whatever permits it (spec.permitted or a rule)."""
+
+    uses: Mapping[str, str] = dataclasses.field(default_factory=dict)  # address -> how (mounts, swap, route)
+    drivers: frozenset[str] = frozenset()   # the admin's hostDrivers: devices bound to them stay with the host
+    unknown: str | None = None              # why the host's use could not be read: then nothing may go
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +66,28 @@ def group_of(fn: Function, functions: dict[str, Function]) -> list[Function]:
                   key=lambda f: f.address)
 
 
-def _host_uses(fn: Function, permitted: bool) -> str | None:
+def _host_uses(fn: Function, permitted: bool, host: Host) -> str | None:
     """How the host uses `fn`, or None if it may be taken from the host."""
+    if host.unknown:
+        return f"what the host uses cannot be told ({host.unknown})"
+    if fn.address in host.uses:
+        return host.uses[fn.address]
     if fn.interfaces_up:
         return f"its network interface {', '.join(fn.interfaces_up)} is up on the host"
+    if fn.boot_vga:
+        return "it is the boot VGA device (the host's console)"
+    if fn.driver in host.drivers:
+        return f"it is bound to {fn.driver}, one of the host's drivers (hostDrivers of ConfigMap kopfvirt-passthrough)"
     if fn.driver not in HOST_FREE_DRIVERS and not permitted:
         return f"it is bound to {fn.driver} and not permitted for VMs"
     return None
 
 
 def assess(fn: Function, functions: dict[str, Function], permitted: set[str], vfio_loaded: bool,
-           node: str) -> Verdict:
+           node: str, host: Host = Host()) -> Verdict:
     """Whether `fn` can be passed through on `node`. `permitted`: addresses the admin lets
-    VMs have (a group mate with a host driver must be among them)."""
+    VMs have (a group mate with a host driver must be among them); `host`: what the host
+    uses, which no permit overrides (for `fn` and for every group mate)."""
     if fn.is_bridge:
         return Verdict(False, "Bridge", "a PCI bridge stays with the host")
     if fn.iommu_group is None:
@@ -77,13 +98,13 @@ def assess(fn: Function, functions: dict[str, Function], permitted: set[str], vf
     if fn.virtual_functions:
         return Verdict(False, "SRIOVPhysicalFunction", f"its {len(fn.virtual_functions)} virtual functions depend on "
                                                        f"its host driver {fn.driver}; pass a virtual function instead")
-    use = _host_uses(fn, permitted=True)
+    use = _host_uses(fn, True, host)
     if use:
         return Verdict(False, "InUseByHost", use)
     for mate in group_of(fn, functions):
         if mate.address == fn.address:
             continue
-        use = _host_uses(mate, mate.address in permitted)
+        use = _host_uses(mate, mate.address in permitted, host)
         if use:
             return Verdict(False, "GroupShared", f"IOMMU group {fn.iommu_group} also holds {mate.address}: {use}")
     return Verdict(True, "Assignable", f"IOMMU group {fn.iommu_group} can go to {VFIO_DRIVER}")
