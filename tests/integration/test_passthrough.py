@@ -178,7 +178,7 @@ def test_a_vm_asking_for_a_device_it_cannot_have_stays_pending_with_nothing_held
     vms.delete(name)
 
 
-def test_what_the_host_uses_stays_with_it_whatever_permits_it(vms, rules):
+def test_what_the_host_uses_stays_with_it_whatever_permits_it(vms, rules, kstatus):
     """Rules permit the NVMe model, the NIC model and VGA: the boot disk, the default
     route's port and the boot VGA stay the host's; their twins go. Rules pin and exclude
     addresses; a hostDrivers entry keeps every device on that driver."""
@@ -196,6 +196,12 @@ def test_what_the_host_uses_stays_with_it_whatever_permits_it(vms, rules):
 
     # Even its own spec.permitted cannot give the boot disk away: a VM asking waits, nothing held.
     permit(BOOT_DISK, True)
+    disk = wait_for("the boot disk's spec observed", lambda: (d := device(BOOT_DISK))["status"].get(
+        "observedGeneration") == d["metadata"]["generation"] and d)
+    by_type = {c["type"]: c for c in disk["status"]["conditions"]}
+    assert (by_type["Ready"]["status"], by_type["Assignable"]["status"], by_type["Assignable"]["reason"]) == \
+        ("True", "False", "InUseByHost")
+    assert kstatus(disk)[0] == "Current", kstatus(disk)  # published as its spec says: Argo CD and Flux move on
     vms.apply(lab_guest("boot-disk", hostDevices=[{"name": "disk", "device": BOOT_DISK}]))
     cond = vms.wait_condition("boot-disk", "Ready", "DeviceNotAssignable")
     assert "spec.hostDevices[0]" in cond["message"] and "holds the filesystem mounted at /" in cond["message"]

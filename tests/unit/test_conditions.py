@@ -26,3 +26,9 @@ def test_a_vm_that_gets_on_is_no_longer_stalled():
     assert conditions.unstall(None, 2, "x") is None  # never stalled: no condition added
     running = conditions.set_condition(None, "Ready", True, "DomainRunning", "", 1)
     assert conditions.unstall(running, 2, "x") is running
+
+
+def test_a_condition_dropped_is_gone_and_the_rest_kept():
+    c = set_condition(set_condition(None, "Ready", False, "Stopped", "x", 1), "Reconciling", False, "Reconciled", "", 1)
+    assert [x["type"] for x in conditions.drop(c, "Ready")] == ["Reconciling"]
+    assert conditions.drop(None, "Ready") == []

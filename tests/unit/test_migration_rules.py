@@ -157,5 +157,6 @@ def test_phase_conditions_say_what_kstatus_reads():
     failed = migration.phase_conditions(None, "Failed", "HostDevice", "gpu cannot move", 1)
     assert {c["type"]: (c["status"], c["reason"], c["message"]) for c in failed}["Stalled"] == (
         "True", "HostDevice", "gpu cannot move")
-    assert states("Cancelled", "Cancelled")["Stalled"] == ("False", "NotStalled")
+    assert states("Cancelled", "Cancelled") == {"Reconciling": ("False", "Finished"),  # over, no error, no Ready
+                                                "Stalled": ("False", "NotStalled")}
     assert all(c["observedGeneration"] == 1 for c in failed)

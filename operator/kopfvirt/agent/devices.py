@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from .. import GROUP, names
 from ..api.schema import SpecError
 from ..clients import hostuse, kube, sysfs
-from ..core import domainxml, passthrough, pci, pciids
+from ..core import conditions, domainxml, passthrough, pci, pciids
 from ..core.pci import VFIO_DRIVER
 
 log = logging.getLogger("kopfvirt.agent.devices")
@@ -48,6 +48,15 @@ def load_pci_ids(path: str | None) -> pciids.PciIds:
     log.warning("no pci.ids database found (%s): devices are published without names",
                 path or ", ".join(pciids.SEARCH_PATHS))
     return pciids.EMPTY
+
+
+def published(current: list[dict] | None, status: dict, generation: int | None) -> dict:
+    """observedGeneration and conditions of a device published for `generation` of its spec:
+    Ready=True (kstatus: Current; the verdict is a fact, not an error) and Assignable."""
+    said = (status["reason"], status["message"])
+    merged = conditions.set_condition(current, "Ready", True, *said, generation)
+    merged = conditions.set_condition(merged, "Assignable", status["assignable"], *said, generation)
+    return {"observedGeneration": generation, "conditions": merged}
 
 
 class Devices:
@@ -155,6 +164,7 @@ class Devices:
                 obj = kube.get_object(None, name, PLURAL)
             log.info("published PassthroughDevice %s (%s)", name, status["address"])
         current = obj.get("status") or {}
+        status = {**status, **published(current.get("conditions"), status, obj["metadata"].get("generation"))}
         changes = {k: v for k, v in status.items() if current.get(k) != v and not (v is None and k not in current)}
         if changes:
             obj = kube.patch_status(None, name, changes, plural=PLURAL)

@@ -163,6 +163,8 @@ class Agent(Reconciler):
         status["conditions"] = conditions.set_condition(
             status.get("conditions"), "Reconciling", not settled, reason,
             "" if settled else "working towards the spec", meta.get("generation"))
+        if settled and status["phase"] != "Running":  # stopped or paused as asked: done, not Ready
+            status["conditions"] = conditions.drop(status["conditions"], "Ready")
         self.write_status(body, status)
 
     def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict, state: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from .schema import field
+from .virtualmachine import Condition
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -60,3 +61,7 @@ class PassthroughDeviceStatus:
         "GroupShared."))
     message: str | None = field(None, description="Why (not) assignable, for a human.")
     holder: Holder | None = field(None, description="The VM it is allocated to (also for IOMMU group mates).")
+    observed_generation: int | None = field(None, description="The spec generation the agent has applied.")
+    conditions: list[Condition] = field([], list_map_keys=("type",), description=(
+        "Ready: the agent has published the device for its spec (reason and message: whether it is "
+        "assignable and why). Assignable: whether a VM could have it now, as reason and message say."))

@@ -336,10 +336,16 @@ class Controller(Reconciler):
             log.warning("VM %s/%s: %s", ns, name, message)
 
     def _pending(self, body: dict, status: dict, reason: str, message: str) -> None:
-        """Held back before any pod exists: Pending, with the reason on Ready and Scheduled."""
+        """Held back before any pod exists: Pending, with the reason on Ready and Scheduled,
+        and on Stalled when only a change ends the wait (conditions.STALLING_PENDING_REASONS)."""
         before = next((c for c in status.get("conditions") or [] if c.get("type") == "Scheduled"), {})
         status = self.with_condition(body, "Ready", False, reason, message, base=status)
         status = self.with_condition(body, "Scheduled", False, reason, message, base=status)
+        if reason in conditions.STALLING_PENDING_REASONS:
+            status = self.with_condition(body, "Stalled", True, reason, message, base=status)
+        else:
+            status["conditions"] = conditions.unstall(status["conditions"], body["metadata"].get("generation"),
+                                                      f"waiting: {reason}")
         if self.write_status(body, {**status, "phase": "Pending",
                                     "observedGeneration": body["metadata"].get("generation")}) \
                 and before.get("message") != message:
@@ -379,7 +385,7 @@ class Controller(Reconciler):
         if pod is not None and not pod["metadata"].get("deletionTimestamp"):
             kube.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], pod["metadata"].get("uid"))
         if status.get("phase") != "Stopped" or status.get("hostDevices"):
-            status = self.with_condition(body, "Ready", False, "Stopped", "the VM is not supposed to run")
+            status = {**status, "conditions": conditions.drop(status.get("conditions"), "Ready")}  # done: see drop()
             self.write_status(body, {**status, "phase": "Stopped", "nodeName": None, "hostDevices": None,
                                      "observedGeneration": body["metadata"].get("generation")})
         if vm_has_devices(body):  # after status.hostDevices is cleared, so reclaim() cannot re-hold them

@@ -5,6 +5,13 @@ from __future__ import annotations
 import datetime
 
 
+# Why a VM may wait before placement that only a change to its spec (or to the cluster's
+# nodes and policy) ends: Stalled=True, which kstatus (Flux, `kubectl wait`) reads as Failed
+# rather than waiting out its timeout. A missing Secret or a pool not yet active are waits.
+STALLING_PENDING_REASONS = frozenset({"PodPolicyRefused", "StoragePoolRefused", "UnknownCPUModel",
+                                      "CPUFeaturesUnavailable"})
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -26,6 +33,13 @@ def set_condition(conditions: list[dict] | None, type_: str, status: bool | None
         new["observedGeneration"] = generation
     out.append(new)
     return sorted(out, key=lambda c: c["type"])
+
+
+def drop(conditions: list[dict] | None, type_: str) -> list[dict]:
+    """Without `type_`. kstatus reads Ready=False as "in progress" whatever else says the
+    object is done, so an object settled where its spec wants it short of Ready (a VM
+    stopped or paused on purpose, a Migration cancelled) carries no Ready at all."""
+    return [c for c in conditions or [] if c.get("type") != type_]
 
 
 def get(conditions: list[dict] | None, type_: str) -> dict | None:

@@ -13,7 +13,7 @@ import dataclasses
 
 from .. import GROUP, names
 from . import cpu, pools, reservation
-from .conditions import set_condition
+from .conditions import drop, set_condition
 from .vmspec import VM
 
 PLURAL = names.MIGRATIONS
@@ -35,15 +35,16 @@ def phase_conditions(conditions: list[dict] | None, phase: str, reason: str, mes
                      generation: int | None) -> list[dict]:
     """Ready, Reconciling and Stalled for a phase, as kstatus (Flux, kubectl wait, Argo CD's
     generic checks) reads them: a Migration under way is Reconciling, a Failed one Stalled,
-    a Succeeded one Ready; a Cancelled one is over and no error."""
+    a Succeeded one Ready; a Cancelled one is over and no error (no Ready: conditions.drop)."""
     active, failed, done = phase not in FINAL_PHASES, phase == "Failed", phase == "Succeeded"
     why = reason or phase
     conditions = set_condition(conditions, "Ready", done, "Succeeded" if done else why,
                                message if failed else f"the Migration is {phase}", generation)
     conditions = set_condition(conditions, "Reconciling", active, phase if active else "Finished",
                                f"the Migration is {phase}" if active else "", generation)
-    return set_condition(conditions, "Stalled", failed, why if failed else "NotStalled",
-                         message if failed else "", generation)
+    conditions = set_condition(conditions, "Stalled", failed, why if failed else "NotStalled",
+                               message if failed else "", generation)
+    return drop(conditions, "Ready") if phase == "Cancelled" else conditions
 
 
 @dataclasses.dataclass(frozen=True)
