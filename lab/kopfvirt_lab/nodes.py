@@ -225,6 +225,9 @@ def _ensure_mntns(lab: Lab, node: str) -> None:
     # the agent's pod (its hostPath is HostToContainer), and so does the TLS directory.
     binds = ["mount --bind /var/lib/kopfvirt /var/lib/kopfvirt", "mount --make-shared /var/lib/kopfvirt"]
     binds += [f"mount --bind {node_root / d.lstrip('/')} {d}" for d in NODE_PRIVATE_DIRS]
+    # The kubelet's too: the Secret volumes it mounts into pods reach the agent's pod (its
+    # hostPath of the kubelet's pods/ is HostToContainer), as on a host whose / is shared.
+    binds.append("mount --make-shared /var/lib/kubelet")
     for shown, real, built in ((LAB_SYSFS, "/sys", lab.sysfs_root(node)), (LAB_PROC, "/proc", lab.proc_root(node))):
         Path(shown).mkdir(parents=True, exist_ok=True)
         if node in PCI_TREE_NODES:

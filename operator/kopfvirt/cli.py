@@ -107,9 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="port of the console, VNC and XML endpoint the controller relays users to (0: none)")
     a.add_argument("--controller-name", help="the common name of the controller's certificate, the one client "
                                              "of that endpoint (default: kopfvirt-webhook.<namespace>.svc)")
-    a.add_argument("--cloud-init-from", choices=("api", "secrets"), default="api",
-                   help="where the cloud-init Secrets of this node's VMs come from: the controller, through the "
-                        "subresource API (the agent reads no Secret), or read here (installs without that API)")
+    a.add_argument("--kubelet-dir", default="/var/lib/kubelet",
+                   help="the kubelet's root directory on the node (its pods/ mounted here, HostToContainer): the "
+                        "cloud-init Secrets of a VM are volumes of its pod there")
     a.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
     a.add_argument("--health-port", type=int, default=0, help="GET /healthz port for probes (0: none)")
     a.add_argument("--lease-dir", help="libvirt's lockd file_lockspace_dir, on storage every node shares: "
@@ -152,5 +152,5 @@ def main(argv: list[str] | None = None) -> None:
             args.tls_dir, args.sysfs_root, args.pci_ids, args.device_scan_seconds, args.namespace,
             args.metrics_port, args.lease_dir, args.health_port, args.cert_check_seconds,
             args.serial_log_max_bytes, args.stream_port,
-            args.controller_name or f"kopfvirt-webhook.{args.namespace}.svc", args.cloud_init_from,
+            args.controller_name or f"kopfvirt-webhook.{args.namespace}.svc", args.kubelet_dir,
             proc_root=args.proc_root)

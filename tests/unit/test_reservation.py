@@ -121,3 +121,22 @@ def test_only_a_tolerations_own_fields_reach_the_pod():
         {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule", "hostPath": "/", "privileged": True}]})
     assert reservation.reservation_pod(vm)["spec"]["tolerations"] == [
         {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_a_vms_cloud_init_secrets_are_read_only_volumes_of_its_pod():
+    """The kubelet fetches them (no Kopfvirt process reads a Secret); one volume per Secret,
+    whichever disks name it; only Secret volumes, which the restricted profile allows."""
+    vm = _vm({"memory": {"size": "1Gi"}, "disks": [
+        {"name": "seed", "cloudInit": {"secretRef": {"name": "web-seed"}}},
+        {"name": "inline", "cloudInit": {"userData": "#cloud-config"}},
+        {"name": "again", "cloudInit": {"secretRef": {"name": "web-seed"}}},
+        {"name": "net", "cloudInit": {"secretRef": {"name": "a-net"}}}]})
+    assert reservation.cloud_init_volumes(vm) == {"a-net": "cloud-init-0", "web-seed": "cloud-init-1"}
+    spec = reservation.reservation_pod(vm)["spec"]
+    assert spec["volumes"] == [{"name": "cloud-init-0", "secret": {"secretName": "a-net"}},
+                               {"name": "cloud-init-1", "secret": {"secretName": "web-seed"}}]
+    assert spec["containers"][0]["volumeMounts"] == [
+        {"name": "cloud-init-0", "mountPath": "/var/run/kopfvirt/cloud-init/a-net", "readOnly": True},
+        {"name": "cloud-init-1", "mountPath": "/var/run/kopfvirt/cloud-init/web-seed", "readOnly": True}]
+    assert reservation.cloud_init_path("/var/lib/kubelet", UID, "cloud-init-1") == \
+        f"/var/lib/kubelet/pods/{UID}/volumes/kubernetes.io~secret/cloud-init-1"

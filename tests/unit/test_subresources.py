@@ -37,8 +37,7 @@ def test_the_discovery_document_lists_each_subresource_as_get():
     doc = s.resource_list()
     assert doc["groupVersion"] == "subresources.kopfvirt.io/v1alpha1"
     assert {r["name"]: r["verbs"] for r in doc["resources"]} == {
-        "virtualmachines/console": ["get"], "virtualmachines/vnc": ["get"], "virtualmachines/xml": ["get"],
-        "virtualmachines/cloudinit": ["get"]}
+        "virtualmachines/console": ["get"], "virtualmachines/vnc": ["get"], "virtualmachines/xml": ["get"]}
 
 
 def test_the_front_proxy_settings_are_read_as_kube_apiserver_publishes_them():
@@ -89,34 +88,19 @@ def test_a_peer_certificates_common_name():
     assert s.common_name({}) is None and s.common_name(None) is None
 
 
-AGENT = "system:serviceaccount:kopfvirt-system:kopfvirt-agent"
-VM = {"metadata": {"namespace": "team-a", "name": "web", "labels": {"kopfvirt.io/node": "node-1"}},
-      "spec": {"disks": [{"name": "root", "image": {"pool": "p", "name": "i"}},
-                         {"name": "seed", "cloudInit": {"secretRef": {"name": "web-seed"}}},
-                         {"name": "more", "cloudInit": {"userData": "#cloud-config"}},
-                         {"name": "gone", "cloudInit": {"secretRef": {"name": "missing"}}}]}}
-
-
-def agent_on(node: str | None) -> s.User:
-    return s.User(AGENT, ("system:serviceaccounts",), {"authentication.kubernetes.io/node-name": [node]} if node else {})
-
-
-def test_cloud_init_goes_only_to_the_agent_of_the_vms_node():
-    assert s.cloud_init_refusal(agent_on("node-1"), AGENT, VM, "kopfvirt.io/node") is None
-    assert s.cloud_init_refusal(agent_on("node-2"), AGENT, VM, "kopfvirt.io/node") \
-        == "virtualmachine team-a/web is placed on node-1, not node-2"
-    assert "bound to no node" in s.cloud_init_refusal(agent_on(None), AGENT, VM, "kopfvirt.io/node")
-    alice = s.User("alice", (), {"authentication.kubernetes.io/node-name": ["node-1"]})
-    assert s.cloud_init_refusal(alice, AGENT, VM, "kopfvirt.io/node").startswith("only the node agents")
-    unplaced = {**VM, "metadata": {"namespace": "team-a", "name": "web"}}
-    assert "placed on no node" in s.cloud_init_refusal(agent_on("node-1"), AGENT, unplaced, "kopfvirt.io/node")
-
-
-def test_the_cloud_init_document_holds_the_secrets_the_disks_name_and_nothing_else():
-    asked = []
-
-    def read(namespace, name):
-        asked.append((namespace, name))
-        return {"userdata": "#cloud-config"} if name == "web-seed" else None
-    assert s.cloud_init_document(VM, read) == {"secrets": {"web-seed": {"userdata": "#cloud-config"}}}
-    assert sorted(asked) == [("team-a", "missing"), ("team-a", "web-seed")]  # the VM's namespace only
+def test_a_cloud_init_secret_named_anew_is_asked_about_as_its_writer():
+    from kopfvirt.core import access
+    user = access.admission_user({"username": "system:serviceaccount:team-a:alice", "uid": "u-1",
+                                  "groups": ["system:serviceaccounts", "system:authenticated"]})
+    assert user == access.User("system:serviceaccount:team-a:alice",
+                               ("system:serviceaccounts", "system:authenticated"), {}, "u-1")
+    old = {"disks": [{"name": "seed", "cloudInit": {"secretRef": {"name": "kept"}}}]}
+    new = {"disks": [{"name": "seed", "cloudInit": {"secretRef": {"name": "kept"}}},
+                     {"name": "more", "cloudInit": {"secretRef": {"name": "db-password"}}},
+                     {"name": "inline", "cloudInit": {"userData": "#cloud-config"}}, {"name": "root"}, None]}
+    (disk, secret, review), = access.new_secret_reviews(user, "team-a", new, old)
+    assert (disk, secret) == ("more", "db-password")
+    assert review["spec"]["resourceAttributes"] == {"namespace": "team-a", "verb": "get", "group": "", "version": "v1",
+                                                    "resource": "secrets", "subresource": "", "name": "db-password"}
+    assert review["spec"]["user"] == user.name and review["spec"]["uid"] == "u-1"
+    assert [s for _, s, _ in access.new_secret_reviews(user, "team-a", new, None)] == ["db-password", "kept"]

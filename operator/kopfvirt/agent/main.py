@@ -18,13 +18,13 @@ def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
          device_scan_seconds: float = 10, namespace: str = "kopfvirt-system", metrics_port: int = 0,
          lease_dir: str | None = None, health_port: int = 0, cert_check_seconds: float = 600,
          serial_log_max_bytes: int = 2 << 20, stream_port: int = 0,
-         controller_name: str = "kopfvirt-webhook.kopfvirt-system.svc", cloud_init_from: str = "api",
+         controller_name: str = "kopfvirt-webhook.kopfvirt-system.svc", kubelet_dir: str = "/var/lib/kubelet",
          proc_root: str = "/proc") -> None:
     kube.load(kubeconfig, "kopfvirt-agent")
     agent = Agent(node, libvirt_uri, virt_type, networks={"default": vm_network},
                   hidden_cpu_features=hidden_cpu_features, tls_dir=tls_dir,
                   sysfs_root=sysfs_root, pci_ids=pci_ids, namespace=namespace, lease_dir=lease_dir,
-                  serial_log_max_bytes=serial_log_max_bytes, cloud_init_from=cloud_init_from, proc_root=proc_root)
+                  serial_log_max_bytes=serial_log_max_bytes, kubelet_dir=kubelet_dir, proc_root=proc_root)
     NodeTLS(node, namespace, tls_dir).keep_fresh(cert_check_seconds)
     if stream_port:  # served with the node's certificate, once it is issued
         Streams(agent, tls_dir, controller_name, stream_port).start()

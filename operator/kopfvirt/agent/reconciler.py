@@ -13,12 +13,11 @@ import threading
 import time
 
 import libvirt
-from kubernetes.client.rest import ApiException
 
 from .. import NODE_TLS_DIR, names
-from ..clients import images, kube, serial_logs
+from ..clients import images, kube, kubelet, serial_logs
 from ..clients.libvirt import DomainConflict, Hypervisor
-from ..core import conditions, disks, domainxml, lifecycle, pools, steps, subresources, vmspec
+from ..core import conditions, disks, domainxml, lifecycle, pools, reservation, steps, vmspec
 from ..core.vmspec import SpecError
 from ..reconciling import Reconciler, now
 from .devices import DeviceUnavailable, Devices, load_pci_ids
@@ -46,10 +45,10 @@ class Agent(Reconciler):
     def __init__(self, node: str, uri: str, virt_type: str, networks: dict[str, str],
                  hidden_cpu_features: tuple[str, ...] = (), tls_dir: str = NODE_TLS_DIR,
                  sysfs_root: str = "/sys", pci_ids: str | None = None, namespace: str = "kopfvirt-system",
-                 lease_dir: str | None = None, serial_log_max_bytes: int = 2 << 20, cloud_init_from: str = "api",
+                 lease_dir: str | None = None, serial_log_max_bytes: int = 2 << 20, kubelet_dir: str = "/var/lib/kubelet",
                  proc_root: str = "/proc"):
         super().__init__(log)
-        self.cloud_init_from = cloud_init_from  # "api": the controller hands it over; "secrets": read here
+        self.kubelet_dir = kubelet_dir  # where the cloud-init Secrets of its VMs' pods are mounted
         self.component = f"kopfvirt-agent/{node}"
         self.node, self.virt_type, self.networks = node, virt_type, networks
         self.hidden_cpu_features = tuple(hidden_cpu_features)
@@ -153,7 +152,7 @@ class Agent(Reconciler):
             self.event(body, "Evicted", f"reservation pod gone: stopping the VM on {self.node} "
                        f"(evictionStrategy {vm.spec.eviction_strategy})", warning=True)
         if action == steps.RUN:
-            status = self._run(body, vm, annotations, status, state)
+            status = self._run(body, vm, pod, annotations, status, state)
         else:
             # A stop recorded this round (by the guest, or an eviction) keeps its reason.
             status = self._stop(body, vm, status, state, requested=stop is None)
@@ -167,7 +166,8 @@ class Agent(Reconciler):
             status["conditions"] = conditions.drop(status["conditions"], "Ready")
         self.write_status(body, status)
 
-    def _run(self, body: dict, vm: vmspec.VM, annotations: dict, status: dict, state: str) -> dict:
+    def _run(self, body: dict, vm: vmspec.VM, pod: dict | None, annotations: dict, status: dict,
+             state: str) -> dict:
         """`state` is the domain's, as handle() read it at the start of this reconcile."""
         uid, generation = vm.uid, body["metadata"].get("generation")
         self.shutdowns.pop(uid, None)  # to run again: a stop begun is called off
@@ -177,7 +177,7 @@ class Agent(Reconciler):
             self.event(body, "Restarting", "restart requested")
         if state not in ACTIVE:
             try:
-                self._prepare_and_start(vm, body, status.get("hostDevices") or [])
+                self._prepare_and_start(vm, body, pod, status.get("hostDevices") or [])
             except NotReady as e:
                 status["phase"] = "Pending"
                 status["conditions"] = conditions.set_condition(status.get("conditions"), "Ready", False,
@@ -218,21 +218,16 @@ class Agent(Reconciler):
                                 for i in vm.spec.interfaces]
         return status
 
-    def _prepare_and_start(self, vm: vmspec.VM, body: dict, allocated: list[dict]) -> None:
+    def _prepare_and_start(self, vm: vmspec.VM, body: dict, pod: dict | None, allocated: list[dict]) -> None:
         try:
             plan = self.pools.plan(vm)
         except PoolNotReady as e:
             raise NotReady(e.reason, str(e)) from None
-        cloud_init, secrets = {}, self._cloud_init_secrets(vm)
+        cloud_init, secrets = {}, self._cloud_init_secrets(vm, pod)
         for spec_disk in vm.spec.disks:
             if spec_disk.cloud_init:
-                secret = None
-                if spec_disk.cloud_init.secret_ref:
-                    secret = secrets.get(spec_disk.cloud_init.secret_ref.name)
-                    if secret is None:
-                        raise NotReady("SecretNotFound", f"disk {spec_disk.name}: Secret "
-                                       f"{spec_disk.cloud_init.secret_ref.name} does not exist in {vm.namespace}")
-                cloud_init[spec_disk.name] = disks.cloud_init_files(vm, spec_disk.name, secret)
+                ref = spec_disk.cloud_init.secret_ref
+                cloud_init[spec_disk.name] = disks.cloud_init_files(vm, spec_disk.name, ref and secrets[ref.name])
         try:
             images.ensure(plan.disks, plan.own_dir, cloud_init)
             images.ensure_leases(plan)
@@ -246,22 +241,33 @@ class Agent(Reconciler):
         except DomainConflict as e:
             raise NotReady("DomainConflict", str(e)) from None
 
-    def _cloud_init_secrets(self, vm: vmspec.VM) -> dict[str, dict[str, str]]:
-        """The data of the Secrets the VM's cloud-init disks name, by name: handed over by
-        the controller (for this node's VMs alone), or read here where the install has no
-        subresource API. A Secret that does not exist is missing from it."""
-        names = {d.cloud_init.secret_ref.name for d in vm.spec.disks if d.cloud_init and d.cloud_init.secret_ref}
-        if not names:
+    def _cloud_init_secrets(self, vm: vmspec.VM, pod: dict | None) -> dict[str, dict[str, str]]:
+        """The data of the Secrets the VM's cloud-init disks name, by name, as the kubelet
+        mounted them into its reservation pod here (core/reservation.cloud_init_volumes)."""
+        wanted = reservation.cloud_init_volumes(vm)
+        if not wanted:
             return {}
-        if self.cloud_init_from == "secrets":
-            return {n: data for n in names if (data := kube.secret_data(vm.namespace, n)) is not None}
-        try:
-            document = kube.get_subresource(vm.namespace, vm.name, subresources.GROUP, subresources.VERSION,
-                                            subresources.RESOURCE, subresources.CLOUD_INIT)
-        except ApiException as e:
-            raise NotReady("CloudInitUnavailable", f"the controller did not hand over the cloud-init data: "
-                                                   f"{kube.error_message(e)}") from None
-        return document.get("secrets") or {}
+        if pod is None:
+            raise NotReady("CloudInitUnavailable", f"no reservation pod of {vm.name} on {self.node} to read "
+                                                   f"its cloud-init Secrets from")
+        meta = pod["metadata"]
+        mounted = {v["name"]: v["secret"].get("secretName") for v in (pod.get("spec") or {}).get("volumes") or []
+                   if v.get("secret")}
+        out = {}
+        for secret, volume in wanted.items():
+            if mounted.get(volume) != secret:  # a pod's volumes are fixed when it is made
+                raise NotReady("CloudInitUnavailable", f"pod {meta['name']} was made for other cloud-init "
+                                                       f"Secrets than {secret}: restart the VM (kubectl kopfvirt "
+                                                       f"stop, then start) to make it again")
+            data = kubelet.secret_volume(reservation.cloud_init_path(self.kubelet_dir, meta["uid"], volume),
+                                         disks.CLOUD_INIT_KEYS)
+            if data is None:
+                raise NotReady("CloudInitUnavailable", f"waiting for the kubelet to mount Secret {secret} into pod "
+                                                       f"{meta['name']} on {self.node}; a Secret that does not "
+                                                       f"exist keeps it waiting (kubectl -n {vm.namespace} "
+                                                       f"describe pod {meta['name']})")
+            out[secret] = data
+        return out
 
     def _start_with_devices(self, vm: vmspec.VM, body: dict, plan: list, allocated: list[dict]) -> None:
         """Bind the allocated devices' groups, start, and give them back if the start fails."""

@@ -172,11 +172,6 @@ def delete_pod(namespace: str, name: str, uid: str | None = None, force: bool = 
             raise
 
 
-def secret_data(namespace: str, name: str) -> dict[str, str] | None:
-    found = read_secret(namespace, name)
-    return found[0] if found else None
-
-
 def read_secret(namespace: str, name: str) -> tuple[dict[str, str], str] | None:
     """A Secret's data (decoded) and resourceVersion, for a guarded rewrite; None if absent."""
     try:
@@ -232,26 +227,6 @@ def access_allowed(review: dict) -> tuple[bool, str]:
     return bool(status.allowed), status.reason or ""
 
 
-def get_subresource(namespace: str, name: str, group: str, version: str, resource: str, subresource: str) -> dict:
-    """GET a subresource of an aggregated API (JSON); ApiException as any call raises."""
-    api = _TimedClient()
-    params = api.param_serialize("GET", f"/apis/{group}/{version}/namespaces/{namespace}/{resource}/{name}/"
-                                        f"{subresource}", header_params={"Accept": "application/json"},
-                                 auth_settings=["BearerToken"])
-    response = api.call_api(*params)
-    response.read()
-    return api.response_deserialize(response, {"200": "object"}).data
-
-
-def error_message(e: ApiException) -> str:
-    """What the API server said, as kubectl shows it: the Status's message, else the HTTP reason."""
-    try:
-        message = json.loads(e.body).get("message")
-    except (TypeError, ValueError, AttributeError):
-        message = None
-    return f"{e.status} {message or e.reason}"
-
-
 def agent_pod_ip(namespace: str, node: str, selector: str) -> str | None:
     """The address of the running agent pod on `node`."""
     pods = _api().list_namespaced_pod(namespace, label_selector=selector, field_selector=f"spec.nodeName={node}").items
@@ -275,10 +250,6 @@ def set_webhook_ca_bundle(name: str, ca_bundle: str, count: int) -> None:
     index: if webhooks were removed since they were counted, it fails and is tried again)."""
     ops = [{"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle} for i in range(count)]
     _api(client.AdmissionregistrationV1Api).patch_validating_webhook_configuration(name, ops)
-
-
-def secret_exists(namespace: str, name: str) -> bool:
-    return secret_data(namespace, name) is not None
 
 
 def post_event(body: dict, reason: str, message: str, warning: bool = False, component: str = "kopfvirt") -> None:

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from ..clients import kube
 from ..core import subresources
-from ..names import AGENT_ACCOUNT, AGENT_SELECTOR, AGENT_STREAM_PORT, NODE_LABEL
+from ..names import AGENT_SELECTOR, AGENT_STREAM_PORT
 from ..streaming import HEARTBEAT_SECONDS, accept, error, keep_loaded, relay_websockets, serve
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ class SubresourceServer:
     def __init__(self, namespace: str, certfile: str, cafile: str, port: int = PORT,
                  agent_port: int = AGENT_STREAM_PORT):
         self.namespace, self.certfile, self.cafile = namespace, certfile, cafile
-        self.agent_user = f"system:serviceaccount:{namespace}:{AGENT_ACCOUNT}"
         self.port, self.agent_port = port, agent_port
         self.proxy: subresources.FrontProxy | None = None
 
@@ -96,11 +95,6 @@ class SubresourceServer:
         except subresources.Unauthenticated as e:
             return error(401, "Unauthorized", str(e))
         loop = asyncio.get_running_loop()
-        if target.subresource == subresources.CLOUD_INIT:
-            try:
-                return await loop.run_in_executor(None, self._cloud_init, user, target)
-            except ApiException as e:
-                return error(503, "ServiceUnavailable", f"the Kubernetes API answered {e.status} {e.reason}")
         try:
             where = await loop.run_in_executor(None, self._authorize_and_locate, user, target)
         except ApiException as e:
@@ -138,17 +132,6 @@ class SubresourceServer:
         if vm is None:
             return error(404, "NotFound", f"virtualmachine {target.namespace}/{target.name} not found")
         return vm
-
-    def _cloud_init(self, user: subresources.User, target: subresources.Target) -> web.Response:
-        """The VM's cloud-init Secrets, for the agent of its node (agents read no Secret)."""
-        vm = self._authorized_vm(user, target)
-        if isinstance(vm, web.Response):
-            return vm
-        refusal = subresources.cloud_init_refusal(user, self.agent_user, vm, NODE_LABEL)
-        if refusal:
-            log.warning("cloud-init of %s/%s refused: %s", target.namespace, target.name, refusal)
-            return error(403, "Forbidden", refusal)
-        return web.json_response(subresources.cloud_init_document(vm, kube.secret_data))
 
     def _authorize_and_locate(self, user: subresources.User, target: subresources.Target):
         """(node, agent address) of the VM the user may reach; else the error response."""

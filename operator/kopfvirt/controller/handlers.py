@@ -9,7 +9,7 @@ import kopf
 
 from .. import GROUP, VERSION
 from ..clients import kube
-from ..core import certificates, migration, pools, reservation, vmspec
+from ..core import access, certificates, migration, pools, reservation, vmspec
 from ..runtime import registry_with_settings, watch_vms_and_pods
 from .certificates import NodeCertificateSigner
 from .leadership import LeaderElector
@@ -66,7 +66,7 @@ def build_registry(controller: Controller, resync_seconds: float = 30, webhook: 
     if webhook:
         @kopf.on.validate(GROUP, VERSION, "virtualmachines", id=WEBHOOK_PATH, operations=["CREATE", "UPDATE"],
                           registry=registry)
-        def validate(spec, meta, **_):
+        def validate(spec, meta, old, userinfo, **_):
             try:
                 vm = vmspec.parse(meta.get("namespace") or "default", meta.get("name") or "new",
                                   meta.get("uid") or PLACEHOLDER_UID, dict(spec))
@@ -77,6 +77,13 @@ def build_registry(controller: Controller, resync_seconds: float = 30, webhook: 
                        or controller.volume_taken(vm))
             if refusal:
                 raise kopf.AdmissionError(refusal, code=422)
+            user = access.admission_user(userinfo)
+            for disk, secret, review in access.new_secret_reviews(user, vm.namespace, dict(spec),
+                                                                  (old or {}).get("spec")):
+                if not kube.access_allowed(review)[0]:
+                    raise kopf.AdmissionError(f"spec.disks[{disk}].cloudInit.secretRef: {user.name} may not get "
+                                              f"Secret {secret} in namespace {vm.namespace}, so may not give its "
+                                              f"data to a guest", code=403)
 
         @kopf.on.validate("", "v1", "pods", subresource="eviction", id=EVICTION_PATH, operations=["CREATE"],
                           registry=registry)

@@ -406,11 +406,8 @@ class Controller(Reconciler):
         return f"spec.cpu.model: no node offers CPU model {models[0]}" if models else None
 
     def _precheck(self, vm: vmspec.VM) -> tuple[str, str] | None:
-        """What no node can offer, said before a pod waits for it forever."""
-        for d in vm.spec.disks:
-            ref = d.cloud_init.secret_ref if d.cloud_init else None
-            if ref and not kube.secret_exists(vm.namespace, ref.name):
-                return "SecretNotFound", f"spec.disks[{d.name}].cloudInit.secretRef: Secret {ref.name} does not exist"
+        """What no node can offer, said before a pod waits for it forever. (A cloud-init
+        Secret not made yet is the kubelet's to wait for: no Kopfvirt process reads Secrets.)"""
         refusal = self.storage_refusal(vm)
         if refusal:
             return "StoragePoolRefused", refusal

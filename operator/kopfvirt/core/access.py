@@ -15,6 +15,31 @@ class User:
     uid: str = ""
 
 
+def admission_user(userinfo: dict) -> User:
+    """The writer of an admission request (its userInfo), to ask about in a review."""
+    return User(userinfo.get("username") or "", tuple(userinfo.get("groups") or ()),
+                dict(userinfo.get("extra") or {}), userinfo.get("uid") or "")
+
+
+def cloud_init_secrets(spec: dict | None) -> dict[str, str]:
+    """Disk name -> the Secret its cloud-init data comes from, of a VM's spec as written."""
+    out = {}
+    for disk in (spec or {}).get("disks") or []:
+        name = (((disk or {}).get("cloudInit") or {}).get("secretRef") or {}).get("name")
+        if name:
+            out[disk.get("name", "")] = name
+    return out
+
+
+def new_secret_reviews(user: User, namespace: str, spec: dict, old_spec: dict | None) -> list[tuple[str, str, dict]]:
+    """(disk, Secret, review) for each Secret the spec names that the old one did not: the
+    writer must be allowed to read it, for the guest will carry its data (the kubelet
+    mounts it for the VM's pod whoever asked). One named before was judged then."""
+    before = set(cloud_init_secrets(old_spec).values())
+    return [(disk, name, resource_review(user, "get", "", "v1", "secrets", namespace, name))
+            for disk, name in sorted(cloud_init_secrets(spec).items()) if name not in before]
+
+
 def _review(user: User, attributes: dict) -> dict:
     spec = {"user": user.name, "groups": list(user.groups), "extra": user.extra, **attributes}
     if user.uid:

@@ -96,6 +96,9 @@ def named_volumes(vm: VM) -> list[tuple[str, str]]:
     return out
 
 
+CLOUD_INIT_KEYS = ("userdata", "networkdata")  # what a cloud-init disk takes of its Secret
+
+
 def cloud_init_files(vm: VM, disk_name: str, secret: dict[str, str] | None) -> dict[str, str]:
     """The NoCloud files of a cloud-init disk; `secret` holds the Secret's data when referenced."""
     ci = next(d.cloud_init for d in vm.spec.disks if d.name == disk_name)

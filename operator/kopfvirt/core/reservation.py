@@ -119,6 +119,23 @@ def pod_name(vm_name: str) -> str:
     return f"kopfvirt-{vm_name}"
 
 
+# The Secrets a VM's cloud-init disks name are volumes of its pod: the kubelet fetches them
+# (the node authorizer lets a kubelet read only what pods bound to it use) and the node's
+# agent reads them from the pod's volume directory, so no Kopfvirt process reads a Secret.
+CLOUD_INIT_MOUNT = "/var/run/kopfvirt/cloud-init"  # in the container, which never reads it
+
+
+def cloud_init_volumes(vm: VM) -> dict[str, str]:
+    """Secret name -> the pod's volume of it (cloud-init-0, -1, ... by name)."""
+    names = sorted({d.cloud_init.secret_ref.name for d in vm.spec.disks if d.cloud_init and d.cloud_init.secret_ref})
+    return {name: f"cloud-init-{i}" for i, name in enumerate(names)}
+
+
+def cloud_init_path(kubelet_dir: str, pod_uid: str, volume: str) -> str:
+    """Where the kubelet writes a Secret volume of a pod on its node (each key a file)."""
+    return f"{kubelet_dir}/pods/{pod_uid}/volumes/kubernetes.io~secret/{volume}"
+
+
 def overhead_mib(vm: VM) -> int:
     """QEMU's own memory: 64 MiB of device models and libvirt, 8 MiB per vCPU (TCG's
     translation cache and thread stacks) and guest page tables (1/512 of its memory)."""
@@ -187,6 +204,11 @@ def reservation_pod(vm: VM, node: str | None = None, settings: PodSettings = DEF
         pod_spec["tolerations"] = [{k: t[k] for k in TOLERATION_KEYS if k in t} for t in spec.tolerations]
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    secrets = cloud_init_volumes(vm)
+    if secrets:  # mounted, or the kubelet would not fetch them; waits for a Secret not yet made
+        pod_spec["volumes"] = [{"name": v, "secret": {"secretName": s}} for s, v in secrets.items()]
+        pod_spec["containers"][0]["volumeMounts"] = [
+            {"name": v, "mountPath": f"{CLOUD_INIT_MOUNT}/{s}", "readOnly": True} for s, v in secrets.items()]
     pod = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {

@@ -13,7 +13,6 @@ import json
 import re
 import urllib.parse
 
-from ..names import NODE_NAME_EXTRA
 from .access import User, resource_review
 
 GROUP = "subresources.kopfvirt.io"
@@ -22,10 +21,7 @@ PREFIX = f"/apis/{GROUP}/{VERSION}"
 RESOURCE = "virtualmachines"
 STREAMS = ("console", "vnc")  # WebSocket: raw bytes in binary messages, both ways
 DOCUMENTS = ("xml",)          # plain GET
-# Answered by the controller itself, for the agent of the VM's node alone: the cloud-init
-# data of the VM's Secrets (agents read no Secret themselves).
-CLOUD_INIT = "cloudinit"
-SUBRESOURCES = STREAMS + DOCUMENTS + (CLOUD_INIT,)
+SUBRESOURCES = STREAMS + DOCUMENTS
 PROTOCOL = "plain.kopfvirt.io"  # the WebSocket subprotocol, echoed by every hop
 AUTH_CONFIG_MAP = ("kube-system", "extension-apiserver-authentication")  # kube-apiserver publishes it
 
@@ -135,31 +131,6 @@ def access_review(user: User, target: Target) -> dict:
     """The SubjectAccessReview kube-apiserver asked before proxying, asked again here: a
     request that reached us some other way than through it proves nothing."""
     return resource_review(user, "get", GROUP, VERSION, RESOURCE, target.namespace, target.name, target.subresource)
-
-
-def cloud_init_refusal(user: User, agent_user: str, vm: dict, node_label: str) -> str | None:
-    """Why `user` may not have the VM's cloud-init data (None: it may). Only an agent's
-    pod-bound token, and only for a VM placed on that token's node: a compromised node
-    reads no other node's Secrets."""
-    if user.name != agent_user:
-        return f"only the node agents ({agent_user}) read cloud-init data, not {user.name}"
-    node = (user.extra.get(NODE_NAME_EXTRA) or [""])[0]
-    if not node:
-        return "the token is bound to no node (only a token of the agent's pod is)"
-    placed = (vm["metadata"].get("labels") or {}).get(node_label)
-    if placed != node:
-        meta = vm["metadata"]
-        return f"virtualmachine {meta['namespace']}/{meta['name']} is placed on {placed or 'no node'}, not {node}"
-    return None
-
-
-def cloud_init_document(vm: dict, read_secret) -> dict:
-    """The data of each Secret the VM's cloud-init disks name, by Secret name (one that does
-    not exist is left out: the agent says so on the VM). `read_secret(namespace, name)`."""
-    names = {((d.get("cloudInit") or {}).get("secretRef") or {}).get("name")
-             for d in (vm.get("spec") or {}).get("disks") or []}
-    found = {name: read_secret(vm["metadata"]["namespace"], name) for name in sorted(n for n in names if n)}
-    return {"secrets": {name: data for name, data in found.items() if data is not None}}
 
 
 def status(code: int, reason: str, message: str) -> dict:
