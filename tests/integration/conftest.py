@@ -7,7 +7,6 @@ test would count as not written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,7 +22,9 @@ import yaml
 
 from kopfvirt.clients import nfs
 from kopfvirt_lab import images, install
-from kopfvirt_lab.layout import Lab, cache_dir
+from kopfvirt_lab.layout import Lab
+
+from ..gotools import go_tool
 
 REPO = Path(__file__).resolve().parents[2]
 KOPFVIRT_LAB = [sys.executable, "-m", "kopfvirt_lab"]  # the developers' lab command
@@ -365,15 +366,7 @@ def vms(namespace):
 def kstatus():
     """Judge objects as kstatus does (tools/kstatus: cli-utils' own code, built once into
     the cache from the Go module proxy): kstatus(obj) -> (status, message)."""
-    source = REPO / "tools" / "kstatus"
-    digest = hashlib.sha256(b"".join((source / f).read_bytes() for f in ("go.mod", "go.sum", "main.go"))).hexdigest()
-    binary = cache_dir() / "bin" / f"kstatus-{digest[:16]}"
-    if not binary.exists():
-        go = run("bash", str(REPO / "lab" / "ensure-go.sh")).stdout.strip()
-        built = subprocess.run([go, "build", "-o", f"{binary}.tmp", "."], cwd=source, capture_output=True, text=True,
-                               timeout=600)
-        assert built.returncode == 0, built.stderr
-        os.replace(f"{binary}.tmp", binary)
+    binary = go_tool("kstatus")
 
     def judge(obj: dict) -> tuple[str, str]:
         out = subprocess.run([str(binary)], input=json.dumps(obj) + "\n", capture_output=True, text=True,
