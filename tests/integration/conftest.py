@@ -110,6 +110,24 @@ def token_kubeconfig(path: Path, token: str, namespace: str | None = None) -> Pa
     return path
 
 
+def kubectl_with_token(tmp_path: Path, token: str):
+    """kubectl with this token alone."""
+    path = token_kubeconfig(tmp_path / f"token-{abs(hash(token))}.kubeconfig", token)
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["kubectl", "--kubeconfig", str(path), *args], input=input, capture_output=True,
+                              text=True, timeout=60)
+    return run
+
+
+def as_agent_of(tmp_path: Path, node: str):
+    """kubectl as the agent of `node`, with a token bound to its pod, as the pod's own is."""
+    pod = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=agent",
+                       "--field-selector", f"spec.nodeName={node}")["items"][0]["metadata"]["name"]
+    return kubectl_with_token(tmp_path, kubectl("-n", OPERATOR_NAMESPACE, "create", "token", "kopfvirt-agent",
+                                                "--bound-object-kind", "Pod", "--bound-object-name", pod).stdout.strip())
+
+
 _SCRAPER: list[str] = []
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from kopfvirt.core import certificates
 from kopfvirt_lab.layout import TLS_DIR, Lab, node_ip
 
-from .conftest import REPO, kubectl, kubectl_json, lab_exec, operator_pid, wait_for
+from .conftest import REPO, as_agent_of, kubectl, kubectl_json, lab_exec, operator_pid, wait_for
 from .test_migration import OTHER, Migrations, assert_keeps_counting, assert_on_one_node, running_vm
 
 LAB = Lab(REPO)
@@ -145,16 +145,21 @@ def denial(name: str) -> str:
     return wait_for(f"CSR {name} denied", probe, timeout=30)
 
 
-def test_requests_not_from_an_agent_or_for_another_address_are_denied_with_the_reason(lab):
+def test_requests_not_from_an_agent_or_for_another_address_are_denied_with_the_reason(lab, tmp_path):
     suffix = uuid.uuid4().hex[:6]
     own, _ = certificates.new_node_request("node-2", [NODES["node-2"], "node-2"])
     foreign, _ = certificates.new_node_request("node-2", ["198.18.0.99", "node-2"])
-    as_agent = ["kubectl", "--kubeconfig", str(LAB.root / "agent.kubeconfig")]
+    unbound = ["kubectl", "--kubeconfig", str(LAB.root / "agent.kubeconfig")]  # the agent's account, no pod
+    names = [f"{who}-{suffix}" for who in ("admin", "unbound", "node-1", "foreign")]
     try:
-        kubectl("create", "-f", "-", stdin=csr(f"admin-{suffix}", own))
-        assert denial(f"admin-{suffix}").startswith(f"only {AGENT} may ask for node certificates, not ")
-        subprocess.run([*as_agent, "create", "-f", "-"], input=csr(f"foreign-{suffix}", foreign), text=True,
+        kubectl("create", "-f", "-", stdin=csr(names[0], own))
+        assert denial(names[0]).startswith(f"only {AGENT} may ask for node certificates, not ")
+        subprocess.run([*unbound, "create", "-f", "-"], input=csr(names[1], own), text=True,
                        check=True, capture_output=True, timeout=60)
-        assert "node node-2 is not 198.18.0.99" in denial(f"foreign-{suffix}")
+        assert "the requester's token is bound to no node" in denial(names[1])
+        assert as_agent_of(tmp_path, "node-1")("create", "-f", "-", input=csr(names[2], own)).returncode == 0
+        assert "the requester's token is bound to node node-1, not node-2" in denial(names[2])
+        assert as_agent_of(tmp_path, "node-2")("create", "-f", "-", input=csr(names[3], foreign)).returncode == 0
+        assert "node node-2 is not 198.18.0.99" in denial(names[3])
     finally:
-        kubectl("delete", "csr", f"admin-{suffix}", f"foreign-{suffix}", "--ignore-not-found", check=False)
+        kubectl("delete", "csr", *names, "--ignore-not-found", check=False)

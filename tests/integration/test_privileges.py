@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import (OPERATOR_NAMESPACE, kubectl, kubectl_json, lab_exec, lab_guest, token_kubeconfig,
-                       vm_disk_dirs)
+from .conftest import (OPERATOR_NAMESPACE, as_agent_of, kubectl, kubectl_json, kubectl_with_token, lab_exec,
+                       lab_guest, vm_disk_dirs)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -38,26 +37,8 @@ def test_the_service_accounts_rights_are_the_recorded_ones(lab, account):
         assert answer == "no", (account, verb, answer)
 
 
-def _kubectl_with(tmp_path: Path, token: str):
-    """kubectl with this token alone."""
-    path = token_kubeconfig(tmp_path / f"token-{abs(hash(token))}.kubeconfig", token)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["kubectl", "--kubeconfig", str(path), *args], capture_output=True, text=True,
-                              timeout=60)
-    return run
-
-
-def _as_agent_of(tmp_path: Path, node: str):
-    """kubectl as the agent of `node`, with a token bound to its pod, as the pod's own is."""
-    pod = kubectl_json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=agent",
-                       "--field-selector", f"spec.nodeName={node}")["items"][0]["metadata"]["name"]
-    return _kubectl_with(tmp_path, kubectl("-n", OPERATOR_NAMESPACE, "create", "token", "kopfvirt-agent",
-                                           "--bound-object-kind", "Pod", "--bound-object-name", pod).stdout.strip())
-
-
 def test_an_agent_changes_its_own_node_and_devices_only(lab, tmp_path):
-    agent = _as_agent_of(tmp_path, "node-1")
+    agent = as_agent_of(tmp_path, "node-1")
     assert agent("label", "node", "node-1", "kopfvirt-test=1").returncode == 0
     assert agent("label", "node", "node-1", "kopfvirt-test-").returncode == 0
     refused = agent("label", "node", "node-2", "kopfvirt-test=1")
@@ -77,7 +58,7 @@ def test_an_agent_changes_its_own_node_and_devices_only(lab, tmp_path):
 
 def test_an_agents_token_not_bound_to_its_pod_changes_no_node(lab, tmp_path):
     unbound = kubectl("-n", OPERATOR_NAMESPACE, "create", "token", "kopfvirt-agent").stdout.strip()
-    agent = _kubectl_with(tmp_path, unbound)
+    agent = kubectl_with_token(tmp_path, unbound)
     refused = agent("label", "node", "node-1", "kopfvirt-test=1")
     assert refused.returncode != 0 and "the agent's token is bound to no node" in refused.stderr, refused.stderr
 
@@ -86,7 +67,7 @@ def test_an_agent_changes_no_vms_spec_labels_or_others_finalizers(vms, tmp_path)
     assert vms.apply(lab_guest("guarded", runStrategy="Halted")).returncode == 0
     kubectl("-n", vms.namespace, "patch", "virtualmachine", "guarded", "--type=merge",
             "-p", '{"metadata":{"finalizers":["agent.kopfvirt.io/node-2"]}}')
-    agent = _as_agent_of(tmp_path, "node-1")
+    agent = as_agent_of(tmp_path, "node-1")
     try:
         for patch in ('{"spec":{"runStrategy":"Always"}}', '{"metadata":{"labels":{"kopfvirt.io/node":"node-1"}}}',
                       '{"metadata":{"finalizers":null}}'):
@@ -96,7 +77,7 @@ def test_an_agent_changes_no_vms_spec_labels_or_others_finalizers(vms, tmp_path)
         vm = vms.get("guarded")
         assert vm["spec"]["runStrategy"] == "Halted" and vm["metadata"]["finalizers"] == ["agent.kopfvirt.io/node-2"]
         # node-2's agent lets go of it.
-        released = _as_agent_of(tmp_path, "node-2")("-n", vms.namespace, "patch", "virtualmachine", "guarded",
+        released = as_agent_of(tmp_path, "node-2")("-n", vms.namespace, "patch", "virtualmachine", "guarded",
                                                     "--type=json", "-p",
                                                     '[{"op":"remove","path":"/metadata/finalizers"}]')
         assert released.returncode == 0, released.stderr
@@ -125,7 +106,7 @@ def test_an_agent_writes_and_reads_only_its_own_nodes_vms(vms, tmp_path):
 
     pod = kubectl_json("-n", vms.namespace, "get", "pod", "kopfvirt-placed")
     assert [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v] == ["placed-seed"]
-    own, foreign = _as_agent_of(tmp_path, node), _as_agent_of(tmp_path, other)
+    own, foreign = as_agent_of(tmp_path, node), as_agent_of(tmp_path, other)
     for agent in (own, foreign):
         refused = agent("-n", vms.namespace, "get", "secret", "placed-seed")
         assert refused.returncode != 0 and "Forbidden" in refused.stderr, refused.stderr

@@ -176,7 +176,9 @@ class NodeCertificateSigner:
         if node is None:
             return f"the request's subject is not CN={certificates.node_common_name('<node>')}"
         bound = (spec.get("extra") or {}).get(NODE_NAME_EXTRA)
-        if bound and bound != [node]:
+        if not bound:  # a token made for the account, not its pod: it could ask for any node
+            return "the requester's token is bound to no node (only an agent pod's own token is)"
+        if bound != [node]:
             return f"the requester's token is bound to node {bound[0]}, not {node}"
         try:
             allowed = kube.node_addresses(node)
