@@ -111,8 +111,9 @@ def test_argo_cd_reads_a_vm_through_its_lifecycle(vms, argocd):
 def test_argo_cd_reads_migrations_as_they_run_succeed_fail_and_are_cancelled(vms, migrations, argocd):
     running_vm(vms, "argo-mig", "kopfvirt.dirty_mibps=8")
     migrations.create("argo-mig-1", "argo-mig", options={"bandwidthMiBps": 2})
-    moving = wait_for("the move's first progress", lambda: (m := migrations.get("argo-mig-1") or {}).get(
-        "status", {}).get("progress") and m, timeout=60)
+    moving = wait_for("the move's first bytes", lambda: (m := migrations.get("argo-mig-1") or {}) and all(
+        (m.get("status", {}).get("progress") or {}).get(k) for k in ("dataTotalBytes", "dataProcessedBytes")) and m,
+        timeout=60)
     assert "bytes sent" in judged(argocd, "Migration", "running", moving, "Progressing")["message"]
     migrations.create("argo-mig-2", "argo-mig")
     failed = migrations.wait_phase("argo-mig-2", "Failed", timeout=20)

@@ -31,13 +31,14 @@ def test_nodes_are_ready_and_heartbeating(lab):
 @pytest.mark.parametrize("user,verb,resource,allowed", [
     (CONTROLLER, "create", "pods", "yes"),
     (CONTROLLER, "patch", "virtualmachines.kopfvirt.io/status", "yes"),
-    (CONTROLLER, "get", "secrets", "yes"),
+    (CONTROLLER, "get", "secrets", "no"),  # a tenant's: cloud-init Secrets reach nodes through the kubelet
     (CONTROLLER, "list", "secrets", "no"),
     (CONTROLLER, "delete", "nodes", "no"),
     (CONTROLLER, "delete", "virtualmachines.kopfvirt.io", "no"),
     (AGENT, "patch", "virtualmachines.kopfvirt.io/status", "yes"),
     (AGENT, "create", "pods", "no"),
     (AGENT, "list", "secrets", "no"),
+    (AGENT, "get", "secrets", "no"),
     (AGENT, "list", "pods", "yes"),
     (AGENT, "patch", "pods", "no"),
     (AGENT, "delete", "nodes", "no"),

@@ -159,16 +159,17 @@ def test_upgrading_the_release_restarts_no_guest_and_refuses_no_vm_write(vms):
 
 def _overlay(values: dict) -> Path:
     """A kustomize overlay of manifests/ with the lab's node settings, as a user patches
-    the shipped manifests for their nodes: the lab's extra flags and sysfs path (from the
+    the shipped manifests for their nodes: the lab's extra flags, sysfs and proc paths (from the
     values the lab gives Helm), and no libvirt DaemonSet (the lab's nodes run libvirtd)."""
     overlay = LAB.root / "kustomize-overlay"
     overlay.mkdir(exist_ok=True)
     agent = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
-             for arg in [*values["agent"]["extraArgs"], "--sysfs-root=/host/sys"]]
-    agent += [{"op": "add", "path": "/spec/template/spec/containers/0/volumeMounts/-",
-               "value": {"name": "sysfs", "mountPath": "/host/sys"}},
-              {"op": "add", "path": "/spec/template/spec/volumes/-",
-               "value": {"name": "sysfs", "hostPath": {"path": values["agent"]["sysfsPath"], "type": "Directory"}}}]
+             for arg in values["agent"]["extraArgs"]]
+    host_paths = {"apiVersion": "apps/v1", "kind": "DaemonSet",  # the host's /sys and /proc, by volume name
+                  "metadata": {"name": "kopfvirt-agent", "namespace": OPERATOR_NAMESPACE},
+                  "spec": {"template": {"spec": {"volumes": [
+                      {"name": name, "hostPath": {"path": values["agent"][key], "type": "Directory"}}
+                      for name, key in (("sysfs", "sysfsPath"), ("proc", "procPath"))]}}}}
     controller = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
                   for arg in values["controller"]["extraArgs"]]
     no_libvirt = {"$patch": "delete", "apiVersion": "apps/v1", "kind": "DaemonSet",
@@ -177,6 +178,7 @@ def _overlay(values: dict) -> Path:
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(REPO / "manifests", overlay)],
         "patches": [{"target": {"kind": "DaemonSet", "name": "kopfvirt-agent"}, "patch": yaml.safe_dump(agent)},
+                    {"patch": yaml.safe_dump(host_paths)},
                     {"target": {"kind": "Deployment", "name": "kopfvirt-controller"},
                      "patch": yaml.safe_dump(controller)},
                     {"patch": yaml.safe_dump(no_libvirt)}]}

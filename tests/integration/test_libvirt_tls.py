@@ -11,7 +11,6 @@ import datetime
 import json
 import os
 import signal
-import subprocess
 import uuid
 
 import yaml
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from kopfvirt.core import certificates
 from kopfvirt_lab.layout import TLS_DIR, Lab, node_ip
 
-from .conftest import REPO, as_agent_of, kubectl, kubectl_json, lab_exec, operator_pid, wait_for
+from .conftest import REPO, as_agent_of, kubectl, kubectl_with_token, kubectl_json, lab_exec, operator_pid, wait_for
 from .test_migration import OTHER, Migrations, assert_keeps_counting, assert_on_one_node, running_vm
 
 LAB = Lab(REPO)
@@ -149,13 +148,14 @@ def test_requests_not_from_an_agent_or_for_another_address_are_denied_with_the_r
     suffix = uuid.uuid4().hex[:6]
     own, _ = certificates.new_node_request("node-2", [NODES["node-2"], "node-2"])
     foreign, _ = certificates.new_node_request("node-2", ["198.18.0.99", "node-2"])
-    unbound = ["kubectl", "--kubeconfig", str(LAB.root / "agent.kubeconfig")]  # the agent's account, no pod
+    unbound = kubectl_with_token(tmp_path, kubectl("-n", "kopfvirt-system", "create", "token",  # no pod's
+                                                   "kopfvirt-agent").stdout.strip())
     names = [f"{who}-{suffix}" for who in ("admin", "unbound", "node-1", "foreign")]
     try:
         kubectl("create", "-f", "-", stdin=csr(names[0], own))
         assert denial(names[0]).startswith(f"only {AGENT} may ask for node certificates, not ")
-        subprocess.run([*unbound, "create", "-f", "-"], input=csr(names[1], own), text=True,
-                       check=True, capture_output=True, timeout=60)
+        created = unbound("create", "-f", "-", input=csr(names[1], own))
+        assert created.returncode == 0, created.stderr
         assert "the requester's token is bound to no node" in denial(names[1])
         assert as_agent_of(tmp_path, "node-1")("create", "-f", "-", input=csr(names[2], own)).returncode == 0
         assert "the requester's token is bound to node node-1, not node-2" in denial(names[2])

@@ -1,3 +1,5 @@
+-- One self-contained script per kind, as argocd-cm holds them (a check loads no module):
+-- the small helpers below (field, text, condition) repeat in each on purpose.
 -- Argo CD health of a kopfvirt.io Migration, from the status the controller and the source
 -- node's agent write (docs/gitops.md has the table). Lua 5.1 with Argo CD's default
 -- libraries only (base and table: no string or math), and no error on any input.

@@ -1,3 +1,5 @@
+-- One self-contained script per kind, as argocd-cm holds them (a check loads no module):
+-- the small helpers below (field, text, condition) repeat in each on purpose.
 -- Argo CD health of a kopfvirt.io PassthroughDevice: a PCI function its node's agent
 -- publishes, which an admin may keep in Git to set spec.permitted or spec.resourceName
 -- (docs/gitops.md has the table). Whether the device can be passed through is a fact of

@@ -1,3 +1,5 @@
+-- One self-contained script per kind, as argocd-cm holds them (a check loads no module):
+-- the small helpers below (field, text, condition) repeat in each on purpose.
 -- Argo CD health of a kopfvirt.io StoragePool: each node's agent reports the pool's state
 -- there (status.nodes), and the controller sums them up in the Ready condition: True when
 -- every Ready node the pool is offered on reports it Active (docs/gitops.md has the
