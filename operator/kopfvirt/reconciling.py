@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable
 
 from kubernetes.client.rest import ApiException
+from prometheus_client import Counter, Histogram
 
 from .clients import kube
 from .core import conditions, migration, reservation
@@ -27,6 +28,11 @@ def older(a: dict, b: dict) -> bool:
         return False
 
 
+RECONCILE_SECONDS = Histogram("kopfvirt_reconcile_duration_seconds", "How long one reconcile of a VM took, by "
+                              "component (controller, agent).", ["component"],
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+RECONCILE_ERRORS = Counter("kopfvirt_reconcile_errors", "Reconciles of a VM that failed (the VM says why), by "
+                           "component.", ["component"])
 _WRITES = ThreadPoolExecutor(max_workers=8, thread_name_prefix="writes")
 
 
@@ -185,15 +191,19 @@ class Reconciler:
             body = self.vms.get(uid)
             if body is None:
                 return
-            try:
-                self.handle(body)
-            except ApiException as e:
-                if e.status == 404:  # deleted meanwhile: nothing left to do
-                    self.vms.pop(uid, None)
-                    return
-                self.on_error(body, e)
-            except Exception as e:  # reported on the VM; the next event or resync retries
-                self.on_error(body, e)
+            component = type(self).__name__.lower()  # controller, agent
+            with RECONCILE_SECONDS.labels(component=component).time():
+                try:
+                    self.handle(body)
+                except ApiException as e:
+                    if e.status == 404:  # deleted meanwhile: nothing left to do
+                        self.vms.pop(uid, None)
+                        return
+                    RECONCILE_ERRORS.labels(component=component).inc()
+                    self.on_error(body, e)
+                except Exception as e:  # reported on the VM; the next event or resync retries
+                    RECONCILE_ERRORS.labels(component=component).inc()
+                    self.on_error(body, e)
 
     # -- outputs ------------------------------------------------------------------------
     def with_condition(self, body: dict, type_: str, status: bool | None, reason: str, message: str,

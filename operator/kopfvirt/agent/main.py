@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY
+
 from .. import NODE_TLS_DIR
 from ..clients import kube
 from ..metrics_endpoint import MetricsEndpoint
 from ..runtime import run
+from .guest_metrics import GuestMetrics
 from .handlers import build_registry
 from .reconciler import Agent
 from .streams import Streams
@@ -29,5 +32,6 @@ def main(node: str, kubeconfig: str | None, libvirt_uri: str, virt_type: str,
     if stream_port:  # served with the node's certificate, once it is issued
         Streams(agent, tls_dir, controller_name, stream_port).start()
     if metrics_port:  # served with the node's certificate, once it is issued
+        REGISTRY.register(GuestMetrics(node, agent.hv, agent.vms))
         MetricsEndpoint(metrics_port, f"{tls_dir}/servercert.pem", f"{tls_dir}/serverkey.pem").start()
     run(build_registry(agent, resync_seconds, device_scan_seconds), health_port)

@@ -13,6 +13,7 @@ import threading
 import time
 
 import libvirt
+from prometheus_client import Histogram
 
 from .. import NODE_TLS_DIR, names
 from ..clients import images, kube, kubelet, serial_logs
@@ -31,6 +32,11 @@ FINALIZER_PREFIX = names.AGENT_FINALIZER_PREFIX
 ACTIVE = steps.DOMAIN_UP  # domain states in which QEMU runs
 STOP_EVENT_WINDOW = 10.0  # seconds within which a stopped event is taken as our own stop's
 DEVICE_RETRY_SECONDS = 20.0  # after a failed start with host devices: no new bind before this
+_SECONDS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
+START_SECONDS = Histogram("kopfvirt_vm_start_seconds", "From a VM's creation to its guest's first start (as its "
+                          "agent records it: whole seconds).", buckets=_SECONDS)
+STOP_SECONDS = Histogram("kopfvirt_vm_stop_seconds", "From a stop asked for (spec or plugin) to the guest gone.",
+                         buckets=_SECONDS)
 
 
 class NotReady(Exception):
@@ -183,6 +189,8 @@ class Agent(Reconciler):
                 status["conditions"] = conditions.set_condition(status.get("conditions"), "Ready", False,
                                                                 e.reason, str(e), generation)
                 return status
+            if not (body.get("status") or {}).get("startTime"):  # its first start
+                START_SECONDS.observe(lifecycle.seconds_between(body["metadata"]["creationTimestamp"], now()))
             status["startTime"] = now()
             state = "running"
             self.event(body, "Started", f"guest started on {self.node}")
@@ -354,6 +362,8 @@ class Agent(Reconciler):
             return status
         if state in ACTIVE or not first:
             self.event(body, "Stopped", f"guest stopped on {self.node}")
+            if status.get("stopReason") == lifecycle.REQUESTED and status.get("stopTime"):
+                STOP_SECONDS.observe(lifecycle.seconds_between(status["stopTime"], now()))
         self.hv.remove(vm.uid)
         self.device_failures.pop(vm.uid, None)
         if status.get("hostDevices"):

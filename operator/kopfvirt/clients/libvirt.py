@@ -7,6 +7,8 @@ callback gets (domain UUID, event, detail) as words, never libvirt objects.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
 import os
 import socket
@@ -18,10 +20,16 @@ from contextlib import contextmanager
 from typing import Callable
 
 import libvirt
+from prometheus_client import Histogram
 
 log = logging.getLogger(__name__)
 REMOTE_CONNECT_SECONDS = 5  # a node's libvirtd that does not accept in this long is unreachable
 TLS_PORT = 16514
+CALLS = Histogram("kopfvirt_libvirt_call_duration_seconds",
+                  "How long the agent's calls to its node's libvirtd took (failed ones too), by Hypervisor method.",
+                  ["call"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600))
+STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
+                | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
 
 
 def _open_remote(uri: str) -> libvirt.virConnect:
@@ -585,8 +593,27 @@ class Hypervisor:
     def domain_capabilities(self, virt_type: str) -> str:
         return self.conn().getDomainCapabilities(None, "x86_64", "q35", virt_type)
 
+    def all_domain_stats(self) -> list[tuple[str, dict]]:
+        """(UUID, libvirt's statistics) of each running domain (core/guest_stats.py reads them)."""
+        return [(dom.UUIDString(), stats) for dom, stats in
+                self.conn().getAllDomainStats(STATS_GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)]
+
     def expand_cpu(self, cpu_xml: str, virt_type: str) -> str:
         """The CPU definition with every feature spelled out, the model's own included
         (e.g. sse2 of qemu64), as libvirt's CPU map and this hypervisor know them."""
         return self.conn().baselineHypervisorCPU(None, "x86_64", "q35", virt_type, [cpu_xml],
                                                  libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
+
+
+def _timed(call: str, method):
+    @functools.wraps(method)
+    def timed(*args, **kwargs):
+        with CALLS.labels(call=call).time():
+            return method(*args, **kwargs)
+    return timed
+
+
+# Every public call of the Hypervisor is timed (static helpers and conn() itself are not).
+for _name, _method in list(vars(Hypervisor).items()):
+    if inspect.isfunction(_method) and not _name.startswith("_") and _name != "conn":
+        setattr(Hypervisor, _name, _timed(_name, _method))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from prometheus_client import REGISTRY
+
 from ..clients import kube
 from ..core.reservation import DEFAULT_POD_SETTINGS, PodSettings
 from ..runtime import configure_logging, run
@@ -13,6 +15,7 @@ from .apiserver import SubresourceServer
 from .certificates import NodeCertificateSigner, WebhookCertificates
 from .handlers import Webhook, build_registry
 from .leadership import LeaderElector
+from .metrics import VMPhases
 from .reconciler import Controller
 
 
@@ -36,6 +39,7 @@ def main(kubeconfig: str | None, resync_seconds: float = 30, webhook: Webhook | 
     if certs and api_port:
         SubresourceServer(namespace, certs.certfile, certs.cafile, api_port).start()
     controller = Controller(namespace, pod_settings)
+    REGISTRY.register(VMPhases(controller))
     elector = None
     if lease:
         elector = LeaderElector(namespace, lease, identity, on_started=controller.lead)

@@ -59,6 +59,9 @@ class Migrations:
         self.migrations: dict[str, dict] = {}
         self.lock = threading.Lock()
         self.counted: set[str] = set()  # uids whose end is in the metrics (or ended before we started)
+        # When this process began to act (controller._take_over): a Migration that ended
+        # before was counted by the leader then, and is not counted again after a failover.
+        self.acting_since = ""
         self._pass_config: tuple[dict, dict] | None = None
 
     # -- inputs -------------------------------------------------------------------------
@@ -106,7 +109,8 @@ class Migrations:
         if phase in FINAL_PHASES:
             if meta["uid"] not in self.counted:
                 self.counted.add(meta["uid"])
-                metrics.observe_final(m)
+                if (migration.ended_at(m) or "") >= self.acting_since:
+                    metrics.observe_final(m)
             self._clean_up(m)
             return False
         vm_body = self._vm(m)

@@ -61,6 +61,7 @@ class Controller(Reconciler):
     def _take_over(self) -> None:
         began = time.monotonic()
         self.wait_for_caches()
+        self.migrations.acting_since = now()
         self.synced.set()
         log.info("acting: the caches held all the API lists after %.1fs", time.monotonic() - began)
         for uid in list(self.vms):

@@ -6,6 +6,8 @@ timestamps keeps everything level-based: nothing has to be cleared after it is d
 
 from __future__ import annotations
 
+import datetime
+
 from .. import GROUP
 
 START_REQUESTED = f"{GROUP}/start-requested-at"
@@ -19,6 +21,14 @@ GUEST_SHUTDOWN, GUEST_CRASHED, REQUESTED = "GuestShutdown", "GuestCrashed", "Req
 def _later(a: str | None, b: str | None) -> bool:
     """Is timestamp a after b (absent counts as the beginning of time)?"""
     return (a or "") > (b or "")
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    """Between two of the API's timestamps (RFC 3339, as creationTimestamp and our status
+    times are written, e.g. 2026-11-29T03:16:09Z), in seconds."""
+    def parse(text: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (parse(later) - parse(earlier)).total_seconds()
 
 
 def wants_running(strategy: str, annotations: dict, status: dict) -> bool:

@@ -31,6 +31,13 @@ ACTIVE_PHASES = ("Scheduling", "TargetReady", "Running")
 FINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
 
 
+def ended_at(body: dict) -> str | None:
+    """When a Migration entered its final phase (its last phaseTransition), if it has."""
+    status = body.get("status") or {}
+    last = (status.get("phaseTransitions") or [{}])[-1]
+    return last.get("time") if status.get("phase") in FINAL_PHASES and last.get("phase") == status["phase"] else None
+
+
 def phase_conditions(conditions: list[dict] | None, phase: str, reason: str, message: str,
                      generation: int | None) -> list[dict]:
     """Ready, Reconciling and Stalled for a phase, as kstatus (Flux, kubectl wait, Argo CD's
