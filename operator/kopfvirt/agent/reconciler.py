@@ -189,9 +189,10 @@ class Agent(Reconciler):
                 status["conditions"] = conditions.set_condition(status.get("conditions"), "Ready", False,
                                                                 e.reason, str(e), generation)
                 return status
+            started = now()
             if not (body.get("status") or {}).get("startTime"):  # its first start
-                START_SECONDS.observe(lifecycle.seconds_between(body["metadata"]["creationTimestamp"], now()))
-            status["startTime"] = now()
+                START_SECONDS.observe(lifecycle.seconds_between(body["metadata"]["creationTimestamp"], started))
+            status["startTime"] = started
             state = "running"
             self.event(body, "Started", f"guest started on {self.node}")
         if vm.spec.paused and state == "running":

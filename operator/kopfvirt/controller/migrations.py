@@ -10,7 +10,6 @@ so the limits are counted without races; they are few.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 import uuid as uuidlib
@@ -19,11 +18,11 @@ from kubernetes.client.rest import ApiException
 
 from .. import GROUP, VERSION
 from ..clients import kube
-from ..core import conditions, migration, reservation, vmspec
+from ..core import conditions, lifecycle, migration, reservation, vmspec
 from ..core.migration import FINAL_PHASES, PLURAL
 from ..logformat import about
 from ..names import NODE_LABEL
-from ..reconciling import concurrently, older, write_migration_status
+from ..reconciling import concurrently, now, older, write_migration_status
 from . import metrics
 
 log = logging.getLogger("kopfvirt.controller.migrations")
@@ -46,10 +45,7 @@ TARGET_SCHEDULE_SECONDS = 120  # a target pod unbound this long fails the Migrat
 
 
 def _age_seconds(timestamp: str | None) -> float:
-    if not timestamp:
-        return 0.0
-    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+    return lifecycle.seconds_between(timestamp, now()) if timestamp else 0.0
 
 
 class Migrations:

@@ -24,6 +24,13 @@ METRICS: dict[str, tuple[str, str | None, str]] = {
                                                                          "(net.<n>.tx.bytes)."),
 }
 NANOSECONDS, KIB = 1e-9, 1024
+# The per-device byte counters: libvirt group, the label its entries are named by, (key, metric).
+_BYTE_COUNTERS = (
+    ("block", "drive", (("rd.bytes", "kopfvirt_vm_storage_read_bytes_total"),
+                        ("wr.bytes", "kopfvirt_vm_storage_write_bytes_total"))),
+    ("net", "interface", (("rx.bytes", "kopfvirt_vm_network_receive_bytes_total"),
+                          ("tx.bytes", "kopfvirt_vm_network_transmit_bytes_total"))),
+)
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -51,16 +58,8 @@ def samples(stats: dict) -> list[Sample]:
                       ("balloon.rss", "kopfvirt_vm_memory_resident_bytes")):
         if key in stats:
             out.append((name, {}, stats[key] * KIB))
-    for _, block in _indexed(stats, "block"):
-        drive = str(block.get("name", ""))
-        for key, name in (("rd.bytes", "kopfvirt_vm_storage_read_bytes_total"),
-                          ("wr.bytes", "kopfvirt_vm_storage_write_bytes_total")):
-            if key in block and drive:
-                out.append((name, {"drive": drive}, float(block[key])))
-    for _, net in _indexed(stats, "net"):
-        interface = str(net.get("name", ""))
-        for key, name in (("rx.bytes", "kopfvirt_vm_network_receive_bytes_total"),
-                          ("tx.bytes", "kopfvirt_vm_network_transmit_bytes_total")):
-            if key in net and interface:
-                out.append((name, {"interface": interface}, float(net[key])))
+    for group, label, counters in _BYTE_COUNTERS:
+        for _, entry in _indexed(stats, group):
+            named = str(entry.get("name", ""))
+            out += [(name, {label: named}, float(entry[key])) for key, name in counters if key in entry and named]
     return out
