@@ -59,6 +59,11 @@ manifests: $(HELM)
 	  { echo "# Rendered from charts/kopfvirt by \`make manifests\`; do not edit."; \
 	    $(HELM) template kopfvirt charts/kopfvirt --namespace kopfvirt-system --kube-version 1.36.3 --show-only templates/$$t.yaml; \
 	  } > manifests/$$t.yaml; done
+	for t in prometheusrule dashboard; do \
+	  { echo "# Rendered from charts/kopfvirt by \`make manifests\`; do not edit."; \
+	    $(HELM) template kopfvirt charts/kopfvirt --namespace kopfvirt-system --kube-version 1.36.3 --show-only templates/$$t.yaml \
+	      --set metrics.prometheusRule.enabled=true,metrics.dashboards.enabled=true; \
+	  } > manifests/monitoring/$$t.yaml; done
 	cp crds/*.yaml charts/kopfvirt/crds/
 
 lab-deps:

@@ -54,6 +54,9 @@ class Reconciler:
 
     def __init__(self, log: logging.Logger):
         self.log = log
+        # Each series from the start (at 0), so rate() sees the first error and dashboards data.
+        RECONCILE_ERRORS.labels(component=type(self).__name__.lower())
+        RECONCILE_SECONDS.labels(component=type(self).__name__.lower())
         self.vms: dict[str, dict] = {}  # uid -> latest VM body seen
         # (namespace, vm name) -> {pod uid: pod}: its reservation pod, and during a migration's
         # hand-off also the target's (relabelled) while the source's is deleted.

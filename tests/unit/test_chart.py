@@ -71,10 +71,14 @@ def test_libvirt_daemonset_can_be_left_out(helm):
     assert "kopfvirt-libvirt" not in out and "kopfvirt-agent" in out
 
 
-@pytest.mark.parametrize("template", ["rbac", "controller", "migration-config", "passthrough-config", "agent", "libvirt", "webhook"])
+@pytest.mark.parametrize("template", ["rbac", "controller", "pdb", "migration-config", "passthrough-config", "agent",
+                                      "libvirt", "webhook", "subresources", "agent-policy",
+                                      "monitoring/prometheusrule", "monitoring/dashboard"])
 def test_manifests_are_rendered_from_the_chart(helm, template):
+    monitoring = ("--set", "metrics.prometheusRule.enabled=true,metrics.dashboards.enabled=true")
     rendered = _helm(helm, "template", "kopfvirt", str(CHART), "--namespace", "kopfvirt-system", *KUBE,
-                     "--show-only", f"templates/{template}.yaml").stdout
+                     "--show-only", f"templates/{template.rsplit('/', 1)[-1]}.yaml",
+                     *(monitoring if template.startswith("monitoring/") else ())).stdout
     committed = (ROOT / "manifests" / f"{template}.yaml").read_text()
     assert committed.split("\n", 1)[1] == rendered, f"manifests/{template}.yaml is stale: run `make manifests`"
 

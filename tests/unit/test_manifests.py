@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,8 @@ def test_libvirt_is_updated_only_on_purpose():
     assert ds["spec"]["updateStrategy"]["type"] == "OnDelete"
 
 
-def test_kustomization_lists_every_manifest():
-    listed = set(yaml.safe_load((ROOT / "manifests" / "kustomization.yaml").read_text())["resources"])
-    present = {p.name for p in (ROOT / "manifests").glob("*.yaml")} - {"kustomization.yaml"}
+@pytest.mark.parametrize("folder", ["manifests", "manifests/monitoring"])
+def test_kustomization_lists_every_manifest(folder):
+    listed = set(yaml.safe_load((ROOT / folder / "kustomization.yaml").read_text())["resources"])
+    present = {p.name for p in (ROOT / folder).glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present

@@ -96,8 +96,9 @@ def test_vms_are_counted_by_phase_by_the_leader_only():
     class Controller:
         active_now = True
         vms = {**VMS, "u2": {"metadata": {"namespace": "team-a", "name": "new"}},
-               "u3": {"metadata": {"namespace": "team-a", "name": "db"}, "status": {"phase": "Running",
-                                                                                    "nodeName": "node-1"}}}
+               "u3": {"metadata": {"namespace": "team-a", "name": "db"}, "status": {
+                   "phase": "Running", "nodeName": "node-1",
+                   "conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeUnreachable"}]}}}
 
         def active(self):
             return self.active_now
@@ -105,8 +106,11 @@ def test_vms_are_counted_by_phase_by_the_leader_only():
     page = scrape(controller_metrics.VMPhases(leader))
     assert 'kopfvirt_vms{namespace="team-a",node="node-1",phase="Running"} 2.0' in page
     assert 'kopfvirt_vms{namespace="team-a",node="",phase="Pending"} 1.0' in page
+    # One series per VM, which the alerts name it by: its Ready condition, none yet is "".
+    assert 'kopfvirt_vm_info{name="db",namespace="team-a",node="node-1",phase="Running",ready="Unknown"} 1.0' in page
+    assert 'kopfvirt_vm_info{name="new",namespace="team-a",node="",phase="Pending",ready=""} 1.0' in page
     leader.active_now = False
-    assert "kopfvirt_vms{" not in scrape(controller_metrics.VMPhases(leader))
+    assert "kopfvirt_vm" not in scrape(controller_metrics.VMPhases(leader))
 
 
 def test_a_migration_ended_when_it_entered_its_final_phase():

@@ -73,6 +73,9 @@ class Devices:
         # its function is on vfio-pci is published again with it.
         self.host_drivers: dict[str, str] = {}
         self.lock = threading.RLock()
+        for operation in ("bind", "restore"):  # each series from 0: the first failure is an increase
+            for result in ("ok", "failed"):
+                OPERATIONS.labels(node, operation, result)
 
     # -- inputs -------------------------------------------------------------------------
     def observe(self, obj: dict, deleted: bool = False) -> bool:

@@ -13,6 +13,9 @@ import collections
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from ..api.migration import MODES
+from ..core.migration import FINAL_PHASES
+
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _DOWNTIME = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BYTES = tuple(2.0 ** e for e in range(20, 41, 2))  # 1 MiB .. 1 TiB
@@ -27,13 +30,18 @@ DATA = Histogram("kopfvirt_migration_data_transferred_bytes", "Data sent by a su
                  buckets=_BYTES)
 DIRTY_RATE = Histogram("kopfvirt_migration_dirty_rate_bytes_per_second",
                        "The guest's memory dirty rate last seen during a live migration.", buckets=_BYTES)
+for _mode in MODES:  # each series from 0: the first failure is an increase that alerts see
+    DURATION.labels(mode=_mode)
+    for _phase in FINAL_PHASES:
+        OUTCOMES.labels(mode=_mode, phase=_phase)
 DEVICE_REFUSALS = Counter("kopfvirt_device_allocation_refusals", "VM starts held back for want of host devices.",
                           ["reason"])
 
 
 class VMPhases:
-    """kopfvirt_vms{namespace,phase,node} from the leader's cache at each scrape (a standby
-    replica reports none, so a sum over replicas counts each VM once)."""
+    """From the leader's cache at each scrape (a standby replica reports none, so a sum over
+    replicas counts each VM once): kopfvirt_vms{namespace,phase,node}, and one
+    kopfvirt_vm_info{namespace,name,phase,node,ready} per VM, which the alerts name VMs by."""
 
     def __init__(self, controller):
         self.controller = controller
@@ -44,14 +52,22 @@ class VMPhases:
     def collect(self):
         if not self.controller.active():
             return
-        family = GaugeMetricFamily("kopfvirt_vms", "VirtualMachines by namespace, phase and node (none before "
+        counts = GaugeMetricFamily("kopfvirt_vms", "VirtualMachines by namespace, phase and node (none before "
                                    "their first status: Pending).", labels=["namespace", "phase", "node"])
-        counts = collections.Counter(
-            (vm["metadata"]["namespace"], (vm.get("status") or {}).get("phase") or "Pending",
-             (vm.get("status") or {}).get("nodeName") or "") for vm in list(self.controller.vms.values()))
-        for labels, count in sorted(counts.items()):
-            family.add_metric(list(labels), count)
-        yield family
+        info = GaugeMetricFamily("kopfvirt_vm_info", "1 for each VirtualMachine: its phase, node and Ready "
+                                 "condition (True, False, Unknown; empty without one).",
+                                 labels=["namespace", "name", "phase", "node", "ready"])
+        by_phase = collections.Counter()
+        for vm in list(self.controller.vms.values()):
+            status = vm.get("status") or {}
+            phase, node = status.get("phase") or "Pending", status.get("nodeName") or ""
+            ready = next((c.get("status") or "" for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
+            by_phase[vm["metadata"]["namespace"], phase, node] += 1
+            info.add_metric([vm["metadata"]["namespace"], vm["metadata"]["name"], phase, node, ready], 1)
+        for labels, count in sorted(by_phase.items()):
+            counts.add_metric(list(labels), count)
+        yield counts
+        yield info
 
 
 def set_running(count: int) -> None:
