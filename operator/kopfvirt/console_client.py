@@ -36,8 +36,8 @@ def _message(status: int, body: bytes | str | None) -> str:
         return f"HTTP {status}" + (f": {text.strip()}" if text.strip() else "")
 
 
-def _endpoint(namespace: str, name: str, subresource: str) -> tuple[str, ssl.SSLContext, dict[str, str]]:
-    """(https URL, TLS context, headers) of a subresource, as the kubeconfig says to reach
+def _endpoint(path: str) -> tuple[str, ssl.SSLContext, dict[str, str]]:
+    """(https URL, TLS context, headers) of an API path, as the kubeconfig says to reach
     the API server: its CA, the user's client certificate or token."""
     cfg = client.Configuration.get_default_copy()
     context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
@@ -46,23 +46,35 @@ def _endpoint(namespace: str, name: str, subresource: str) -> tuple[str, ssl.SSL
     if cfg.cert_file:
         context.load_cert_chain(cfg.cert_file, cfg.key_file)
     token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-    return (cfg.host.rstrip("/") + subresources.path(namespace, name, subresource), context,
-            {"Authorization": token} if token else {})
+    return cfg.host.rstrip("/") + path, context, {"Authorization": token} if token else {}
+
+
+def _get(path: str) -> bytes:
+    url, context, headers = _endpoint(path)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), context=context, timeout=30) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        raise SubresourceError(_message(e.code, e.read())) from None
+    except urllib.error.URLError as e:
+        raise SubresourceError(f"the API server cannot be reached: {e.reason}") from None
 
 
 def xml(namespace: str, name: str, inactive: bool = False) -> str:
-    url, context, headers = _endpoint(namespace, name, "xml")
-    request = urllib.request.Request(url + ("?inactive=true" if inactive else ""), headers=headers)
+    return _get(subresources.path(namespace, name, "xml") + ("?inactive=true" if inactive else "")).decode()
+
+
+def server_version() -> str:
+    """The operator's version, as its subresource server says (any authenticated user may ask)."""
     try:
-        with urllib.request.urlopen(request, context=context, timeout=30) as r:
-            return r.read().decode()
-    except urllib.error.HTTPError as e:
-        raise SubresourceError(_message(e.code, e.read())) from None
+        return json.loads(_get(subresources.VERSION_PATH))["version"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SubresourceError(f"the operator's version document is not understood: {e}") from None
 
 
 def connect(namespace: str, name: str, subresource: str) -> websocket.WebSocket:
     """A WebSocket to the VM's console or VNC through the API server."""
-    url, context, headers = _endpoint(namespace, name, subresource)
+    url, context, headers = _endpoint(subresources.path(namespace, name, subresource))
     try:
         return websocket.create_connection("wss" + url[len("https"):], header=[f"{k}: {v}" for k, v in headers.items()],
                                            sslopt={"context": context}, subprotocols=[subresources.PROTOCOL],

@@ -13,10 +13,11 @@ import datetime
 import os
 import sys
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from . import GROUP, VERSION, __version__, console_client, names
+from . import GROUP, VERSION, __version__, console_client, names, vmmanifest
 from .core import lifecycle, migration, pools, vmspec
 
 PLURAL = names.VMS
@@ -39,15 +40,17 @@ class VMs:
     def __init__(self, namespace: str | None, context: str | None, kubeconfig: str | None,
                  operator_namespace: str | None = None):
         config.load_kube_config(config_file=kubeconfig, context=context)
-        api_client = client.ApiClient()
-        api_client.user_agent = f"{FIELD_MANAGER}/{__version__}"  # the field manager of its writes
-        client.ApiClient.set_default(api_client)
+        # One client for every call, named as the field manager of its writes (passed to each
+        # API: the krew archive's older kubernetes client has no process-wide default).
+        self.client = client.ApiClient()
+        self.client.user_agent = f"{FIELD_MANAGER}/{__version__}"
         self._operator_namespace = operator_namespace
         contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
         chosen = next((c for c in contexts if c["name"] == context), active) if context else active
         namespace = namespace or (chosen.get("context") or {}).get("namespace") or "default"
         self.namespace, self.context, self.kubeconfig = namespace, context, kubeconfig
-        self.api = client.CustomObjectsApi()
+        self.api = client.CustomObjectsApi(self.client)
+        self.core = client.CoreV1Api(self.client)
 
     def get(self, name: str) -> dict:
         try:
@@ -63,7 +66,7 @@ class VMs:
         if not self._operator_namespace:
             self._operator_namespace = DEFAULT_OPERATOR_NAMESPACE
             try:
-                pods = client.CoreV1Api().list_pod_for_all_namespaces(label_selector=names.AGENT_SELECTOR, limit=1).items
+                pods = self.core.list_pod_for_all_namespaces(label_selector=names.AGENT_SELECTOR, limit=1).items
                 if pods:
                     self._operator_namespace = pods[0].metadata.namespace
             except ApiException as e:
@@ -108,9 +111,9 @@ def pause(vms: VMs, name: str, paused: bool = True) -> str:
     return "paused" if paused else "unpaused"
 
 
-def _nodes() -> list[migration.Node]:
+def _nodes(vms: VMs) -> list[migration.Node]:
     out = []
-    for n in client.CoreV1Api().list_node().items:
+    for n in vms.core.list_node().items:
         ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
         out.append(migration.Node(n.metadata.name, dict(n.metadata.labels or {}),
                                   schedulable=ready and not n.spec.unschedulable))
@@ -125,7 +128,7 @@ def _pool_specs(vms: VMs) -> dict:
 def _cluster_options(vms: VMs) -> dict:
     """The cluster's migration defaults; the built-in ones when the ConfigMap is not readable."""
     try:
-        data = client.CoreV1Api().read_namespaced_config_map(MIGRATION_CONFIG, vms.operator_namespace()).data
+        data = vms.core.read_namespaced_config_map(MIGRATION_CONFIG, vms.operator_namespace()).data
     except ApiException:
         data = None
     return migration.cluster_config(data)[0]
@@ -137,7 +140,7 @@ def migrate(vms: VMs, name: str, offline: bool = False, target: str | None = Non
     if dry_run:
         meta = vm_body["metadata"]
         vm = vmspec.parse(meta["namespace"], name, meta["uid"], vm_body.get("spec") or {})
-        refusal, verdicts = migration.preflight(vm, vm_body.get("status") or {}, spec, _cluster_options(vms), _nodes(),
+        refusal, verdicts = migration.preflight(vm, vm_body.get("status") or {}, spec, _cluster_options(vms), _nodes(vms),
                                                 _pool_specs(vms))
         lines = [f"{spec['mode']} migration of {vms.namespace}/{name} from "
                  f"{(vm_body.get('status') or {}).get('nodeName') or '(not running)'}:",
@@ -165,6 +168,40 @@ def migrate_cancel(vms: VMs, name: str) -> str:
     if not cancelled:
         raise PluginError(f"virtualmachine {vms.namespace}/{name} has no unfinished migration")
     return "cancelling " + ", ".join(cancelled)
+
+
+def _create_parser(sub) -> None:
+    create = sub.add_parser("create", help="print a manifest made from flags (for kubectl apply -f -)")
+    what = create.add_subparsers(dest="kind", required=True)
+    c = what.add_parser("vm", help="a VirtualMachine", description=vmmanifest.__doc__.split("\n\n")[0])
+    c.add_argument("name")
+    c.add_argument("--cpu", type=int, default=1, help="virtual CPU cores (default 1)")
+    c.add_argument("--memory", default="1Gi", help="guest memory (default 1Gi)")
+    c.add_argument("--run-strategy", default="Always", help="Always (default), RerunOnFailure, Once, Manual, Halted")
+    c.add_argument("--image", metavar="POOL/VOLUME", help="root disk: a copy-on-write overlay on this base image")
+    c.add_argument("--disk", action="append", default=[], metavar="NAME:POOL/VOLUME",
+                   help="a StoragePool volume attached as it is (repeatable)")
+    c.add_argument("--empty-disk", action="append", default=[], metavar="NAME:SIZE",
+                   help="a new empty disk, e.g. data:10Gi (repeatable)")
+    c.add_argument("--cloud-init-secret", metavar="SECRET", help="cloud-init NoCloud data from this Secret")
+    c.add_argument("--kernel", metavar="POOL/VOLUME", help="boot this kernel directly")
+    c.add_argument("--initrd", metavar="POOL/VOLUME", help="its initrd (a volume of the same pool)")
+    c.add_argument("--cmdline", help="its command line")
+    c.add_argument("--interface", action="append", default=[], metavar="NAME", help="a virtio NIC (repeatable)")
+    c.add_argument("--storage-pool", metavar="POOL", help="where its own disks are made (default: the default pool)")
+    c.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE", help="(repeatable)")
+    c.add_argument("--eviction-strategy", help="LiveMigrate, Stop or None")
+    c.add_argument("--vnc", action="store_true", help="a VNC display (kubectl kopfvirt vnc)")
+    c.add_argument("--guest-agent", action="store_true", help="the QEMU guest agent channel")
+
+
+def _create(args) -> dict:
+    return vmmanifest.vm_manifest(
+        args.name, args.namespace, cpu=args.cpu, memory=args.memory, run_strategy=args.run_strategy,
+        image=args.image, disks=args.disk, empty_disks=args.empty_disk, cloud_init_secret=args.cloud_init_secret,
+        kernel=args.kernel, initrd=args.initrd, cmdline=args.cmdline, interfaces=args.interface,
+        storage_pool=args.storage_pool, node_selector=args.node_selector, vnc=args.vnc,
+        guest_agent=args.guest_agent, eviction_strategy=args.eviction_strategy)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,9 +232,21 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--dry-run", action="store_true", help="only show each node's verdict; exit 2 if refused")
     c = sub.add_parser("migrate-cancel", help="cancel the VM's unfinished migration (the VM stays put)")
     c.add_argument("name")
+    c = sub.add_parser("version", help="this plugin's version and the operator's (the API's subresource server)")
+    c.add_argument("--client", action="store_true", help="only this plugin's, without asking the cluster")
+    _create_parser(sub)
     args = p.parse_args(argv)
     try:
+        if args.command == "create":
+            print(yaml.safe_dump(_create(args), sort_keys=False), end="")
+            return
+        if args.command == "version" and args.client:
+            print(f"Client Version: {__version__}")
+            return
         vms = VMs(args.namespace, args.context, args.kubeconfig, args.operator_namespace)
+        if args.command == "version":
+            print(f"Client Version: {__version__}\nServer Version: {console_client.server_version()}")
+            return
         if args.command == "console":
             console_client.console(vms.namespace, args.name)
             return
@@ -213,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
         action = {"start": start, "stop": stop, "restart": restart, "pause": pause, "migrate-cancel": migrate_cancel,
                   "unpause": lambda v, n: pause(v, n, paused=False)}[args.command]
         print(f"virtualmachine {vms.namespace}/{args.name}: {action(vms, args.name)}")
+    except vmmanifest.FlagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except console_client.SubresourceError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import ssl
+import sys
 import threading
 
 import aiohttp
 from aiohttp import web
 from kubernetes.client.rest import ApiException
 
+from .. import __version__
 from ..clients import kube
 from ..core import subresources
 from ..names import AGENT_SELECTOR, AGENT_STREAM_PORT
@@ -78,8 +81,19 @@ class SubresourceServer:
         # Aggregated discovery is asked at /apis: "not acceptable" makes kube-apiserver use
         # the group version's document above.
         app.router.add_get("/apis", lambda _r: web.Response(status=406))
+        app.router.add_get(subresources.VERSION_PATH, self.version)
         app.router.add_get(subresources.PREFIX + "/{tail:.*}", self.handle)
         return app
+
+    async def version(self, request: web.Request) -> web.Response:
+        """Anyone kube-apiserver let through (it authorized `get` on the resource) may read it."""
+        try:
+            subresources.user_of(list(request.headers.items()),
+                                 subresources.common_name(request.transport.get_extra_info("peercert")), self.proxy)
+        except subresources.Unauthenticated as e:
+            return error(401, "Unauthorized", str(e))
+        return web.json_response({"version": __version__, "pythonVersion": platform.python_version(),
+                                  "platform": f"{sys.platform}/{platform.machine()}"})
 
     async def discovery(self, _request: web.Request) -> web.Response:
         return web.json_response(subresources.resource_list())

@@ -23,6 +23,10 @@ STREAMS = ("console", "vnc")  # WebSocket: raw bytes in binary messages, both wa
 DOCUMENTS = ("xml",)          # plain GET
 SUBRESOURCES = STREAMS + DOCUMENTS
 PROTOCOL = "plain.kopfvirt.io"  # the WebSocket subprotocol, echoed by every hop
+# The operator's version (`kubectl kopfvirt version`): cluster-scoped resource "version" of
+# the group, which the chart lets every authenticated user get (as KubeVirt's virtctl asks).
+VERSION_RESOURCE = "version"
+VERSION_PATH = f"{PREFIX}/{VERSION_RESOURCE}"
 AUTH_CONFIG_MAP = ("kube-system", "extension-apiserver-authentication")  # kube-apiserver publishes it
 
 # Namespaces are DNS labels; VM names DNS subdomains (the API server enforces both on the
