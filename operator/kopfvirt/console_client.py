@@ -45,7 +45,10 @@ def _endpoint(path: str) -> tuple[str, ssl.SSLContext, dict[str, str]]:
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     if cfg.cert_file:
         context.load_cert_chain(cfg.cert_file, cfg.key_file)
-    token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    try:
+        token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    except TypeError:  # the older client of the krew archive keys it by header name
+        token = cfg.get_api_key_with_prefix("authorization")
     return cfg.host.rstrip("/") + path, context, {"Authorization": token} if token else {}
 
 
@@ -66,8 +69,9 @@ def xml(namespace: str, name: str, inactive: bool = False) -> str:
 
 def server_version() -> str:
     """The operator's version, as its subresource server says (any authenticated user may ask)."""
+    document = _get(subresources.VERSION_PATH)
     try:
-        return json.loads(_get(subresources.VERSION_PATH))["version"]
+        return json.loads(document)["version"]
     except (ValueError, KeyError, TypeError) as e:
         raise SubresourceError(f"the operator's version document is not understood: {e}") from None
 

@@ -297,11 +297,35 @@ def pod_restarts() -> list[str]:
     return lines
 
 
+def namespace_state(namespace: str) -> str:
+    """A failed test's namespace in a few lines: each VM's phase, node and Ready condition,
+    each pod, the last events. First in the report: a long one is cut in its middle."""
+    out = []
+    for vm in kubectl_json("-n", namespace, "get", "virtualmachines").get("items", []):
+        s = vm.get("status") or {}
+        ready = next((c for c in s.get("conditions") or [] if c["type"] == "Ready"), {})
+        out.append(f"vm {vm['metadata']['name']}: {s.get('phase')} on {s.get('nodeName')} stopReason="
+                   f"{s.get('stopReason')} Ready={ready.get('status')}/{ready.get('reason')}: "
+                   f"{(ready.get('message') or '')[:160]}")
+    for pod in kubectl_json("-n", namespace, "get", "pods").get("items", []):
+        out.append(f"pod {pod['metadata']['name']} ({pod['metadata']['uid'][:8]}): {pod['status'].get('phase')} on "
+                   f"{pod['spec'].get('nodeName')}" + (" deleting" if pod["metadata"].get("deletionTimestamp") else ""))
+    events = sorted(kubectl_json("-n", namespace, "get", "events").get("items", []),
+                    key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    out += [f"event {e.get('lastTimestamp') or e.get('eventTime')} {e['involvedObject'].get('name')} {e.get('reason')}: "
+            f"{(e.get('message') or '')[:160]}" for e in events[-20:]]
+    return "\n".join(out)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     namespace = item.funcargs.get("namespace") or getattr(item.funcargs.get("vms"), "namespace", None)
     if report.when == "call" and report.failed and namespace:
+        try:
+            report.sections.append((f"the state of {namespace}", namespace_state(namespace)))
+        except Exception as e:  # noqa: BLE001 - the report must not fail for want of it
+            report.sections.append((f"the state of {namespace}", f"not read: {e}"))
         report.sections.append((f"operator logs about {namespace}", operator_logs(namespace)))
 
 

@@ -222,14 +222,9 @@ class Devices:
                     self._write(name, {**obj["status"], "driver": fn.driver, "hostDriver": None})
         return restored
 
-    def bind(self, vm_uid: str, allocated: list[dict]) -> list[tuple[str, str]]:
-        """Bind the IOMMU groups of the VM's devices on this node to vfio-pci: the
-        (request name, address) pairs for the domain XML. Call with `lock` held through
-        the domain's start. Raises DeviceUnavailable with nothing left bound.
-
-        The VM's status names each device and its address; the address is bound only if it
-        is the one the device object (held by this VM, on this node) stands for, which is
-        checked before sysfs is read."""
+    def check_held(self, vm_uid: str, allocated: list[dict]) -> None:
+        """Raise DeviceUnavailable unless each device the VM's status names is this node's
+        object, at that address, held by this VM (from the cache: no sysfs read)."""
         for h in allocated:
             obj = self.objects.get(h["device"])
             if obj is None:
@@ -243,6 +238,16 @@ class Devices:
                                                           f"{held[0]} on {held[1]}: nothing bound")
             if (s.get("holder") or {}).get("uid") != vm_uid:
                 raise DeviceUnavailable("DeviceNotHeld", f"PassthroughDevice {h['device']} is not held by this VM")
+
+    def bind(self, vm_uid: str, allocated: list[dict]) -> list[tuple[str, str]]:
+        """Bind the IOMMU groups of the VM's devices on this node to vfio-pci: the
+        (request name, address) pairs for the domain XML. Call with `lock` held through
+        the domain's start. Raises DeviceUnavailable with nothing left bound.
+
+        The VM's status names each device and its address; the address is bound only if it
+        is the one the device object (held by this VM, on this node) stands for, which is
+        checked before sysfs is read."""
+        self.check_held(vm_uid, allocated)
         self.functions = sysfs.scan(self.root)
         vfio = sysfs.vfio_loaded(self.root)
         host = self._host()

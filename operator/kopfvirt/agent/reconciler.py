@@ -282,6 +282,12 @@ class Agent(Reconciler):
         """Bind the allocated devices' groups, start, and give them back if the start fails."""
         failed = self.device_failures.get(vm.uid)
         if failed and failed[0] > time.monotonic():
+            try:  # a device gone or changed since is said at once, not after the retry wait
+                self.devices.check_held(vm.uid, [h for h in allocated if h.get("node") == self.node])
+            except DeviceUnavailable as e:
+                if e.reason != failed[1].reason:
+                    self.event(body, e.reason, str(e), warning=True)
+                raise NotReady(e.reason, str(e)) from None
             raise failed[1]
         try:
             self._bind_and_start(vm, body, plan, allocated)
