@@ -79,7 +79,7 @@ def test_the_plugin_installed_by_krew_runs_as_typed(vms, tmp_path):
     assert applied.returncode == 0, applied.stderr
     vms.wait_phase("krewed", "Running")
     stopped = typed("kopfvirt", "-n", vms.namespace, "stop", "krewed")
-    assert stopped.returncode == 0 and "stop" in stopped.stdout, stopped.stderr
+    assert stopped.returncode == 0 and "runStrategy Always -> Halted" in stopped.stdout, stopped.stderr
     vms.wait_phase("krewed", "Stopped", timeout=60)
     managers = {m["manager"] for m in kubectl_json("-n", vms.namespace, "get", "kvvm", "krewed",
                                                    "--show-managed-fields")["metadata"]["managedFields"]}
