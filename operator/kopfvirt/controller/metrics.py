@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from ..api.migration import MODES
+from ..core import conditions
 from ..core.migration import FINAL_PHASES
 
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -61,7 +62,7 @@ class VMPhases:
         for vm in list(self.controller.vms.values()):
             status = vm.get("status") or {}
             phase, node = status.get("phase") or "Pending", status.get("nodeName") or ""
-            ready = next((c.get("status") or "" for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
+            ready = (conditions.get(status.get("conditions"), "Ready") or {}).get("status") or ""
             by_phase[vm["metadata"]["namespace"], phase, node] += 1
             info.add_metric([vm["metadata"]["namespace"], vm["metadata"]["name"], phase, node, ready], 1)
         for labels, count in sorted(by_phase.items()):
