@@ -153,7 +153,7 @@ def vnc(namespace: str, name: str, port: int = 0, address: str = "127.0.0.1") ->
             conn, _ = listener.accept()
             try:
                 ws = connect(namespace, name, "vnc")
-            except SubresourceError as e:
+            except (SubresourceError, websocket.WebSocketException, OSError) as e:  # this viewer's, not the port's
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 conn.close()
                 continue

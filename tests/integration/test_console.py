@@ -81,7 +81,9 @@ def test_an_editor_opens_the_display_on_a_local_port(vms, shown, tmp_path):
         port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
         for _ in range(2):  # each viewer its own connection to the guest's display
             with socket.create_connection(("127.0.0.1", port), timeout=10) as viewer:
-                assert viewer.recv(12) == b"RFB 003.008\n"  # the VNC server's greeting
+                greeting = viewer.recv(12)
+                assert greeting == b"RFB 003.008\n", (  # the VNC server's greeting
+                    greeting, proc.poll(), proc.stderr.read1() if proc.poll() is not None else b"")
     finally:
         proc.kill()
         proc.wait()

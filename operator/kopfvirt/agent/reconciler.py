@@ -279,26 +279,27 @@ class Agent(Reconciler):
         return out
 
     def _start_with_devices(self, vm: vmspec.VM, body: dict, plan: list, allocated: list[dict]) -> None:
-        """Bind the allocated devices' groups, start, and give them back if the start fails."""
+        """Bind the devices allocated here (their groups), start, and give them back if the
+        start fails."""
+        here = [h for h in allocated if h.get("node") == self.node]
         failed = self.device_failures.get(vm.uid)
         if failed and failed[0] > time.monotonic():
             try:  # a device gone or changed since is said at once, not after the retry wait
-                self.devices.check_held(vm.uid, [h for h in allocated if h.get("node") == self.node])
+                self.devices.check_held(vm.uid, here)
             except DeviceUnavailable as e:
                 if e.reason != failed[1].reason:
                     self.event(body, e.reason, str(e), warning=True)
                 raise NotReady(e.reason, str(e)) from None
             raise failed[1]
         try:
-            self._bind_and_start(vm, body, plan, allocated)
+            self._bind_and_start(vm, body, plan, here)
             self.device_failures.pop(vm.uid, None)
         except NotReady as e:
             if e.reason != "DevicesNotAllocated":  # that one waits on the controller, not on us
                 self.device_failures[vm.uid] = (time.monotonic() + DEVICE_RETRY_SECONDS, e)
             raise
 
-    def _bind_and_start(self, vm: vmspec.VM, body: dict, plan: list, allocated: list[dict]) -> None:
-        here = [h for h in allocated if h.get("node") == self.node]
+    def _bind_and_start(self, vm: vmspec.VM, body: dict, plan: list, here: list[dict]) -> None:
         wanted = sum(1 if h.device else h.count for h in vm.spec.host_devices)
         if len(here) < wanted:
             raise NotReady("DevicesNotAllocated", f"{len(here)} of {wanted} host devices allocated on {self.node}")
