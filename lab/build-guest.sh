@@ -4,7 +4,8 @@
 # powers off on ACPI power button (so graceful shutdown works), or by itself after N
 # heartbeats when the kernel command line says kopfvirt.poweroff_after=N, and rewrites
 # N MiB of memory with non-zero data every second with kopfvirt.dirty_mibps=N (a load
-# that live migration must keep re-sending; zeros would be sent cheaply).
+# that live migration must keep re-sending; zeros would be sent cheaply); with
+# kopfvirt.shutdown_delay=N it powers off N seconds after the power button.
 # With kopfvirt.disk_writer=vdX it first verifies the log on that disk ("kopfvirt-disk-verify
 # ok N" or "... bad N"), then appends one record every 100 ms (block i: "kvw i <md5 of
 # 'kvw i'>", written with fsync) and prints "kopfvirt-disk i" for every tenth: a record
@@ -13,7 +14,7 @@
 set -euo pipefail
 
 CACHE="${KOPFVIRT_CACHE:-$HOME/.cache/kopfvirt}"
-GUEST_VERSION=5
+GUEST_VERSION=6
 OUT="$CACHE/guest-v$GUEST_VERSION"
 [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] && { echo "lab guest: cached in $OUT"; exit 0; }
 
@@ -34,8 +35,15 @@ for m in drivers/input/evdev.ko drivers/acpi/button.ko drivers/virtio/virtio.ko 
 done
 # busybox acpid runs /etc/acpi/PWRF/00000080 on the ACPI power button.
 mkdir -p root/etc/acpi/PWRF
-printf '#!/bin/sh\necho "kopfvirt lab guest: ACPI power button, powering off"\npoweroff -f\n' \
-  > root/etc/acpi/PWRF/00000080
+# With kopfvirt.shutdown_delay=N it takes N seconds to power off, as a real guest shutting
+# down its services would.
+cat > root/etc/acpi/PWRF/00000080 <<'PWRF'
+#!/bin/sh
+echo "kopfvirt lab guest: ACPI power button, powering off"
+delay=$(sed -n 's/.*kopfvirt.shutdown_delay=\([0-9]*\).*/\1/p' /proc/cmdline)
+[ -n "$delay" ] && sleep "$delay"
+poweroff -f
+PWRF
 chmod +x root/etc/acpi/PWRF/00000080
 cat > root/init <<'INIT'
 #!/bin/busybox sh

@@ -155,7 +155,7 @@ class Lab:
 
     @property
     def guest_cache(self) -> Path:
-        return cache_dir() / "guest-v5"  # GUEST_VERSION of lab/build-guest.sh
+        return cache_dir() / "guest-v6"  # GUEST_VERSION of lab/build-guest.sh
 
     @property
     def venv_bin(self) -> Path:

@@ -36,6 +36,26 @@ def test_stop_and_start_from_the_spec(vms):
     assert domains_of(uid) == {}
 
 
+def test_a_start_asked_while_the_guest_shuts_down_comes_after_the_stop(vms):
+    """A guest asked to power off cannot be asked back: the stop ends (Requested, as it
+    began) and then the guest starts again; its power-off never reads as the guest's own."""
+    name = "changed-mind"
+    assert vms.apply(lab_guest(name, cmdline="kopfvirt.shutdown_delay=5")).returncode == 0
+    first = _running(vms, name)[0]["status"]["startTime"]
+    kubectl("-n", vms.namespace, "patch", "virtualmachine", name, "--type=merge", "-p",
+            '{"spec":{"runStrategy":"Halted"}}')
+    vms.wait_phase(name, "Stopping", timeout=30)
+    kubectl("-n", vms.namespace, "patch", "virtualmachine", name, "--type=merge", "-p",
+            '{"spec":{"runStrategy":"Always"}}')
+    vm = wait_for("the guest started again", lambda: (v := vms.get(name))["status"].get("phase") == "Running"
+                  and v["status"].get("startTime", "") > first and v, timeout=90)
+    assert vm["status"]["stopReason"] == "Requested", vm["status"]
+    events = kubectl_json("-n", vms.namespace, "get", "events", "--field-selector",
+                          f"involvedObject.name={name},involvedObject.kind=VirtualMachine")["items"]
+    assert "GuestShutdown" not in {e["reason"] for e in events}, [e["message"] for e in events]
+    vms.delete(name)
+
+
 def test_plugin_pause_restart_stop_start(vms):
     assert vms.apply(lab_guest("plugged")).returncode == 0
     vm, node = _running(vms, "plugged")

@@ -176,7 +176,15 @@ class Agent(Reconciler):
              state: str) -> dict:
         """`state` is the domain's, as handle() read it at the start of this reconcile."""
         uid, generation = vm.uid, body["metadata"].get("generation")
-        self.shutdowns.pop(uid, None)  # to run again: a stop begun is called off
+        if uid in self.shutdowns and state in ACTIVE:
+            # A guest asked to power off cannot be asked back: the stop ends first (its event,
+            # or the destroy after the grace), keeping its reason, and then the guest starts
+            # again. Called off here, its power-off would read as the guest's own.
+            if not self._shut_down(vm, state):
+                status["phase"] = "Stopping"
+                return status
+            state = "shutoff"
+        self.shutdowns.pop(uid, None)
         if state in ("running", "paused") and lifecycle.restart_due(annotations, status):
             self._stop_domain(vm)
             state = "shutoff"
