@@ -4,7 +4,7 @@ host-model CPU as libvirt expands it), so a VM requiring a flag its model includ
 from .conftest import domains_of, kubectl, kubectl_json, lab_exec, lab_guest, wait_for
 
 
-def test_labels_carry_the_models_own_features():
+def test_labels_carry_the_models_own_features(lab):
     for node in ("node-1", "node-2"):
         labels = kubectl_json("get", "node", node)["metadata"]["labels"]
         features = {k.split("/", 1)[1] for k in labels if k.startswith("cpu-feature.kopfvirt.io/")}
