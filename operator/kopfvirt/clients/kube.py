@@ -8,6 +8,7 @@ import datetime
 import json
 import logging
 import os
+import threading
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -26,8 +27,9 @@ USER_AGENT = f"kopfvirt/{__version__}"
 def load(kubeconfig: str | None, manager: str = "kopfvirt") -> None:
     """kubeconfig if given, else in-cluster; KUBECONFIG is set for kopf's own login too.
     `manager`: the field manager this process's writes show (kopfvirt-controller, ...)."""
-    global USER_AGENT
+    global USER_AGENT, _shared
     USER_AGENT = f"{manager}/{__version__}"
+    _shared = None  # the next call's client takes the configuration loaded here
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
         config.load_kube_config(kubeconfig)
@@ -52,9 +54,27 @@ class _TimedClient(client.ApiClient):
         return super().call_api(method, url, header_params, body, post_params, _request_timeout or REQUEST_TIMEOUT)
 
 
+# One client for the process: its connections to the API server are kept and reused by
+# every thread (a client per call paid a TCP and TLS handshake per request, several times
+# the request itself on a loaded node). Made after load(), from the configuration it set.
+_shared: _TimedClient | None = None
+_shared_lock = threading.Lock()
+POOL_CONNECTIONS = 48  # above the threads that may call at once (reconcile workers, writes)
+
+
+def _client() -> _TimedClient:
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = POOL_CONNECTIONS
+            _shared = _TimedClient(configuration)
+        return _shared
+
+
 def _api(kind=client.CoreV1Api):
-    """An API group's client on a _TimedClient."""
-    return kind(_TimedClient())
+    """An API group's client on the process's _TimedClient."""
+    return kind(_client())
 
 
 def _custom() -> client.CustomObjectsApi:
@@ -126,7 +146,7 @@ def create_pod(body: dict) -> bool:
 
 def get_pod(namespace: str, name: str) -> dict | None:
     try:
-        return client.ApiClient().sanitize_for_serialization(_api().read_namespaced_pod(name, namespace))
+        return _client().sanitize_for_serialization(_api().read_namespaced_pod(name, namespace))
     except ApiException as e:
         if e.status == 404:
             return None
@@ -139,13 +159,13 @@ def reservation_pod_on(namespace: str, vm_name: str, node: str) -> dict | None:
         namespace, label_selector=f"{GROUP}/vm={vm_name},{GROUP}/role=reservation",
         field_selector=f"spec.nodeName={node}").items
     live = [p for p in pods if p.metadata.deletion_timestamp is None]
-    return client.ApiClient().sanitize_for_serialization(live[0]) if live else None
+    return _client().sanitize_for_serialization(live[0]) if live else None
 
 
 def pods_of_vm(namespace: str, vm_name: str) -> list[dict]:
     """Every pod of the VM (reservation and migration target), read from the API."""
     pods = _api().list_namespaced_pod(namespace, label_selector=f"{GROUP}/vm={vm_name}").items
-    return [client.ApiClient().sanitize_for_serialization(p) for p in pods]
+    return [_client().sanitize_for_serialization(p) for p in pods]
 
 
 def pod_uids(label_selector: str) -> set[str]:
