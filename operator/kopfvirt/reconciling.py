@@ -9,7 +9,7 @@ import functools
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 from kubernetes.client.rest import ApiException
@@ -43,6 +43,11 @@ def concurrently(*calls) -> list:
     futures = [_WRITES.submit(call) for call in calls]
     wait(futures)
     return [f.result() for f in futures]
+
+
+def in_background(call) -> Future:
+    """Start an independent API call now, for its result (or its error) later."""
+    return _WRITES.submit(call)
 
 
 def now() -> str:
@@ -243,9 +248,10 @@ class Reconciler:
 
 
 def write_migration_status(namespace: str, name: str, status: dict, phase: str | None = None,
-                           current: dict | None = None) -> dict | None:
+                           current: dict | None = None, expect_phase: str | None = None) -> dict | None:
     """A merge patch of a Migration's status; a phase change is also recorded with its time.
-    None if the Migration is gone."""
+    `expect_phase`: only if the Migration is still in that phase (a guarded JSON patch that
+    fails with 422 otherwise: two writers of one end never both win). None if it is gone."""
     status = dict(status)
     if phase:
         before = (current or {}).get("status") or {}
@@ -258,6 +264,11 @@ def write_migration_status(namespace: str, name: str, status: dict, phase: str |
         if generation is not None:
             status["observedGeneration"] = generation
     try:
+        if expect_phase:
+            return kube.json_patch(namespace, name, [
+                {"op": "test", "path": "/status/phase", "value": expect_phase},
+                *({"op": "add", "path": f"/status/{key}", "value": value} for key, value in status.items())],
+                plural="migrations", status=True)
         return kube.patch_status(namespace, name, status, plural="migrations")
     except ApiException as e:
         if e.status == 404:

@@ -107,6 +107,31 @@ def test_live_migration_there_and_back_keeps_the_guest_running(vms, migrations, 
     vms.delete("mig-live")
 
 
+def test_the_source_agent_ends_a_move_and_the_next_waits_for_its_hand_over(vms, migrations):
+    """The source agent writes Succeeded, with libvirt's figures, as the guest runs on the
+    target: here while both controller replicas are frozen. A Migration of the VM asked
+    before the controller has handed it over waits for the hand-over (the VM still carries
+    the move's record), then moves the VM back."""
+    source, target, uid, before = slow_move_under_way(vms, migrations, "mig-next")
+    frozen = operator_processes("controller")
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        m = migrations.wait_phase("mig-next", "Succeeded", "Failed", timeout=90)
+        assert m["status"]["phase"] == "Succeeded" and m["status"]["totalTimeMs"] > 0, m["status"]
+        assert (vms.get("mig-next")["status"].get("migration") or {}).get("name") == "mig-next"  # not handed over
+        migrations.create("mig-next-back", "mig-next")
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    back = migrations.wait_phase("mig-next-back", "Succeeded", "Failed", timeout=120)
+    assert back["status"]["phase"] == "Succeeded", back["status"]
+    assert (back["status"]["sourceNode"], back["status"]["targetNode"]) == (target, source)
+    assert_on_one_node(uid, source)
+    assert_keeps_counting(vms, "mig-next", source, before)
+    vms.delete("mig-next")
+
+
 def test_offline_migration_boots_the_guest_on_the_target(vms, migrations):
     source, uid = running_vm(vms, "mig-off")
     migrations.create("mig-off", "mig-off", mode="Offline")

@@ -146,6 +146,26 @@ def test_a_move_handed_over_without_its_end_written_is_recognised():
     assert not migration.handed_over_unrecorded({**running, "phase": "TargetReady"}, on_target)
 
 
+def test_a_move_ended_on_its_target_waits_for_its_hand_over():
+    record = {"name": "m", "sourceNode": "node-2", "targetNode": "node-1"}
+    assert migration.moved({"phase": "Running", "nodeName": "node-1", "migration": record})
+    assert migration.moved({"phase": "Starting", "nodeName": "node-1", "migration": record})  # offline
+    assert not migration.moved({"phase": "Migrating", "nodeName": "node-2", "migration": record})  # under way
+    assert not migration.moved({"phase": "Running", "nodeName": "node-1"})  # handed over
+
+
+def test_a_succeeded_migration_carries_libvirts_figures_and_says_where_the_vm_runs():
+    before = {"conditions": [{"type": "TargetScheduled", "status": "True", "reason": "Bound", "message": "x"}]}
+    out = migration.succeeded(before, "node-1", {"totalTimeMs": 812, "downtimeMs": 160}, 3)
+    assert (out["totalTimeMs"], out["downtimeMs"]) == (812, 160)
+    by_type = {c["type"]: c for c in out["conditions"]}
+    assert set(by_type) == {"TargetScheduled", "Succeeded"}
+    assert (by_type["Succeeded"]["status"], by_type["Succeeded"]["reason"], by_type["Succeeded"]["message"],
+            by_type["Succeeded"]["observedGeneration"]) == ("True", "Moved", "the VM runs on node-1", 3)
+    assert migration.moved_message("vm", {"sourceNode": "node-2", "targetNode": "node-1"}) == \
+        "VM vm moved from node-2 to node-1"
+
+
 def test_phase_conditions_say_what_kstatus_reads():
     def states(phase, reason="", message=""):
         conds = migration.phase_conditions(None, phase, reason, message, 1)

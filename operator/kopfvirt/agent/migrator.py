@@ -4,10 +4,11 @@ The controller prepares the target (a reservation pod bound by kube-scheduler) a
 the Migration to TargetReady; this node's agent claims it (TargetReady -> Running, a
 guarded write, so a cancel and a start never both win), records it in the VM's
 status.migration, and has its libvirtd migrate the domain peer-to-peer to the target's.
-It reports the outcome: on success the VM's status names the target node, and the
-controller hands the VM over (pods, label, finalizer); on failure the VM keeps running
-here. status.migration survives an agent restart: the next reconcile finds out from the
-two libvirtds how the move ended.
+It reports the outcome: on success the VM's status names the target node and the
+Migration says Succeeded (two writes at once), and the controller hands the VM over
+(pods, label, finalizer); on failure the VM keeps running here. status.migration
+survives an agent restart: the next reconcile finds out from the two libvirtds how the
+move ended.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import nullcontext
 
 import libvirt
@@ -25,7 +27,7 @@ from ..clients import images, kube
 from ..clients.libvirt import CopyRefused
 from ..core import disks, migration, pools, quantity, vmspec
 from ..logformat import about
-from ..reconciling import now, write_migration_status
+from ..reconciling import concurrently, in_background, now, write_migration_status
 
 log = logging.getLogger("kopfvirt.agent.migrator")
 PLURAL = migration.PLURAL
@@ -99,17 +101,9 @@ class Migrator:
         with self.agent.locks[uid]:
             if uid in self.running:
                 return
-            transitions = list(mstatus.get("phaseTransitions") or []) + [{"phase": "Running", "time": now()}]
-            try:  # the claim, one guarded write: a cancel (or a stale event) and a start never both win
-                m = kube.json_patch(ns, name, [
-                    {"op": "test", "path": "/status/phase", "value": "TargetReady"},
-                    {"op": "replace", "path": "/status/phase", "value": "Running"},
-                    {"op": "add", "path": "/status/phaseTransitions", "value": transitions}],
-                    plural=PLURAL, status=True)
-            except ApiException as e:
-                if e.status in (404, 409, 422):
-                    return
-                raise
+            m = self._claim(m)
+            if m is None:
+                return
             status = dict(body.get("status") or {})
             state, _ = self.agent.hv.state_and_reason(uid)
             if status.get("nodeName") != self.agent.node or state not in ("running", "paused"):
@@ -118,6 +112,8 @@ class Migrator:
                 return
             record = {"name": name, "mode": spec.get("mode", "Live"), "sourceNode": self.agent.node,
                       "targetNode": mstatus["targetNode"], "targetPod": mstatus["targetPod"], "startTime": now()}
+            address = in_background(lambda: self._target_address(record["targetNode"]))
+            # Recovery looks for this record: it lands before libvirt starts.
             self.agent.write_status(body, {**status, "phase": "Migrating", "migration": record})
             run = self.running[uid] = Running(name)
         self.agent.event(body, "Migrating", f"{record['mode']} migration {name} to {record['targetNode']} started")
@@ -125,7 +121,7 @@ class Migrator:
                  extra=about(ns, body["metadata"]["name"], migration=record.get("name", "")))
         try:
             if record["mode"] == "Live":
-                outcome = self._live(body, m, run)
+                outcome = self._live(body, m, run, address)
             else:
                 outcome = self._offline(body, run)
         except Exception as e:  # anything unforeseen: where the guest runs decides below
@@ -137,9 +133,26 @@ class Migrator:
                 if not outcome.ok and record["mode"] == "Live":
                     outcome = self._as_seen(current, outcome)
                 if outcome is not None:  # None: unknown yet; the resync asks again (recover)
-                    self.conclude(current, outcome)
+                    self.conclude(current, outcome, m)
         finally:
             self.running.pop(uid, None)
+
+    @staticmethod
+    def _claim(m: dict) -> dict | None:
+        """TargetReady -> Running, one guarded write, so that a cancel (or a stale event) and
+        a start never both win; None if it lost."""
+        meta, mstatus = m["metadata"], m.get("status") or {}
+        transitions = list(mstatus.get("phaseTransitions") or []) + [{"phase": "Running", "time": now()}]
+        try:
+            return kube.json_patch(meta["namespace"], meta["name"], [
+                {"op": "test", "path": "/status/phase", "value": "TargetReady"},
+                {"op": "replace", "path": "/status/phase", "value": "Running"},
+                {"op": "add", "path": "/status/phaseTransitions", "value": transitions}],
+                plural=PLURAL, status=True)
+        except ApiException as e:
+            if e.status in (404, 409, 422):
+                return None
+            raise
 
     def node_uri(self, node: str) -> str:
         """The libvirtd of another node, as this node's agent reaches it."""
@@ -155,11 +168,11 @@ class Migrator:
         # TLS only, with the node's certificate (agent/tls.py): libvirtd listens on nothing else.
         return f"qemu+tls://{address}/system?pkipath={self.agent.tls_dir}"
 
-    def _live(self, body: dict, m: dict, run: Running) -> Outcome:
+    def _live(self, body: dict, m: dict, run: Running, address: Future) -> Outcome:
+        """`address`: the target's, looked up while the move was claimed."""
         uid, hv = body["metadata"]["uid"], self.agent.hv
         options = (m.get("status") or {}).get("options") or {}
-        target = body["status"]["migration"]["targetNode"]
-        address = self._target_address(target)
+        address = address.result()
         uri = self._target_uri(address)
         try:
             hv.set_max_downtime(uid, options.get("maxDowntimeMs", 300))
@@ -269,10 +282,11 @@ class Migrator:
         return Outcome(True, results={"totalTimeMs": _ms_since(start)})
 
     # -- endings --------------------------------------------------------------------------
-    def conclude(self, body: dict, outcome: Outcome) -> None:
-        """Write how the move ended. A success goes into the VM's status alone (where it
-        runs now, and libvirt's result), for the controller to hand over; a failure into the
-        Migration's status, then the VM's. Called with the VM's lock held."""
+    def conclude(self, body: dict, outcome: Outcome, m: dict | None = None) -> None:
+        """Write how the move ended. A success: the VM's status (where it runs now, and
+        libvirt's result), for the controller to hand it over, and with `m` (the Migration as
+        claimed) at once the Migration's Succeeded, which the hand-over writes otherwise. A
+        failure: the Migration's status, then the VM's. Called with the VM's lock held."""
         status = dict(body.get("status") or {})
         record = status.get("migration") or {}
         ns = body["metadata"]["namespace"]
@@ -281,9 +295,9 @@ class Migrator:
             phase = "Running" if record.get("mode") == "Live" else "Starting"
             if record.get("mode") == "Live" and status.get("phase") == "Paused":
                 phase = "Paused"
-            # One write: the controller hands the VM over and closes the Migration with the result.
-            self.agent.write_status(body, {**status, "phase": phase, "nodeName": target,
-                                           "migration": {**record, "result": outcome.results}})
+            concurrently(lambda: self.agent.write_status(body, {**status, "phase": phase, "nodeName": target,
+                                                                "migration": {**record, "result": outcome.results}}),
+                         *([lambda: self._succeed(m, body["metadata"]["name"], record, outcome.results)] if m else []))
             self.agent.event(body, "Migrated", f"moved to {target}" + (
                 f" in {outcome.results['totalTimeMs']} ms, downtime {outcome.results['downtimeMs']} ms"
                 if "downtimeMs" in outcome.results else ""))
@@ -300,6 +314,21 @@ class Migrator:
         self.agent.write_status(body, status)
         self.agent.event(body, f"Migration{phase}", f"{record.get('name')}: {outcome.message}; the VM stays on "
                                                     f"{self.agent.node}", warning=True)
+
+    def _succeed(self, m: dict, vm_name: str, record: dict, results: dict) -> None:
+        """The Migration's Succeeded, if it is still Running (a guarded write: the
+        controller's hand-over may have written it first)."""
+        meta = m["metadata"]
+        try:
+            done = write_migration_status(meta["namespace"], meta["name"], migration.succeeded(
+                m.get("status") or {}, record["targetNode"], results, meta.get("generation")), "Succeeded", m,
+                expect_phase="Running")
+        except ApiException as e:
+            if e.status != 422:
+                raise
+            return
+        if done is not None:
+            self.agent.event(done, "Succeeded", migration.moved_message(vm_name, record))
 
     def recover(self, body: dict, status: dict) -> None:
         """status.migration names this node as source but no move runs here (the agent

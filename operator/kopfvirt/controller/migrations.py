@@ -3,9 +3,10 @@ the hand-off once the VM runs on the target, cancels, evacuation of drained node
 metrics. The source node's agent moves the domain itself (agent/migrator.py).
 
 Phases: Pending (preflight, queue) -> Scheduling (target pod created) -> TargetReady
-(kube-scheduler bound it) -> Running (the source agent claimed it) -> Succeeded (handed
-off) | Failed | Cancelled. All Migrations are reconciled under one lock, oldest first,
-so the limits are counted without races; they are few.
+(kube-scheduler bound it) -> Running (the source agent claimed it) -> Succeeded (the
+source agent, with the VM's new node; the hand-over follows) | Failed | Cancelled. All
+Migrations are reconciled under one lock, oldest first, so the limits are counted
+without races; they are few.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class Migrations:
                  "value": list(meta.get("finalizers") or []) + [FINALIZER]},
                 *self._source_label_ops(m, vm_body)], plural=PLURAL))
         if phase in (None, "Pending"):
+            if vm_body is not None and migration.moved(vm_body.get("status") or {}):
+                return False  # its last move is being handed over: judged after (the VM's write kicks this)
             refusal = self._preflight(m, vm_body)
             if refusal:
                 self._fail(m, *refusal)
@@ -256,14 +259,15 @@ class Migrations:
     # -- endings ------------------------------------------------------------------------
     def hand_over(self, vm_body: dict) -> None:
         """The VM runs on the target (its status says so): make the target's pod its
-        reservation, release the source's and close the Migration with libvirt's result, at
-        once; then give the VM to the target's agent, which must find its reservation pod
-        when it looks (else it would stop the guest as evicted); then clear
-        status.migration, last, so that a failed step is retried by the next reconcile
-        (each step is idempotent). Under the Migrations' lock: no new Migration of the VM
-        is judged halfway through. What the caches lack is read from the API: a controller
-        just started may hand over before its watches have listed the pods and Migrations,
-        and a Migration left out would stay Running for ever."""
+        reservation, release the source's and close the Migration with libvirt's result
+        (unless the source agent did), at once; then give the VM to the target's agent,
+        which must find its reservation pod when it looks (else it would stop the guest as
+        evicted); then clear status.migration, last, so that a failed step is retried by
+        the next reconcile (each step is idempotent). Under the Migrations' lock: no new
+        Migration of the VM is judged halfway through (nor before: see _handle). What the
+        caches lack is read from the API: a controller just started may hand over before
+        its watches have listed the pods and Migrations, and a Migration left out would
+        stay Running for ever."""
         meta, status = vm_body["metadata"], vm_body.get("status") or {}
         record, ns = status["migration"], meta["namespace"]
         target = record["targetNode"]
@@ -299,10 +303,10 @@ class Migrations:
         return found
 
     def _succeed(self, m: dict, vm_name: str, record: dict) -> None:
-        result = record.get("result") or {}
-        self._write(m, {**self._condition(m, "Succeeded", True, "HandedOver", f"the VM runs on {record['targetNode']}"),
-                        **result}, "Succeeded")
-        self.c.event(m, "Succeeded", f"VM {vm_name} moved from {record['sourceNode']} to {record['targetNode']}")
+        """The Migration's end, unless the source agent wrote it with the VM's (a guarded write)."""
+        if self._write(m, migration.succeeded(m.get("status") or {}, record["targetNode"], record.get("result") or {},
+                                              m["metadata"].get("generation")), "Succeeded", expect_phase="Running"):
+            self.c.event(m, "Succeeded", migration.moved_message(vm_name, record))
 
     def _deleting(self, m: dict) -> None:
         """A deleted Migration is cancelled: before the source agent claimed it, here (a
@@ -387,20 +391,28 @@ class Migrations:
                                                          m["metadata"].get("generation"))
         return current
 
-    def _write(self, m: dict, status: dict, phase: str | None = None) -> None:
+    def _write(self, m: dict, status: dict, phase: str | None = None, expect_phase: str | None = None) -> bool:
+        """Write what changed; False if nothing did, or the Migration left `expect_phase`."""
         current = m.get("status") or {}
         changes = {k: v for k, v in status.items() if current.get(k) != v}
         if phase == current.get("phase"):
             phase = None
         if not changes and not phase:
-            return
-        updated = write_migration_status(m["metadata"]["namespace"], m["metadata"]["name"], changes, phase, m)
+            return False
+        try:
+            updated = write_migration_status(m["metadata"]["namespace"], m["metadata"]["name"], changes, phase, m,
+                                             expect_phase=expect_phase)
+        except ApiException as e:
+            if expect_phase and e.status == 422:
+                return False
+            raise
         if updated is not None:
             self._remember(m, updated)
         if phase:
             log.info("Migration %s/%s: %s -> %s", m["metadata"]["namespace"], m["metadata"]["name"],
                      current.get("phase"), phase, extra=about(m["metadata"]["namespace"], m["spec"].get("vmName", ""),
                                                               migration=m["metadata"]["name"]))
+        return True
 
     def _remember(self, m: dict, updated: dict) -> None:
         m.clear()

@@ -266,6 +266,25 @@ def where_it_runs(source: str, target: str | None) -> str | None:
     return "target" if target in ("running", "paused") else "nowhere"
 
 
+def moved(vm_status: dict) -> bool:
+    """The VM's move ended on its target (the source agent wrote so) and the controller has
+    not yet handed it over (status.migration is cleared last)."""
+    record = vm_status.get("migration")
+    return bool(record) and vm_status.get("nodeName") == record["targetNode"]
+
+
+def succeeded(status: dict, target: str, results: dict, generation: int | None) -> dict:
+    """A Migration's status changes once its VM runs on the target: libvirt's figures of the
+    move and a Succeeded condition (whoever writes the end, the source agent or the hand-over)."""
+    return {**results, "conditions": set_condition(status.get("conditions"), "Succeeded", True, "Moved",
+                                                   f"the VM runs on {target}", generation)}
+
+
+def moved_message(vm_name: str, record: dict) -> str:
+    """The Succeeded Event's message."""
+    return f"VM {vm_name} moved from {record['sourceNode']} to {record['targetNode']}"
+
+
 def handed_over_unrecorded(migration_status: dict, vm_status: dict) -> bool:
     """A Running Migration whose VM already runs on its target with the move's record
     cleared: the VM was handed over but the Migration's end was not written (a hand-over

@@ -6,7 +6,7 @@ carry the answer out; each fault of docs/architecture.md has a row in tests/unit
 
 from __future__ import annotations
 
-from . import nodeloss
+from . import migration, nodeloss
 
 DOMAIN_UP = ("running", "paused", "shuttingdown")  # domain states in which QEMU runs
 GUEST_PHASES = ("Running", "Paused", "Stopping")  # phases in which a node's agent has a guest
@@ -68,9 +68,8 @@ def controller_gate(node_state: str, status: dict, node: str | None, deleting: b
         return REPORT_UNREACHABLE
     if deleting:
         return WAIT  # the agents' finalizers; the lost-node path above removes a dead node's
-    record = status.get("migration")
-    if record:  # the source agent moves it; once it runs on the target, it is handed over
-        return HAND_OVER if status.get("nodeName") == record["targetNode"] else WAIT
+    if status.get("migration"):  # the source agent moves it; once it runs on the target, it is handed over
+        return HAND_OVER if migration.moved(status) else WAIT
     return None
 
 
