@@ -43,7 +43,7 @@ from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
-from kopfvirt.clients import nfs  # noqa: E402
+from kopfvirt.clients import images, nfs  # noqa: E402
 from kopfvirt.core import disks, domainxml, vmspec  # noqa: E402
 from kopfvirt_lab.layout import LEASE_DIR, TLS_DIR, Lab, node_ip  # noqa: E402
 
@@ -151,7 +151,8 @@ class Raw:
                     nfs.makedirs(own_dir)
                 else:
                     lab_exec(NODES[0], "mkdir", "-p", own_dir)
-                lab_exec(NODES[0], "qemu-img", "create", "-q", "-f", "qcow2", d.path, str(d.size_bytes))
+                lab_exec(NODES[0], "qemu-img", "create", "-q", "-f", "qcow2", *images.fixed_length(d.path), d.path,
+                         str(d.size_bytes))
         self.own_dir = own_dir if any(d.kind == "empty" for d in plan.disks) else None
         xml = _foreign(domainxml.domain_xml(vm, plan, "qemu", {"default": "kopfvirt"}))
         self.node = NODES[0]

@@ -15,12 +15,15 @@ import json
 import os
 import re
 import signal
+import subprocess
+import time
 from xml.etree import ElementTree
 
 import pytest
 import yaml
 
-from kopfvirt.clients import nfs
+from kopfvirt.clients import images, nfs
+from kopfvirt.core.disks import PlannedDisk
 from kopfvirt_lab import procs
 from kopfvirt_lab.layout import Lab
 
@@ -162,6 +165,35 @@ def test_a_writing_vm_live_migrates_there_and_back_and_loses_no_write(vms, migra
     assert domains_of(uid) == {}
     if backend == "nfs":  # the VM's own disks go with it, on the server too
         assert not nfs.exists(f"nfs://198.18.0.5/export/vms/{vms.namespace}/{name}-{uid[:8]}")
+
+
+def test_a_disk_the_agent_makes_on_nfs_reads_alike_from_a_client_that_opened_it_earlier(lab):
+    """QEMU's NFS client learns a file's length when it opens it and never asks again, and a
+    live move's target opens the VM's disk before the switch-over: a cluster the source
+    allocated past that length meanwhile read as zeros on the target (a guest's
+    read-modify-write then stored them: records lost in the NFS round trip). The agent makes
+    qcow2 files on NFS at their full length; here a qemu-io that opened such a disk reads a
+    cluster another client allocated after it, and a fresh client agrees."""
+    vm_dir = f"nfs://198.18.0.5/export/length-{os.getpid()}"
+    disk = PlannedDisk("log", "vda", "virtio", "disk", "empty", path=f"{vm_dir}/log.qcow2", size_bytes=2**30)
+    images.ensure([disk], vm_dir, {})
+    try:
+        def io(*commands: str, stdin: str | None = None) -> str:
+            argv = ["qemu-io", "-f", "qcow2", *(a for c in commands for a in ("-c", c)), disk.path]
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60).stdout
+
+        io("write -P 0x11 0 64K", "write -P 0x11 600M 64K")  # both L2 tables exist before it opens
+        opened_earlier = subprocess.Popen(["qemu-io", "-f", "qcow2", disk.path], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        opened_earlier.stdin.write("read -P 0x11 0 512\n")
+        opened_earlier.stdin.flush()
+        time.sleep(1)
+        assert "wrote 4096/4096" in io("write -P 0x5a 629211136 4096")  # 600M + 64K: a cluster of its own
+        assert "Pattern verification failed" not in io("read -P 0x5a 629211136 4096")
+        seen, _ = opened_earlier.communicate("read -P 0x5a 629211136 4096\nquit\n", timeout=60)
+        assert "read 4096/4096 bytes at offset 629211136" in seen and "Pattern verification failed" not in seen, seen
+    finally:
+        images.remove(vm_dir)
 
 
 @pytest.mark.parametrize("backend", ["gluster", "nfs"])

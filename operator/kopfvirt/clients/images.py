@@ -49,6 +49,17 @@ def _remove(location: str) -> None:
         Path(location).unlink(missing_ok=True)
 
 
+def fixed_length(location: str) -> list[str]:
+    """qemu-img options that make a qcow2 on NFS as long as it will ever be (sparse), so
+    that its file never grows. QEMU's NFS client learns a file's length when it opens it
+    and never asks again: a live move's target opens the disk before the switch-over, and
+    clusters the source allocated past that length meanwhile read as zeros there (and a
+    guest's read-modify-write then stores the zeros): writes lost. Metadata preallocation
+    maps every cluster at creation; with a backing file it needs subclusters
+    (extended_l2), so that unwritten parts still read from the base image."""
+    return ["-o", "preallocation=metadata,extended_l2=on"] if nfs_parts(location) else []
+
+
 def _overlay(d: PlannedDisk) -> None:
     if not (nfs.exists(d.backing) if nfs_parts(d.backing) else Path(d.backing).is_file()):
         raise DiskError(f"disk {d.name}: base image {d.backing} does not exist on this node")
@@ -56,11 +67,12 @@ def _overlay(d: PlannedDisk) -> None:
     if info.get("backing-filename"):  # it would let a volume name reach any file of the node
         raise DiskError(f"disk {d.name}: base image {d.backing} has a backing file of its own "
                         f"({info['backing-filename']}); base images must stand alone")
-    _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b", d.backing, d.path)
+    _run("qemu-img", "create", "-q", "-f", "qcow2", *fixed_length(d.path), "-F", info["format"], "-b", d.backing,
+         d.path)
 
 
 def _empty(d: PlannedDisk) -> None:
-    _run("qemu-img", "create", "-q", "-f", "qcow2", d.path, str(d.size_bytes))
+    _run("qemu-img", "create", "-q", "-f", "qcow2", *fixed_length(d.path), d.path, str(d.size_bytes))
 
 
 def _cidata(d: PlannedDisk, files: dict[str, str]) -> None:
