@@ -250,8 +250,8 @@ class Reconciler:
 def write_migration_status(namespace: str, name: str, status: dict, phase: str | None = None,
                            current: dict | None = None, expect_phase: str | None = None) -> dict | None:
     """A merge patch of a Migration's status; a phase change is also recorded with its time.
-    `expect_phase`: only if the Migration is still in that phase (a guarded JSON patch that
-    fails with 422 otherwise: two writers of one end never both win). None if it is gone."""
+    `expect_phase`: only if the Migration is still in that phase (a guarded JSON patch: two
+    writers of one end never both win). None if it is gone, or has left `expect_phase`."""
     status = dict(status)
     if phase:
         before = (current or {}).get("status") or {}
@@ -271,6 +271,6 @@ def write_migration_status(namespace: str, name: str, status: dict, phase: str |
                 plural="migrations", status=True)
         return kube.patch_status(namespace, name, status, plural="migrations")
     except ApiException as e:
-        if e.status == 404:
+        if e.status == 404 or (expect_phase and e.status == 422):
             return None
         raise

@@ -112,7 +112,8 @@ class Migrator:
                 return
             record = {"name": name, "mode": spec.get("mode", "Live"), "sourceNode": self.agent.node,
                       "targetNode": mstatus["targetNode"], "targetPod": mstatus["targetPod"], "startTime": now()}
-            address = in_background(lambda: self._target_address(record["targetNode"]))
+            address = in_background(lambda: self._target_address(record["targetNode"])) \
+                if record["mode"] == "Live" else None
             # Recovery looks for this record: it lands before libvirt starts.
             self.agent.write_status(body, {**status, "phase": "Migrating", "migration": record})
             run = self.running[uid] = Running(name)
@@ -319,14 +320,9 @@ class Migrator:
         """The Migration's Succeeded, if it is still Running (a guarded write: the
         controller's hand-over may have written it first)."""
         meta = m["metadata"]
-        try:
-            done = write_migration_status(meta["namespace"], meta["name"], migration.succeeded(
-                m.get("status") or {}, record["targetNode"], results, meta.get("generation")), "Succeeded", m,
-                expect_phase="Running")
-        except ApiException as e:
-            if e.status != 422:
-                raise
-            return
+        done = write_migration_status(meta["namespace"], meta["name"], migration.succeeded(
+            m.get("status") or {}, record["targetNode"], results, meta.get("generation")), "Succeeded", m,
+            expect_phase="Running")
         if done is not None:
             self.agent.event(done, "Succeeded", migration.moved_message(vm_name, record))
 

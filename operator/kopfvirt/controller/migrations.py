@@ -392,22 +392,18 @@ class Migrations:
         return current
 
     def _write(self, m: dict, status: dict, phase: str | None = None, expect_phase: str | None = None) -> bool:
-        """Write what changed; False if nothing did, or the Migration left `expect_phase`."""
+        """Write what changed; False if nothing did, or the Migration is gone or left `expect_phase`."""
         current = m.get("status") or {}
         changes = {k: v for k, v in status.items() if current.get(k) != v}
         if phase == current.get("phase"):
             phase = None
         if not changes and not phase:
             return False
-        try:
-            updated = write_migration_status(m["metadata"]["namespace"], m["metadata"]["name"], changes, phase, m,
-                                             expect_phase=expect_phase)
-        except ApiException as e:
-            if expect_phase and e.status == 422:
-                return False
-            raise
-        if updated is not None:
-            self._remember(m, updated)
+        updated = write_migration_status(m["metadata"]["namespace"], m["metadata"]["name"], changes, phase, m,
+                                         expect_phase=expect_phase)
+        if updated is None:  # gone, or it left expect_phase
+            return False
+        self._remember(m, updated)
         if phase:
             log.info("Migration %s/%s: %s -> %s", m["metadata"]["namespace"], m["metadata"]["name"],
                      current.get("phase"), phase, extra=about(m["metadata"]["namespace"], m["spec"].get("vmName", ""),
