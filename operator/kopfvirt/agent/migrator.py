@@ -5,10 +5,11 @@ the Migration to TargetReady; this node's agent claims it (TargetReady -> Runnin
 guarded write, so a cancel and a start never both win), records it in the VM's
 status.migration, and has its libvirtd migrate the domain peer-to-peer to the target's.
 It reports the outcome: on success the VM's status names the target node and the
-Migration says Succeeded (two writes at once), and the controller hands the VM over
-(pods, label, finalizer); on failure the VM keeps running here. status.migration
-survives an agent restart: the next reconcile finds out from the two libvirtds how the
-move ended.
+Migration says Succeeded (two writes at once), as soon as the target's libvirtd resumed
+the guest (libvirt's call returns some 200 ms later, once this node's paused copy is
+stopped), and the controller hands the VM over (pods, label, finalizer); on failure the
+VM keeps running here. status.migration survives an agent restart: the next reconcile
+finds out from the two libvirtds how the move ended.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import libvirt
 from kubernetes.client.rest import ApiException
 
 from ..clients import images, kube
-from ..clients.libvirt import CopyRefused
+from ..clients.libvirt import Arrival, CopyRefused
 from ..core import disks, migration, pools, quantity, vmspec
 from ..logformat import about
 from ..reconciling import concurrently, in_background, now, write_migration_status
@@ -40,8 +41,12 @@ class Running:
 
     migration: str
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)  # nothing left to watch
+    # libvirt's call returned, or the guest resumed on the target: the outcome can be told.
+    ended: threading.Event = dataclasses.field(default_factory=threading.Event)
     why_aborted: tuple[str, str] | None = None
+    call: Future | None = None  # libvirt's migration call, which may outlast the move's outcome
+    resumed_there: bool = False  # the outcome came from the target's resume, before the call ended
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,24 @@ class Outcome:
 
 def _ms_since(start: float) -> int:
     return int((time.monotonic() - start) * 1000)
+
+
+def _close_watch(target: Future) -> None:
+    if target.exception() is None and target.result()[1] is not None:
+        target.result()[1].close()
+
+
+def _in_thread(call, name: str) -> Future:
+    """A long blocking call in a thread of its own (not the small shared pool of API writes)."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as e:
+            future.set_exception(e)
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 class Migrator:
@@ -112,17 +135,23 @@ class Migrator:
                 return
             record = {"name": name, "mode": spec.get("mode", "Live"), "sourceNode": self.agent.node,
                       "targetNode": mstatus["targetNode"], "targetPod": mstatus["targetPod"], "startTime": now()}
-            address = in_background(lambda: self._target_address(record["targetNode"])) \
+            run = Running(name)
+            target = in_background(lambda: self._reach(record["targetNode"], uid, run.ended)) \
                 if record["mode"] == "Live" else None
             # Recovery looks for this record: it lands before libvirt starts.
-            self.agent.write_status(body, {**status, "phase": "Migrating", "migration": record})
-            run = self.running[uid] = Running(name)
+            try:
+                self.agent.write_status(body, {**status, "phase": "Migrating", "migration": record})
+            except Exception:
+                if target is not None:
+                    target.add_done_callback(_close_watch)
+                raise
+            self.running[uid] = run
         self.agent.event(body, "Migrating", f"{record['mode']} migration {name} to {record['targetNode']} started")
         log.info("migrating VM %s/%s to %s (%s)", ns, body["metadata"]["name"], record["targetNode"], record["mode"],
                  extra=about(ns, body["metadata"]["name"], migration=record.get("name", "")))
         try:
             if record["mode"] == "Live":
-                outcome = self._live(body, m, run, address)
+                outcome = self._live(body, m, run, target)
             else:
                 outcome = self._offline(body, run)
         except Exception as e:  # anything unforeseen: where the guest runs decides below
@@ -136,7 +165,16 @@ class Migrator:
                 if outcome is not None:  # None: unknown yet; the resync asks again (recover)
                     self.conclude(current, outcome, m)
         finally:
-            self.running.pop(uid, None)
+            self._let_go(uid, run)
+
+    def _let_go(self, uid: str, run: Running) -> None:
+        """The move is over for this agent once libvirt's call has returned: until then the
+        source's libvirtd may still be stopping its copy of a guest that runs on the target."""
+        error = run.call.exception() if run.call is not None else None  # waits for it
+        if error is not None and run.resumed_there:
+            log.warning("migration %s: the guest resumed on the target, then libvirt's call failed: %s",
+                        run.migration, error)
+        self.running.pop(uid, None)
 
     @staticmethod
     def _claim(m: dict) -> dict | None:
@@ -159,6 +197,16 @@ class Migrator:
         """The libvirtd of another node, as this node's agent reaches it."""
         return self._target_uri(self._target_address(node))
 
+    def _reach(self, node: str, uid: str, wake: threading.Event) -> tuple[str, Arrival | None]:
+        """The target's address, and its libvirtd watched for the guest's arrival (None if it
+        cannot be: the move then ends when libvirt's call returns)."""
+        address = self._target_address(node)
+        try:
+            return address, self.agent.hv.arrival(self._target_uri(address), uid, wake)
+        except (libvirt.libvirtError, RuntimeError) as e:
+            log.info("%s's libvirtd cannot be watched for the guest's arrival: %s", node, e)
+            return address, None
+
     def _target_address(self, node: str) -> str:
         address = kube.node_address(node)
         if not address:
@@ -169,11 +217,19 @@ class Migrator:
         # TLS only, with the node's certificate (agent/tls.py): libvirtd listens on nothing else.
         return f"qemu+tls://{address}/system?pkipath={self.agent.tls_dir}"
 
-    def _live(self, body: dict, m: dict, run: Running, address: Future) -> Outcome:
-        """`address`: the target's, looked up while the move was claimed."""
+    def _live(self, body: dict, m: dict, run: Running, target: Future) -> Outcome:
+        """`target`: its address and its watch, made ready while the move was claimed."""
+        address, arrival = target.result()
+        try:
+            return self._live_to(body, m, run, address, arrival)
+        finally:
+            run.done.set()
+            if arrival is not None:
+                arrival.close()
+
+    def _live_to(self, body: dict, m: dict, run: Running, address: str, arrival: Arrival | None) -> Outcome:
         uid, hv = body["metadata"]["uid"], self.agent.hv
         options = (m.get("status") or {}).get("options") or {}
-        address = address.result()
         uri = self._target_uri(address)
         try:
             hv.set_max_downtime(uid, options.get("maxDowntimeMs", 300))
@@ -193,21 +249,42 @@ class Migrator:
 
         destination = hv.copy_destination(uri, f"kopfvirt-copy-{uid}", own_dir, keep, media) if own_dir \
             else nullcontext()
-        try:
-            with destination:
-                hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
-                           auto_converge=bool(options.get("autoConverge")), post_copy=bool(options.get("postCopy")),
-                           copy_disks=copy, tls=True,
-                           migrate_uri=f"tcp://{address}")
+
+        def call() -> None:
+            nonlocal moved
+            try:
+                if arrival is not None and (waited := arrival.await_departure()) > 0.05:
+                    log.info("migration %s: waited %.0f ms for the target to stop the copy an earlier move "
+                             "left paused there", run.migration, waited * 1000)
+                with destination:
+                    hv.migrate(uid, uri, bandwidth_mibps=options.get("bandwidthMiBps"),
+                               auto_converge=bool(options.get("autoConverge")),
+                               post_copy=bool(options.get("postCopy")), copy_disks=copy, tls=True,
+                               migrate_uri=f"tcp://{address}")
                 moved = True
+            finally:
+                run.ended.set()
+
+        run.call = _in_thread(call, f"libvirt-{run.migration}")
+        run.ended.wait()
+        run.done.set()
+        # A move onto copies ends with its call: their directory here is removed after it.
+        if arrival is not None and arrival.resumed.is_set() and not run.call.done() and not own_dir:
+            try:
+                figures = arrival.figures()
+            except libvirt.libvirtError as e:  # the call's return tells it instead
+                log.info("migration %s: no figures from the target yet: %s", run.migration, e)
+            else:
+                run.resumed_there = True
+                return Outcome(True, results=migration.result(figures))
+        try:
+            run.call.result()
         except CopyRefused as e:
             return Outcome(False, "CopyRefused", str(e))
         except libvirt.libvirtError as e:
             if run.why_aborted:
                 return Outcome(False, *run.why_aborted)
             return Outcome(False, "LibvirtError", f"libvirt: {e.get_error_message()}")
-        finally:
-            run.done.set()
         try:
             _state, stats = hv.remote(uri, uid)
         except (libvirt.libvirtError, RuntimeError) as e:  # libvirt said it moved; only its figures are missing

@@ -167,6 +167,66 @@ class Console:
         self._on_end()
 
 
+class Arrival:
+    """Another node's libvirtd, watched for the moment an incoming live migration resumes a
+    domain there: the guest runs there from then on, and its source's copy is paused for
+    good, while the source's libvirtd still stops that copy before its migration call
+    returns (some 200 ms: libvirt looks whether a QEMU it killed is gone every 200 ms)."""
+
+    def __init__(self, uri: str, uuid: str, wake: threading.Event):
+        self.uuid, self.wake = uuid, wake
+        self.resumed = threading.Event()
+        self.resumed_at: float | None = None  # time.monotonic() of the resume
+        _ensure_event_loop()
+        self._conn = _open_remote(uri)
+        self._callback = self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                           self._lifecycle, None)
+
+    def _lifecycle(self, _conn, dom, event, detail, _opaque) -> None:
+        # RESUMED/MIGRATED only: a post-copy move resumes the target while memory still flows.
+        if (event, detail) == (libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED) \
+                and dom.UUIDString() == self.uuid:
+            self.resumed_at = time.monotonic()
+            self.resumed.set()
+            self.wake.set()
+
+    def await_departure(self, timeout: float = 10.0) -> float:
+        """A paused copy left there by the move that brought the guest here, which that
+        node's libvirtd is still stopping, would make it refuse the guest back ("already
+        active"): wait until it is gone; how long that took. A running copy is left for
+        libvirt to refuse, and so is any question this connection cannot answer."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            try:
+                state = self._conn.lookupByUUIDString(self.uuid).state()[0]
+            except libvirt.libvirtError:  # none there (VIR_ERR_NO_DOMAIN), or libvirt tells the rest
+                break
+            if state != libvirt.VIR_DOMAIN_PAUSED:
+                break
+            time.sleep(0.02)
+        return time.monotonic() - start
+
+    def figures(self, timeout: float = 1.0) -> dict:
+        """The move's completed job statistics there, which libvirt stores a few ms after the
+        resume; {} if they do not come. Kept there: whoever asks after us finds them too."""
+        dom = self._conn.lookupByUUIDString(self.uuid)
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE:
+                return stats
+            if time.monotonic() > deadline:
+                return {}
+            time.sleep(0.003)
+
+    def close(self) -> None:
+        try:
+            self._conn.domainEventDeregisterAny(self._callback)
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
 class Hypervisor:
     """A reconnecting handle on one libvirtd; libvirt connections are thread-safe."""
 
@@ -527,6 +587,10 @@ class Hypervisor:
             return state, stats
         finally:
             conn.close()
+
+    @staticmethod
+    def arrival(uri: str, uuid: str, wake: threading.Event) -> Arrival:
+        return Arrival(uri, uuid, wake)
 
     # -- node ---------------------------------------------------------------------------
     def active_pools(self) -> list[str]:
