@@ -276,7 +276,8 @@ def plot(result: dict) -> None:
         ax.set_xticks(list(x), cases, fontsize=8)
         ax.set_xlabel("guest dirty rate, or disk being written (dirty rate 0)")
         ax.set_ylabel(label)
-        ax.legend()
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # room for the legend above the bars
+        ax.legend(loc="upper left", ncol=2, fontsize=8)
     fig.suptitle(f"live migration, 128 MiB TCG guest, {result['runs']} moves per path and case")
     fig.tight_layout()
     fig.savefig(RESULTS / "migration.png", dpi=110)
