@@ -177,15 +177,24 @@ class Arrival:
         self.uuid, self.wake = uuid, wake
         self.resumed = threading.Event()
         self.resumed_at: float | None = None  # time.monotonic() of the resume
+        self.post_copy = False
         _ensure_event_loop()
         self._conn = _open_remote(uri)
-        self._callback = self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                           self._lifecycle, None)
+        try:
+            self._callback = self._conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                               self._lifecycle, None)
+        except libvirt.libvirtError:
+            self._conn.close()
+            raise
 
     def _lifecycle(self, _conn, dom, event, detail, _opaque) -> None:
-        # RESUMED/MIGRATED only: a post-copy move resumes the target while memory still flows.
-        if (event, detail) == (libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED) \
-                and dom.UUIDString() == self.uuid:
+        # RESUMED/MIGRATED only: a post-copy move resumes the target as RESUMED/POSTCOPY while
+        # memory still flows, and libvirt sends RESUMED/MIGRATED at its very end.
+        if event != libvirt.VIR_DOMAIN_EVENT_RESUMED or dom.UUIDString() != self.uuid:
+            return
+        if detail == libvirt.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY:
+            self.post_copy = True
+        elif detail == libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED:
             self.resumed_at = time.monotonic()
             self.resumed.set()
             self.wake.set()
@@ -208,7 +217,10 @@ class Arrival:
 
     def figures(self, timeout: float = 1.0) -> dict:
         """The move's completed job statistics there, which libvirt stores a few ms after the
-        resume; {} if they do not come. Kept there: whoever asks after us finds them too."""
+        resume; {} if they do not come (libvirt drops them after a post-copy move). Kept
+        there: whoever asks after us finds them too."""
+        if self.post_copy:
+            return {}
         dom = self._conn.lookupByUUIDString(self.uuid)
         deadline = time.monotonic() + timeout
         while True:
