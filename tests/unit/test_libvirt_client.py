@@ -1,5 +1,7 @@
 """The libvirt client against libvirt's in-memory test driver (no daemon, no QEMU)."""
 
+import threading
+
 import pytest
 
 from kopfvirt.clients.libvirt import DomainConflict, Hypervisor
@@ -75,3 +77,25 @@ def test_a_stop_in_steps_asks_then_destroys_and_minds_no_missing_domain(hv):
     hv.remove(UID)
     hv.destroy(UID)  # and gone
     hv.shutdown(UID)
+
+
+def test_a_move_waits_for_the_paused_copy_an_earlier_move_left_on_its_target(hv):
+    """Arrival.await_departure: a paused copy of the domain on the target (the source's of
+    the move that brought it here, which that libvirtd is still stopping) is waited for
+    until it is gone; a running copy (libvirt's to refuse) or none is not waited for."""
+    name, xml = _xml(name="leaving")
+    hv.ensure_running(name, UID, xml)
+    arrival = Hypervisor.arrival("test:///default", UID, threading.Event())
+    try:
+        assert arrival.await_departure(timeout=5) < 0.5
+        hv.find(UID).suspend()
+        threading.Timer(0.4, hv.remove, (UID,)).start()
+        assert 0.4 <= arrival.await_departure(timeout=5) < 3
+        assert hv.find(UID) is None
+        assert arrival.await_departure(timeout=5) < 0.5
+        hv.ensure_running(name, UID, xml)
+        hv.find(UID).suspend()
+        assert 0.3 <= arrival.await_departure(timeout=0.3) < 1  # one that stays: given up on
+    finally:
+        arrival.close()
+        hv.remove(UID)
