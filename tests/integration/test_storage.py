@@ -178,9 +178,9 @@ def test_a_disk_the_agent_makes_on_nfs_reads_alike_from_a_client_that_opened_it_
     disk = PlannedDisk("log", "vda", "virtio", "disk", "empty", path=f"{vm_dir}/log.qcow2", size_bytes=2**30)
     images.ensure([disk], vm_dir, {})
     try:
-        def io(*commands: str, stdin: str | None = None) -> str:
+        def io(*commands: str) -> str:
             argv = ["qemu-io", "-f", "qcow2", *(a for c in commands for a in ("-c", c)), disk.path]
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60).stdout
+            return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
 
         io("write -P 0x11 0 64K", "write -P 0x11 600M 64K")  # both L2 tables exist before it opens
         opened_earlier = subprocess.Popen(["qemu-io", "-f", "qcow2", disk.path], stdin=subprocess.PIPE,

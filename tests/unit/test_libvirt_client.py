@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from kopfvirt.clients.libvirt import DomainConflict, Hypervisor
+from kopfvirt.clients.libvirt import Arrival, DomainConflict, Hypervisor
 from kopfvirt.core import disks, domainxml, vmspec
 
 UID = "0b9b2a4e-5a7c-4c39-9d7e-3f6c1a2b4c5d"
@@ -85,7 +85,7 @@ def test_a_move_waits_for_the_paused_copy_an_earlier_move_left_on_its_target(hv)
     until it is gone; a running copy (libvirt's to refuse) or none is not waited for."""
     name, xml = _xml(name="leaving")
     hv.ensure_running(name, UID, xml)
-    arrival = Hypervisor.arrival("test:///default", UID, threading.Event())
+    arrival = Arrival("test:///default", UID, threading.Event())
     try:
         assert arrival.await_departure(timeout=5) < 0.5
         hv.find(UID).suspend()

@@ -202,7 +202,7 @@ class Migrator:
         cannot be: the move then ends when libvirt's call returns)."""
         address = self._target_address(node)
         try:
-            return address, self.agent.hv.arrival(self._target_uri(address), uid, wake)
+            return address, Arrival(self._target_uri(address), uid, wake)
         except (libvirt.libvirtError, RuntimeError) as e:
             log.info("%s's libvirtd cannot be watched for the guest's arrival: %s", node, e)
             return address, None

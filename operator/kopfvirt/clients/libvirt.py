@@ -601,10 +601,6 @@ class Hypervisor:
         finally:
             conn.close()
 
-    @staticmethod
-    def arrival(uri: str, uuid: str, wake: threading.Event) -> Arrival:
-        return Arrival(uri, uuid, wake)
-
     # -- node ---------------------------------------------------------------------------
     def active_pools(self) -> list[str]:
         return sorted(p.name() for p in self.conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE))
